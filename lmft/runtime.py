@@ -1,0 +1,38 @@
+"""Plumbing shared by the workflow scripts: logging to the rule's log file, threads, clean errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from lmft.io import LmftError
+
+
+def setup_logging(path: str | None = None) -> None:
+    """Log to ``path`` (the rule's ``log:`` file) and to stderr."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        handlers.append(logging.FileHandler(path, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def run_script(main: Callable[[Any], None], smk: Any) -> None:
+    """Run a workflow script's ``main(snakemake)``: logging, thread count, and a one-line error.
+
+    A :class:`LmftError` (bad config, data or artifact) is logged as one clear line and the job
+    fails; anything else keeps its traceback, since it is a bug.
+    """
+    setup_logging(smk.log[0] if len(smk.log) else None)
+    import torch
+
+    torch.set_num_threads(max(1, int(getattr(smk, "threads", 1) or 1)))
+    try:
+        main(smk)
+    except LmftError as e:
+        logging.getLogger("lmft").error("%s", e)
+        sys.exit(1)

@@ -1,0 +1,65 @@
+# Stage 1-2: raw data of each task, then LM-BFF k-shot splits.
+from lmft.data import source_files
+
+
+rule download_lmbff:
+    output:
+        directory(f"{DATA}/raw/_lmbff/original"),
+    params:
+        archive=f"{DATA}/raw/_downloads/datasets.tar",
+    log:
+        "logs/download/_lmbff.log",
+    benchmark:
+        "benchmarks/download/_lmbff.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow/scripts/download_lmbff.py"
+
+
+rule download:
+    input:
+        lambda w: source_files(get_task(w.task, config), Path(DATA), config),
+    output:
+        train=f"{DATA}/raw/{{task}}/train.parquet",
+        test=f"{DATA}/raw/{{task}}/test.parquet",
+        source=f"{DATA}/raw/{{task}}/source.json",
+    params:
+        config=lambda w: task_config(w.task),
+        data_dir=DATA,
+    log:
+        "logs/download/{task}.log",
+    benchmark:
+        "benchmarks/download/{task}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../workflow/scripts/download.py"
+
+
+rule kshot:
+    input:
+        train=rules.download.output.train,
+        test=rules.download.output.test,
+        source=rules.download.output.source,
+    output:
+        train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
+        dev=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/dev.parquet",
+        test=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/test.parquet",
+    params:
+        test_cap=config["kshot"]["test_cap"],
+    log:
+        "logs/kshot/{task}/{k}-{seed}.log",
+    benchmark:
+        "benchmarks/kshot/{task}/{k}-{seed}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow/scripts/kshot.py"
+
+
+def kshot_files(task, k, seed):
+    return expand(f"{DATA}/kshot/{task}/{k}-{seed}/{{split}}.parquet", split=["train", "dev", "test"])
+
+
+TARGETS.extend(f for t in TASKS for k in KS for s in SEEDS for f in kshot_files(t, k, s))

@@ -1,0 +1,11 @@
+"""Shared test set-up: quiet, single-threaded, deterministic, offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
