@@ -116,7 +116,7 @@ BUILTIN: dict[str, Task] = {
               {"kind": "snli", "dir": "SNLI", "format": _GLUE, "a": 7, "b": 8, "label": -1, "test": "dev"},
               max_length=256),
         _seed("bbc-5", _words({"business": "business", "entertainment": "entertainment", "politics": "politics",
-                               "sport": "sports", "tech": "tech"}), TOPIC, TOPIC_CAUSAL,
+                               "sports": "sports", "tech": "tech"}), TOPIC, TOPIC_CAUSAL,
               {"kind": "bbc"}, max_length=256),
     ]
 }

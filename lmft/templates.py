@@ -205,6 +205,8 @@ def label_word_ids(tokenizer: Any, words: list[str]) -> list[int]:
             pieces = tokenizer.convert_ids_to_tokens(toks)
             raise LmftError(f"label word {w!r} is {len(toks)} tokens {pieces} for {type(tokenizer).__name__}; "
                             "choose a word that is a single token")
+        if toks[0] == tokenizer.unk_token_id:
+            raise LmftError(f"label word {w!r} is not in the vocabulary of {type(tokenizer).__name__}")
         ids.append(toks[0])
     if len(set(ids)) != len(ids):
         raise LmftError(f"label words {words} map to repeated token ids {ids}")

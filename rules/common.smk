@@ -35,7 +35,9 @@ def task_config(task):
     return entry
 
 
-TARGETS = []  # each rules file appends its stage's targets
+# Each rules file appends its stage's targets, and only when its config section is present, so a
+# config without e.g. `kernels:` runs no kernel jobs.
+TARGETS = []
 
 
 def all_targets():

