@@ -18,8 +18,15 @@ from lmft.templates import Encoded, encode
 
 
 def encode_frame(df: pd.DataFrame, task: Task, tokenizer: Any, causal: bool = False,
-                 max_length: int | None = None, template: str | None = None) -> list[Encoded]:
-    """Tokenise every row (``text_a``, ``text_b``) of a k-shot table with the task's template."""
+                 max_length: int | None = None, template: str | None = None, head: str | None = None) -> list[Encoded]:
+    """Tokenise every row (``text_a``, ``text_b``) of a k-shot table with the task's template.
+
+    ``head`` (prompt, cls, causal), when given, picks the template and ``causal`` (see
+    :meth:`Task.template_for`); the cls head of a causal LM reads the last token of the no-prompt input.
+    """
+    if head is not None:
+        template, head_causal = task.template_for(head)
+        causal = causal or head_causal
     template = template or (task.causal_template if causal else task.template)
     max_length = max_length or task.max_length
     text_b = df["text_b"] if "text_b" in df.columns else [None] * len(df)

@@ -51,6 +51,21 @@ class Task:
     def label_index(self) -> dict[str, int]:
         return {lab: i for i, lab in enumerate(self.labels)}
 
+    @property
+    def noprompt_template(self) -> str:
+        """LM-BFF's no-prompt input: the sentences between [CLS] and [SEP]s, no template words."""
+        return "".join(f"*sent_{i}**sep+*" for i in sorted(sentences_used(self.template))).join(["*cls*", ""])
+
+    def template_for(self, head: str) -> tuple[str, bool]:
+        """(template, causal) for a classifier head: prompt, causal, or cls (no prompt)."""
+        if head == "prompt":
+            return self.template, False
+        if head == "causal":
+            return self.causal_template, True
+        if head == "cls":
+            return self.noprompt_template, False
+        raise LmftError(f"unknown head {head!r}; use prompt, cls or causal")
+
 
 def _words(mapping: dict[str, str]) -> dict[str, Any]:
     return {"labels": tuple(mapping), "label_words": tuple(mapping.values())}

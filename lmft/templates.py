@@ -45,8 +45,11 @@ class Part:
     drop_last: bool = False
 
 
-def parse(template: str) -> list[Part]:
-    """Parse an LM-BFF template into parts; raises :class:`LmftError` on a malformed one."""
+def parse(template: str, require_mask: bool = True) -> list[Part]:
+    """Parse an LM-BFF template into parts; raises :class:`LmftError` on a malformed one.
+
+    Prompt templates need exactly one ``*mask*``; no-prompt ones (``require_mask=False``) may have none.
+    """
     parts: list[Part] = []
     for raw in template.split("*"):
         if raw == "":
@@ -62,7 +65,8 @@ def parse(template: str) -> list[Part]:
             raise LmftError(f"template {template!r}: cannot parse sentence part {raw!r}")
         else:
             parts.append(Part("text", raw.replace("_", " ")))
-    if sum(p.kind == "special" and p.value == "mask" for p in parts) != 1:
+    n_mask = sum(p.kind == "special" and p.value == "mask" for p in parts)
+    if n_mask > 1 or (require_mask and n_mask == 0):
         raise LmftError(f"template {template!r}: needs exactly one *mask*")
     return parts
 
@@ -135,10 +139,13 @@ def encode(
     With ``causal=True`` the sequence ends right before ``*mask*`` (what follows the mask is
     dropped), ``cls`` becomes the BOS token where the tokenizer has one, and ``sep`` is dropped:
     the label word is then scored as the next token after the prompt.
+
+    A template without ``*mask*`` (no-prompt) puts ``mask_pos`` on the first token for masked
+    LMs (the [CLS] a linear head reads) and on the last token for causal LMs.
     """
-    parts = parse(template)
-    if causal:
-        cut = next(i for i, p in enumerate(parts) if p.kind == "special" and p.value == "mask")
+    parts = parse(template, require_mask=False)
+    cut = next((i for i, p in enumerate(parts) if p.kind == "special" and p.value == "mask"), None)
+    if causal and cut is not None:
         parts = parts[:cut]
     pieces: list[tuple[str, list[int], int]] = []  # (kind, ids, segment)
     segment = 0
@@ -179,6 +186,8 @@ def encode(
         if not input_ids:
             raise LmftError(f"template {template!r}: empty prompt before *mask*")
         mask_pos = len(input_ids) - 1
+    elif mask_pos < 0:
+        mask_pos = 0
     return Encoded(input_ids, token_type_ids, mask_pos)
 
 

@@ -67,3 +67,14 @@ def test_label_word_ids(tok):
         label_word_ids(tok, ["films"])
     with pytest.raises(LmftError, match="not in the vocabulary"):
         label_word_ids(tok, ["zebra"])
+
+
+def test_noprompt_template(tok):
+    task = get_task("snli")
+    assert task.noprompt_template == "*cls**sent_0**sep+**sent_1**sep+*"
+    enc = encode(task.noprompt_template, ["The cat sat.", "A cat is sitting."], tok, max_length=64)
+    tokens = tok.convert_ids_to_tokens(enc.input_ids)
+    assert tokens[0] == "[CLS]" and enc.mask_pos == 0 and "[MASK]" not in tokens
+    assert enc.token_type_ids == [0] * 6 + [1] * 6  # segment 1 starts after the first [SEP]
+    causal = encode("*cls**sent_0*", ["A fine film", None], tok, max_length=16, causal=True)
+    assert causal.mask_pos == len(causal.input_ids) - 1
