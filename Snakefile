@@ -10,6 +10,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/models.smk"
 
 
 rule all:

@@ -1,0 +1,21 @@
+# Stage 0: resolve each configured model once into a plain Hugging Face folder + results/models/{model}/model.json.
+
+
+rule prepare_model:
+    output:
+        f"{RESULTS}/models/{{model}}/model.json",
+    params:
+        source=lambda w: config["models"][w.model]["source"],
+    log:
+        "logs/prepare_model/{model}.log",
+    benchmark:
+        "benchmarks/prepare_model/{model}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../workflow/scripts/prepare_model.py"
+
+
+def model_json(model):
+    """The manifest of a configured model (the input of every job that loads it)."""
+    return f"{RESULTS}/models/{model}/model.json"
