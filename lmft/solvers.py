@@ -1,0 +1,344 @@
+"""Kernel solvers: predict with the eNTK of a Classifier instead of fine-tuning it (Malladi et al. 2023).
+
+Each solver reads, for train, dev and test, a :class:`KernelSet`: the kernel between the training
+examples and that split, float64 ``[N, C, M, C]`` as :mod:`lmft.kernels` writes it, the split's
+class indices ``[M]``, and optionally its pre-trained logits f0 ``[M, C]``. C = 1 means a binary
+kernel of the logit difference ``f_1 - f_0``, with targets +-1. Like the paper's code, solvers work
+on the flattened ``(N*C) x (M*C)`` system, cross-logit entries included (row ``i*C + a``). An
+asymmetric-signgd kernel ``[2, N, C, M, C]`` is used through its first part ``<sign J(x_i), J(y_j)>``
+except by ``asym``, which needs both parts.
+
+``lstsq``
+    kernel regression on one-hot targets (+-1 when binary), minus ``f0 / s`` when ``f0_scaling`` s
+    is given ("adjust for init"): ``alpha = (K + r * sigma_max(K) * I)^+ (Y - f0/s)``; prediction
+    ``f0(x)/s + K(train, x)^T alpha``. ``r`` is chosen on dev from ``grid``.
+``logistic``
+    kernel logistic regression: logits ``f0/s + K^T beta / sigma_max(K)`` under the multinomial
+    cross-entropy over the C logits (the logistic loss when binary), mean over examples, plus
+    ``r/2 * ||beta||^2``; minimised with scipy's L-BFGS-B from beta = 0. The penalty on the
+    coefficients (as the paper's solver, scikit-learn's L2 logistic regression on the kernel's
+    columns) keeps the problem strictly convex for any kernel, asymmetric ones included, where the
+    RKHS norm ``beta^T K beta`` could be unbounded below. ``r`` is chosen on dev.
+``svm``
+    scikit-learn ``SVC(kernel="precomputed")`` on the kernel divided by its ``sigma_max``; its ``C`` is
+    chosen on dev. Binary kernels are used as they are; a multi-class kernel is reduced to
+    ``k(x, y) = sum_a K[x, a, y, a]`` (the Frobenius inner product of the Jacobians, still PSD for sgd
+    and signgd) and SVC's one-vs-one decision values (in ``ovr`` shape) serve as logits. No f0.
+``asym``
+    the least-squares SVM for asymmetric kernels (AsK-LS; He et al., "Learning with asymmetric
+    kernels: least squares and feature interpretation", 2023), binary only, for asymmetric-signgd.
+    With ``K(u, v) = <phi_s(u), phi_t(v)>`` (``phi_s = sign J``, ``phi_t = J``), ``H_ij = y_i K(x_i, x_j) y_j``,
+    it solves ``[[0, 0, y', 0], [0, 0, 0, y'], [y, 0, I/gamma, H], [0, y, H', I/gamma]] [b1, b2, alpha, beta]
+    = [0, 0, 1, 1]`` and predicts ``lam * f_t(x) + (1 - lam) * f_s(x)`` with the target-side
+    ``f_t(x) = sum_i alpha_i y_i K(x_i, x) + b2`` (the file's part 0) and the source-side
+    ``f_s(x) = sum_i beta_i y_i K(x, x_i) + b1`` (part 1, the flipped kernel). The kernel is first
+    divided by its ``sigma_max`` so ``gamma`` is scale-free; ``gamma`` is chosen on dev, ``lam`` is an
+    explicit option (the paper's code reads a ``kernel_lambda`` it never defines). No f0.
+
+Selection: for each grid value the dev metric (``acc`` or ``f1``) of the argmax of the predicted
+logits; the first best value in grid order wins. Predicted logits are ``[M, C]``; binary
+predictions p (a logit difference) become the two class logits ``[-p/2, p/2]``, whose softmax is
+``sigmoid(p)``, for the metric and the ECE.
+
+The kernel-solve stage's ``metrics.json`` adds to the shared keys (from :func:`solution_metrics`):
+``solver``, ``reg_name`` (``r``, ``C`` or ``gamma``), ``reg`` (the chosen value), ``grid`` and
+``dev_scores`` (the dev metric of each grid value), ``dev_ece``; the stage adds ``formula`` and
+``f0_scaling``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmft import metrics
+from lmft.evaluate import score
+from lmft.io import LmftError, PathLike
+from lmft.kernels import load_kernel, load_logits
+
+SOLVERS = ("lstsq", "logistic", "svm", "asym")
+GRIDS: dict[str, tuple[float, ...]] = {
+    "lstsq": (0.0, 1e-4, 1e-3, 1e-2, 1e-1),
+    "logistic": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    "svm": (0.01, 0.1, 1.0, 10.0, 100.0),
+    "asym": (0.1, 1.0, 10.0, 100.0, 1000.0),
+}
+ECE_BINS = 10
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The kernel between the training examples and one split, the split's labels and f0.
+
+    ``kernel`` float64 ``[N, C, M, C]`` (``[2, N, C, M, C]`` for asymmetric-signgd), ``labels`` ``[M]``
+    class indices, ``f0`` ``[M, C]`` pre-trained logits or None.
+    """
+
+    kernel: Tensor
+    labels: Tensor
+    f0: Tensor | None = None
+
+    @property
+    def main(self) -> Tensor:
+        """The ``[N, C, M, C]`` kernel (part 0 of an asymmetric one)."""
+        return self.kernel[0] if self.kernel.dim() == 5 else self.kernel
+
+    def flat(self) -> Tensor:
+        """``[N*C, M*C]``: row ``i*C + a``, column ``j*C + b``."""
+        n, c, m, _ = self.main.shape
+        return self.main.reshape(n * c, m * c)
+
+
+@dataclass
+class Solution:
+    """Predicted logits ``[M, num_classes]`` float64 of dev and test, and the chosen regularisation."""
+
+    solver: str
+    reg_name: str
+    reg: float
+    dev_logits: Tensor
+    test_logits: Tensor
+    grid: list[float] = field(default_factory=list)
+    dev_scores: list[float] = field(default_factory=list)
+
+
+Predictor = Callable[[KernelSet], Tensor]  # a split's kernel -> predictions [M, C]
+
+
+def load_kernel_set(kernel_path: PathLike, f0_path: PathLike | None = None) -> KernelSet:
+    """A split's :class:`KernelSet` from its kernel file and, optionally, its f0 file (see :mod:`lmft.kernels`).
+
+    Labels +-1 (the paper's released binary kernels) become class indices 0/1.
+    """
+    kernel, labels = load_kernel(kernel_path)
+    if labels.is_floating_point():
+        if not ((labels == 1) | (labels == -1)).all():
+            raise LmftError(f"{kernel_path}: float labels other than +-1; expected class indices")
+        labels = ((labels + 1) / 2).long()
+    f0 = None
+    if f0_path is not None:
+        f0, f0_labels = load_logits(f0_path)
+        if not torch.equal(f0_labels, labels) or f0.shape[1] != kernel.shape[-1]:
+            raise LmftError(f"{f0_path}: logits {tuple(f0.shape)} of other examples or logits than the kernel "
+                            f"{kernel_path} {tuple(kernel.shape)}")
+    return KernelSet(kernel, labels, f0)
+
+
+def class_logits(pred: Tensor) -> Tensor:
+    """Solver outputs ``[M, C]`` -> class logits: binary ``[M, 1]`` p -> ``[-p/2, p/2]``."""
+    return torch.cat([-pred / 2, pred / 2], dim=1) if pred.shape[1] == 1 else pred
+
+
+def _check(train: KernelSet, dev: KernelSet, test: KernelSet, f0_scaling: float | None) -> tuple[int, int]:
+    """Validate shapes across the three splits; return (N, C)."""
+    if f0_scaling is not None and f0_scaling <= 0:
+        raise LmftError(f"f0_scaling must be > 0 (or None for no init adjustment), got {f0_scaling}")
+    for name, ks in (("train", train), ("dev", dev), ("test", test)):
+        k = ks.kernel
+        if k.dim() not in (4, 5) or k.shape[-1] != k.shape[-3]:
+            raise LmftError(f"{name} kernel has shape {tuple(k.shape)}; expected [N, C, M, C] or [2, N, C, M, C]")
+        if ks.labels.dim() != 1 or k.shape[-2] != ks.labels.shape[0]:
+            raise LmftError(f"{name} kernel {tuple(k.shape)} has {k.shape[-2]} columns but {ks.labels.shape[0]} labels")
+        if k.shape[-4:-2] != train.kernel.shape[-4:-2]:
+            raise LmftError(f"{name} kernel rows {tuple(k.shape[-4:-2])} differ from the train kernel's "
+                            f"{tuple(train.kernel.shape[-4:-2])}: kernels of different training sets or logits")
+        if f0_scaling is not None:
+            if ks.f0 is None:
+                raise LmftError(f"f0_scaling is set but the {name} split has no pre-trained logits f0")
+            if ks.f0.shape != (ks.labels.shape[0], k.shape[-1]):
+                raise LmftError(f"{name} f0 has shape {tuple(ks.f0.shape)}, expected {(ks.labels.shape[0], k.shape[-1])}")
+    n, c = train.kernel.shape[-4:-2]
+    if train.kernel.shape[-2] != n:
+        raise LmftError(f"train kernel {tuple(train.kernel.shape)} is not train x train")
+    classes = 2 if c == 1 else c
+    for name, ks in (("train", train), ("dev", dev), ("test", test)):
+        if ((ks.labels < 0) | (ks.labels >= classes)).any():
+            raise LmftError(f"{name} labels must be class indices 0..{classes - 1} for a kernel with {c} logit(s)")
+    return n, c
+
+
+def _targets(labels: Tensor, c: int) -> Tensor:
+    """``[N, C]`` float64 targets: one-hot, or +-1 in one column when C = 1."""
+    if c == 1:
+        return (2.0 * labels.double() - 1.0)[:, None]
+    return F.one_hot(labels.long(), c).double()
+
+
+def _offset(ks: KernelSet, f0_scaling: float | None) -> Tensor:
+    """``f0 / s`` ``[M, C]``, or zeros without init adjustment."""
+    m, c = ks.kernel.shape[-2:]
+    return torch.zeros(m, c, dtype=torch.float64) if f0_scaling is None else ks.f0.double() / f0_scaling
+
+
+def _sigma_max(k: Tensor) -> float:
+    s = float(torch.linalg.matrix_norm(k, ord=2))
+    if s == 0.0:
+        raise LmftError("the train kernel is all zeros (no trainable parameter reaches the logits?)")
+    return s
+
+
+def _select(name: str, reg_name: str, grid: Sequence[float], fit: Callable[[float], Predictor],
+            dev: KernelSet, test: KernelSet, metric: str) -> Solution:
+    if not grid:
+        raise LmftError(f"{name}: empty grid of {reg_name}")
+    best, best_score, best_logits, scores = None, -1.0, None, []
+    for value in grid:
+        predict = fit(float(value))
+        logits = class_logits(predict(dev))
+        s = score(logits.argmax(1), dev.labels, metric)
+        scores.append(s)
+        if s > best_score:
+            best, best_score, best_logits = (value, predict), s, logits
+    value, predict = best
+    return Solution(name, reg_name, float(value), best_logits, class_logits(predict(test)), [float(g) for g in grid], scores)
+
+
+def lstsq(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
+          grid: Sequence[float] = GRIDS["lstsq"], f0_scaling: float | None = None) -> Solution:
+    """Kernel regression with ``r * sigma_max(K) * I`` ridge, ``r`` chosen on dev from ``grid``."""
+    n, c = _check(train, dev, test, f0_scaling)
+    k = train.flat()
+    smax = _sigma_max(k)
+    target = (_targets(train.labels, c) - _offset(train, f0_scaling)).reshape(-1, 1)
+    eye = torch.eye(n * c, dtype=torch.float64)
+
+    def fit(r: float) -> Predictor:
+        alpha = torch.linalg.lstsq(k + r * smax * eye, target, driver="gelsd").solution[:, 0]
+        return lambda ks: _offset(ks, f0_scaling) + (ks.flat().T @ alpha).reshape(-1, c)
+
+    return _select("lstsq", "r", grid, fit, dev, test, metric)
+
+
+def logistic(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
+             grid: Sequence[float] = GRIDS["logistic"], f0_scaling: float | None = None,
+             max_iter: int = 1000) -> Solution:
+    """Kernel logistic regression (L-BFGS-B), L2 penalty ``r`` chosen on dev from ``grid``."""
+    from scipy.optimize import minimize
+
+    n, c = _check(train, dev, test, f0_scaling)
+    smax = _sigma_max(train.flat())
+    kn = train.flat() / smax
+    off = _offset(train, f0_scaling)
+    labels = train.labels.long()
+    signs = _targets(labels, 1)[:, 0]
+
+    def fit(r: float) -> Predictor:
+        def loss_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
+            beta = torch.from_numpy(x).requires_grad_()
+            z = off + (kn.T @ beta).reshape(n, c)
+            data = F.softplus(-signs * z[:, 0]).mean() if c == 1 else F.cross_entropy(z, labels)
+            loss = data + 0.5 * r * beta @ beta
+            (g,) = torch.autograd.grad(loss, beta)
+            return float(loss.detach()), g.numpy()
+
+        res = minimize(loss_and_grad, np.zeros(n * c), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+        beta = torch.from_numpy(res.x)
+        return lambda ks: _offset(ks, f0_scaling) + (ks.flat().T @ beta).reshape(-1, c) / smax
+
+    return _select("logistic", "r", grid, fit, dev, test, metric)
+
+
+def _svm_gram(ks: KernelSet) -> Tensor:
+    """``[N, M]``: the binary kernel, or the sum over logits of the diagonal blocks ``K[:, a, :, a]``."""
+    return ks.main.diagonal(dim1=1, dim2=3).sum(-1)
+
+
+def svm(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
+        grid: Sequence[float] = GRIDS["svm"]) -> Solution:
+    """``SVC(kernel="precomputed")`` on ``K / sigma_max``; its ``C`` chosen on dev from ``grid``."""
+    from sklearn.svm import SVC
+
+    _, c = _check(train, dev, test, None)
+    gram = _svm_gram(train)
+    smax = _sigma_max(gram)
+    classes = 2 if c == 1 else c
+    if len(set(train.labels.tolist())) != classes:
+        raise LmftError(f"svm: the training labels cover {sorted(set(train.labels.tolist()))}, not all {classes} classes")
+
+    def fit(value: float) -> Predictor:
+        model = SVC(kernel="precomputed", C=value).fit((gram / smax).numpy(), train.labels.numpy())
+
+        def predict(ks: KernelSet) -> Tensor:
+            d = torch.from_numpy(model.decision_function((_svm_gram(ks) / smax).T.numpy())).double()
+            return d[:, None] if c == 1 else d
+
+        return predict
+
+    return _select("svm", "C", grid, fit, dev, test, metric)
+
+
+def asym(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
+         grid: Sequence[float] = GRIDS["asym"], lam: float = 0.5) -> Solution:
+    """AsK-LS on an asymmetric-signgd kernel ``[2, N, 1, M, 1]``; ``gamma`` chosen on dev from ``grid``,
+    prediction ``lam * f_t + (1 - lam) * f_s``."""
+    n, c = _check(train, dev, test, None)
+    if c != 1 or any(ks.kernel.dim() != 5 for ks in (train, dev, test)):
+        raise LmftError("asym needs binary asymmetric-signgd kernels [2, N, 1, M, 1] (kernel_formula "
+                        f"asymmetric-signgd, binary); got train kernel {tuple(train.kernel.shape)}")
+    if not 0.0 <= lam <= 1.0:
+        raise LmftError(f"asym: lam weighs the two decision functions and must lie in [0, 1], got {lam}")
+    k0 = train.kernel[0, :, 0, :, 0]
+    smax = _sigma_max(k0)
+    y = _targets(train.labels, 1)[:, 0]
+    h = y[:, None] * (k0 / smax) * y[None, :]
+    if any(g <= 0 for g in grid):
+        raise LmftError(f"asym: gamma must be > 0, got grid {list(grid)}")
+    rhs = torch.cat([torch.zeros(2, dtype=torch.float64), torch.ones(2 * n, dtype=torch.float64)])
+
+    def fit(gamma: float) -> Predictor:
+        eye = torch.eye(n, dtype=torch.float64) / gamma
+        a = torch.zeros(2 * n + 2, 2 * n + 2, dtype=torch.float64)
+        a[0, 2:n + 2], a[1, n + 2:] = y, y
+        a[2:n + 2, 0], a[n + 2:, 1] = y, y
+        a[2:, 2:] = torch.cat([torch.cat([eye, h], 1), torch.cat([h.T, eye], 1)], 0)
+        sol = torch.linalg.lstsq(a, rhs[:, None], driver="gelsd").solution[:, 0]
+        b1, b2, alpha, beta = sol[0], sol[1], sol[2:n + 2], sol[n + 2:]
+
+        def predict(ks: KernelSet) -> Tensor:
+            f_t = (ks.kernel[0, :, 0, :, 0] / smax).T @ (alpha * y) + b2
+            f_s = (ks.kernel[1, :, 0, :, 0] / smax).T @ (beta * y) + b1
+            return (lam * f_t + (1 - lam) * f_s)[:, None]
+
+        return predict
+
+    return _select("asym", "gamma", grid, fit, dev, test, metric)
+
+
+def solve(solver: str, train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
+          grid: Sequence[float] | None = None, f0_scaling: float | None = None, lam: float = 0.5) -> Solution:
+    """Run the solver named ``solver`` (one of :data:`SOLVERS`) with its default grid unless ``grid``
+    is given. ``f0_scaling`` applies to lstsq and logistic, ``lam`` to asym."""
+    if solver not in SOLVERS:
+        raise LmftError(f"unknown kernel solver {solver!r}; one of {', '.join(SOLVERS)}")
+    grid = GRIDS[solver] if grid is None else tuple(grid)
+    if solver in ("svm", "asym") and f0_scaling is not None:
+        raise LmftError(f"the {solver} solver does not use the pre-trained logits f0; unset f0_scaling")
+    if solver == "lstsq":
+        return lstsq(train, dev, test, metric=metric, grid=grid, f0_scaling=f0_scaling)
+    if solver == "logistic":
+        return logistic(train, dev, test, metric=metric, grid=grid, f0_scaling=f0_scaling)
+    if solver == "svm":
+        return svm(train, dev, test, metric=metric, grid=grid)
+    return asym(train, dev, test, metric=metric, grid=grid, lam=lam)
+
+
+def solution_metrics(sol: Solution, dev_labels: Tensor, test_labels: Tensor, metric: str) -> dict[str, object]:
+    """The solver's part of ``metrics.json``: dev/test metric, ECE (10 bins on the softmax of the logits),
+    the chosen regularisation and the dev metric of every grid value."""
+    return {
+        "solver": sol.solver,
+        "metric": metric,
+        "dev_metric": score(sol.dev_logits.argmax(1), dev_labels, metric),
+        "test_metric": score(sol.test_logits.argmax(1), test_labels, metric),
+        "dev_ece": metrics.ece(sol.dev_logits.softmax(1), dev_labels, ECE_BINS),
+        "test_ece": metrics.ece(sol.test_logits.softmax(1), test_labels, ECE_BINS),
+        "reg_name": sol.reg_name,
+        "reg": sol.reg,
+        "grid": sol.grid,
+        "dev_scores": sol.dev_scores,
+    }

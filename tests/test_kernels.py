@@ -1,0 +1,255 @@
+"""lmft.kernels: eNTK entries against plain autograd, symmetry and PSD, shards bit for bit, merging, files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          RobertaConfig, RobertaForMaskedLM)
+
+from lmft import kernels
+from lmft.heads import Classifier
+from lmft.io import ArtifactError, LmftError
+
+VOCAB, HIDDEN, WORDS = 24, 8, (5, 6, 7)
+
+
+class TinyClassifier(nn.Module):
+    """A 2-layer random BERT: a linear head on [CLS] (``cls``) or the MLM scores of label words at mask_pos (``mlm``)."""
+
+    def __init__(self, head: str = "cls", num_labels: int = 3, dtype: torch.dtype = torch.float32, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=16, max_position_embeddings=16, attn_implementation="eager")
+        self.lm = BertForMaskedLM(config)  # its decoder is tied to the word embeddings
+        self.linear = nn.Linear(HIDDEN, num_labels) if head == "cls" else None
+        self.words = list(WORDS[:num_labels])
+        self.to(dtype).eval()
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, mask_pos=None):
+        if self.linear is not None:
+            h = self.lm.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return self.linear(h.last_hidden_state[:, 0])
+        scores = self.lm(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+        return scores[torch.arange(scores.shape[0]), mask_pos][:, self.words]
+
+
+def make_batch(n: int, width: int = 9, seed: int = 0, labels: int = 3) -> dict[str, torch.Tensor]:
+    """Right-padded random examples; lengths repeat so that some examples share a mask."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([3, 5, width, 5, 4, 7, 3, 6, 5][:n] + [4] * max(0, n - 9))
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    ids = torch.randint(1, VOCAB, (n, width), generator=g) * mask
+    types = torch.randint(0, 2, (n, width), generator=g) * mask
+    pos = (torch.rand(n, generator=g) * lengths).long()
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "mask_pos": pos,
+            "labels": torch.randint(0, labels, (n,), generator=g)}
+
+
+def autograd_jacobian(model: nn.Module, batch: dict, i: int) -> torch.Tensor:
+    """``[C, P]``: the gradients of example i's logits, one backward each, on the padded input."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(batch["input_ids"][i:i + 1], batch["attention_mask"][i:i + 1],
+                batch["token_type_ids"][i:i + 1], batch["mask_pos"][i:i + 1])[0]
+    rows = []
+    for a in range(out.shape[0]):
+        grads = torch.autograd.grad(out[a], params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params)]))
+    return torch.stack(rows)
+
+
+def freeze_key_biases(model: nn.Module) -> None:
+    """Attention key biases get analytically zero gradients (softmax ignores a shift of all scores),
+    which come out as rounding noise of either sign; sign formulas would compare that noise."""
+    for name, p in model.named_parameters():
+        if "key.bias" in name:
+            p.requires_grad_(False)
+
+
+@pytest.mark.parametrize("head", ["cls", "mlm"])
+@pytest.mark.parametrize("formula", kernels.FORMULAS)
+def test_entries_equal_inner_products_of_autograd_gradients(formula, head):
+    model = TinyClassifier(head, dtype=torch.float64)
+    if formula != "sgd":
+        freeze_key_biases(model)
+    x, y = make_batch(5, seed=1), make_batch(4, seed=2)
+    got = kernels.compute_shard(model, x, y, formula, row_batch=2, col_batch=3).kernel
+    jx = torch.stack([autograd_jacobian(model, x, i) for i in range(5)])  # [N, C, P]
+    jy = torch.stack([autograd_jacobian(model, y, j) for j in range(4)])
+    inner = lambda u, v: torch.einsum("iap,jbp->iajb", u, v)  # noqa: E731
+    if formula == "sgd":
+        torch.testing.assert_close(got, inner(jx, jy), rtol=1e-10, atol=1e-10)
+    elif formula == "signgd":
+        assert torch.equal(got, inner(jx.sign(), jy.sign()))
+    else:
+        assert got.shape == (2, 5, 3, 4, 3)
+        torch.testing.assert_close(got[0], inner(jx.sign(), jy), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(got[1], inner(jx, jy.sign()), rtol=1e-10, atol=1e-10)
+
+
+def test_sgd_kernel_of_a_split_with_itself_is_symmetric_psd():
+    model = TinyClassifier("mlm", dtype=torch.float64)
+    x = make_batch(6)
+    k = kernels.compute_shard(model, x, x, "sgd", row_batch=4, col_batch=3).kernel.reshape(18, 18)
+    scale = k.abs().max()
+    torch.testing.assert_close(k, k.T, rtol=0, atol=1e-12 * scale)
+    assert torch.linalg.eigvalsh((k + k.T) / 2).min() >= -1e-10 * scale
+
+
+def test_signgd_self_entry_counts_nonzero_gradient_coordinates():
+    model = TinyClassifier("cls", dtype=torch.float64)
+    freeze_key_biases(model)
+    x = make_batch(4)
+    k = kernels.compute_shard(model, x, x, "signgd").kernel
+    for i in range(4):
+        nonzero = (autograd_jacobian(model, x, i) != 0).sum(1)
+        assert torch.equal(torch.stack([k[i, a, i, a] for a in range(3)]), nonzero.double())
+        assert 0 < nonzero.min() < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("formula", ["sgd", "asymmetric-signgd"])  # signgd sums integers: exact in any order
+def test_shards_and_batch_sizes_give_the_same_bits(formula):
+    model = TinyClassifier("mlm")  # float32 Jacobians, float64 contraction
+    x, y = make_batch(7, seed=3), make_batch(5, seed=4)
+    whole = kernels.compute_shard(model, x, y, formula, row_batch=7, col_batch=5).kernel
+
+    def sharded(row_parts, col_parts, row_batch, col_batch):
+        return kernels.merge_shards([
+            kernels.compute_shard(model, x, y, formula, row_range=r, col_range=c, row_batch=row_batch, col_batch=col_batch)
+            for r in kernels.split_range(7, row_parts) for c in kernels.split_range(5, col_parts)])
+
+    assert torch.equal(whole, sharded(3, 2, 2, 1))
+    assert torch.equal(whole, sharded(2, 3, 1, 4))
+    assert whole.abs().sum() > 0
+
+
+def test_naive_and_vmap_jacobians_agree_and_binary_is_the_logit_difference():
+    model = TinyClassifier("mlm", num_labels=2, dtype=torch.float64)
+    x, y = make_batch(4, labels=2), make_batch(3, seed=5, labels=2)  # examples 1 and 3 share a mask
+    naive = kernels.jacobians(model, x, method="naive")
+    for chunk in (1, 4):  # 4: vmap over mask groups, as on a GPU
+        for a, b in zip(kernels.jacobians(model, x, vmap_chunk=chunk), naive):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    full = kernels.compute_shard(model, x, y, "sgd").kernel
+    binary = kernels.compute_shard(model, x, y, "sgd", binary=True, method="naive").kernel
+    diff = full[:, 1, :, 1] - full[:, 1, :, 0] - full[:, 0, :, 1] + full[:, 0, :, 0]  # <J1 - J0, J1 - J0>
+    assert binary.shape == (4, 1, 3, 1)
+    torch.testing.assert_close(binary[:, 0, :, 0], diff, rtol=1e-9, atol=1e-9)
+
+
+def test_jacobians_leave_the_model_mode_and_frozen_parameters_alone():
+    model = TinyClassifier("cls").train()
+    model.lm.bert.embeddings.requires_grad_(False)
+    jac = kernels.jacobians(model, make_batch(3))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert [j.shape for j in jac] == [(3, 3, *p.shape) for p in trainable]
+    assert model.training
+
+
+def test_logits_are_the_models_outputs_in_float64():
+    model = TinyClassifier("mlm")
+    x = make_batch(5)
+    with torch.no_grad():
+        expected = model(x["input_ids"], x["attention_mask"], x["token_type_ids"], x["mask_pos"]).double()
+    f0 = kernels.logits(model, x, batch_size=2)
+    assert f0.dtype == torch.float64 and f0.shape == (5, 3)
+    torch.testing.assert_close(f0, expected, rtol=1e-5, atol=1e-6)
+    model2 = TinyClassifier("mlm", num_labels=2)
+    f0b = kernels.logits(model2, x, binary=True)
+    assert f0b.shape == (5, 1)
+    full = kernels.logits(model2, x)
+    torch.testing.assert_close(f0b[:, 0], full[:, 1] - full[:, 0])
+
+
+def test_merge_names_the_missing_and_the_overlapping_shard():
+    model = TinyClassifier("cls")
+    x, y = make_batch(4), make_batch(6, seed=1)
+    shards = [kernels.compute_shard(model, x, y, "signgd", row_range=r, col_range=c)
+              for r in kernels.split_range(4, 2) for c in kernels.split_range(6, 2)]
+    assert kernels.merge_shards(shards).shape == (4, 3, 6, 3)
+    with pytest.raises(LmftError, match=r"no shard covers rows 2:4 x cols 0:3 of the 4x6 kernel"):
+        kernels.merge_shards(shards[:2] + shards[3:])
+    with pytest.raises(LmftError, match=r"shards rows 0:2 x cols 0:3 and rows 0:2 x cols 0:3 overlap"):
+        kernels.merge_shards(shards + shards[:1])
+    other = kernels.compute_shard(model, x, y, "sgd", row_range=(0, 2), col_range=(0, 3))
+    with pytest.raises(LmftError, match="sgd kernel"):
+        kernels.merge_shards([other] + shards[1:])
+
+
+def test_files_round_trip_in_the_papers_format(tmp_path):
+    model = TinyClassifier("cls")
+    x, y = make_batch(3), make_batch(4, seed=1)
+    shard = kernels.compute_shard(model, x, y, "asymmetric-signgd", col_range=(1, 4))
+    kernels.save_shard(shard, tmp_path / "shard.pt")
+    back = kernels.load_shard(tmp_path / "shard.pt")
+    assert torch.equal(back.kernel, shard.kernel) and (back.rows, back.cols) == ((0, 3), (1, 4))
+
+    kernel = kernels.compute_shard(model, x, y, "sgd").kernel
+    kernels.save_kernel(tmp_path / "test.pt", kernel, y["labels"])
+    raw = torch.load(tmp_path / "test.pt", weights_only=True)  # what the paper's code loads
+    assert isinstance(raw, tuple) and torch.equal(raw[0], kernel) and raw[1].dtype == torch.long
+    assert torch.equal(kernels.load_kernel(tmp_path / "test.pt")[1], y["labels"])
+
+    kernels.save_logits(tmp_path / "f0.pt", kernels.logits(model, y), y["labels"])
+    f0, labels = kernels.load_logits(tmp_path / "f0.pt")
+    assert f0.shape == (4, 3) and torch.equal(labels, y["labels"])
+    with pytest.raises(ArtifactError, match="not a kernel shard"):
+        kernels.load_shard(tmp_path / "test.pt")
+    with pytest.raises(ArtifactError, match=r"not a \(kernel, labels\) tuple"):
+        kernels.load_kernel(tmp_path / "shard.pt")
+
+
+def test_bad_input_raises_clear_errors():
+    model = TinyClassifier("cls")
+    x = make_batch(3)
+    with pytest.raises(LmftError, match="unknown kernel formula 'ntk'"):
+        kernels.compute_shard(model, x, x, "ntk")
+    with pytest.raises(LmftError, match="row range 2:2 is empty"):
+        kernels.compute_shard(model, x, x, "sgd", row_range=(2, 2))
+    with pytest.raises(LmftError, match="binary kernels need a two-class model, this one has 3"):
+        kernels.compute_shard(model, x, x, "sgd", binary=True)
+    bad = dict(x, mask_pos=torch.tensor([0, 8, 0]))
+    with pytest.raises(LmftError, match="example 1 has mask_pos 8 outside its attended tokens"):
+        kernels.compute_shard(model, bad, x, "sgd")
+    with pytest.raises(LmftError, match="missing 'attention_mask'"):
+        kernels.jacobians(model, {k: v for k, v in x.items() if k != "attention_mask"})
+    with pytest.raises(LmftError, match="unknown Jacobian method"):
+        kernels.jacobians(model, x, method="jvp")
+    with pytest.raises(LmftError, match="vmap_chunk must be >= 1"):
+        kernels.jacobians(model, x, vmap_chunk=0)
+    with pytest.raises(LmftError, match="cannot cut 3 examples into 4 shards"):
+        kernels.split_range(3, 4)
+    model.requires_grad_(False)
+    with pytest.raises(LmftError, match="no trainable parameters"):
+        kernels.jacobians(model, x)
+
+
+def _backbone(arch: str, attn: str) -> tuple[nn.Module, bool]:
+    small = dict(vocab_size=VOCAB, num_attention_heads=2, attn_implementation=attn)
+    if arch == "bert":
+        return BertForMaskedLM(BertConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+                                          max_position_embeddings=16, **small)), False
+    if arch == "roberta":
+        return RobertaForMaskedLM(RobertaConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+                                                max_position_embeddings=20, pad_token_id=0, type_vocab_size=1,
+                                                **small)), False
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_embd=HIDDEN, n_layer=1, n_positions=16, bos_token_id=1, eos_token_id=1,
+                                          **small)), True
+    return LlamaForCausalLM(LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+                                        num_key_value_heads=1, max_position_embeddings=16, bos_token_id=1,
+                                        eos_token_id=1, pad_token_id=0, **small)), True
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # sdpa has no vmap batching rule on the CPU
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2", "llama"])
+def test_vmap_runs_through_the_shared_classifier_of_each_architecture(arch, attn):
+    torch.manual_seed(0)
+    backbone, causal = _backbone(arch, attn)
+    clf = Classifier(backbone.double(), "causal" if causal else "prompt", 2, causal, label_ids=[5, 6]).eval()
+    x = make_batch(5, labels=2)  # examples 1 and 3 share a mask: one vmap call with vmap_chunk=4
+    for a, b in zip(kernels.jacobians(clf, x, vmap_chunk=4), kernels.jacobians(clf, x, method="naive")):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
