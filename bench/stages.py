@@ -1,0 +1,28 @@
+"""Wall time and peak memory of each stage of the last run, from Snakemake's benchmark files.
+
+    python bench/stages.py [benchmarks/]
+
+Jobs run in parallel, so the summed job time exceeds the run's wall time (printed from the
+Snakemake log when there is one).
+"""
+
+import re
+import sys
+from pathlib import Path
+
+from lmft.benchmarks import stage_table
+
+
+def main(root: str = "benchmarks") -> None:
+    table = stage_table(root)
+    print(table.to_markdown(index=False, floatfmt=".1f"))
+    print(f"\nsum of job wall times: {table['total_s'].sum():.0f} s over {table['jobs'].sum()} jobs")
+    logs = sorted(Path(".snakemake/log").glob("*.snakemake.log"))
+    if logs:
+        m = re.search(r"Elapsed time: ([0-9:.]+)", logs[-1].read_text())  # printed by recent Snakemake
+        if m:
+            print(f"wall time of the last run ({logs[-1].name}): {m.group(1)}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,26 @@
+"""The per-stage benchmark table."""
+
+import pytest
+
+from lmft.benchmarks import stage_table
+from lmft.io import ArtifactError
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def test_stage_table(tmp_path):
+    for rel, s, rss in [("kshot/a/16-13.tsv", 1.5, 100), ("kshot/b/16-13.tsv", 2.5, 300), ("aggregate.tsv", 4.0, 50)]:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(HEADER + f"{s}\t0:00:01\t{rss}\t1\t1\t1\t0\t0\t0\t1\n")
+    table = stage_table(tmp_path).set_index("stage")
+    assert table.loc["kshot", "jobs"] == 2 and table.loc["kshot", "total_s"] == 4.0
+    assert table.loc["kshot", "peak_rss_mb"] == 300 and table.loc["aggregate", "longest_s"] == 4.0
+
+
+def test_stage_table_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="no benchmark files"):
+        stage_table(tmp_path)
+    (tmp_path / "x.tsv").write_text("garbage")
+    with pytest.raises(ArtifactError, match="x.tsv: not a Snakemake benchmark file"):
+        stage_table(tmp_path)
