@@ -1,0 +1,67 @@
+# Fine-tuning (LM-BFF, MeZO, parameter modes, probes, zero-shot, ICL): one job per model, task, k,
+# seed and method of `finetune.methods`. Runs only when the config has that section.
+#
+# Params are the job's own method entry (without `models`, `resources`, `threads`, `eval_cap`,
+# which are passed or used separately) and its task's definition: changing one method's
+# hyper-parameter reruns that method's jobs only, changing a task's template that task's only.
+#
+# Resuming: an `ft` or `mezo` method with `save_every` writes {run}/resume.pt while it trains. It is
+# not a declared output, so Snakemake leaves it in place when the job fails or is killed (it
+# deletes declared outputs only), and the rerun continues from it bit for bit. No `shadow:`: a
+# shadow directory is thrown away with the resume file in it.
+import re
+
+from lmft.finetune import finetune_targets, job_spec
+
+FINETUNE = config.get("finetune") or {}
+FT_METHODS = FINETUNE.get("methods") or {}
+
+
+def ft_setting(w, key, default):
+    """A method's own value of ``key``, else the finetune section's, else ``default``."""
+    return FT_METHODS[w.method].get(key, FINETUNE.get(key, default))
+
+
+def ft_resource(w, key, default):
+    own = FT_METHODS[w.method].get("resources") or {}
+    return own.get(key, (FINETUNE.get("resources") or {}).get(key, default))
+
+
+FT_RUN = f"{RESULTS}/finetune/{{model}}/{{task}}/{{k}}-{{seed}}/{{method}}"
+
+
+rule finetune:
+    input:
+        train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
+        dev=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/dev.parquet",
+        test=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/test.parquet",
+        model=f"{RESULTS}/models/{{model}}/model.json",
+    output:
+        metrics=f"{FT_RUN}/metrics.json",
+        model=f"{FT_RUN}/model.safetensors",
+        curve=f"{FT_RUN}/curve.parquet",
+        predictions=f"{FT_RUN}/predictions.parquet",
+        steps=directory(f"{FT_RUN}/steps"),
+    wildcard_constraints:
+        method="|".join(re.escape(m) for m in FT_METHODS) or "(?!)",  # only configured methods
+    params:
+        method=lambda w: job_spec(FT_METHODS[w.method]),
+        task=lambda w: task_config(w.task),
+        eval_cap=lambda w: ft_setting(w, "eval_cap", None),
+        device=FINETUNE.get("device", "auto"),
+    log:
+        "logs/finetune/{model}/{task}/{k}-{seed}/{method}.log",
+    benchmark:
+        "benchmarks/finetune/{model}/{task}/{k}-{seed}/{method}.tsv"
+    threads: lambda w: ft_setting(w, "threads", 1)
+    resources:
+        mem_mb=lambda w: ft_resource(w, "mem_mb", 4000),
+        runtime=lambda w: ft_resource(w, "runtime", 60),
+        gpu=lambda w: ft_resource(w, "gpu", 0),
+    script:
+        "../workflow/scripts/finetune.py"
+
+
+FINETUNE_METRICS = finetune_targets(config)
+register_metrics("finetune", FINETUNE_METRICS)
+TARGETS.extend(FINETUNE_METRICS)

@@ -1,0 +1,145 @@
+"""lmft.train: schedule, sampler, learning on a tiny task, best-dev checkpoint, bad settings."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lmft.evaluate import Split, evaluate
+from lmft.finetune import encode_split
+from lmft.heads import build_classifier, fit_linear_head
+from lmft.io import LmftError
+from lmft.params import select_trainable
+from lmft.probe import extract_features
+from lmft.tasks import get_task
+from lmft.train import EpochSampler, FirstOrder, LoopConfig, ZerothOrder, lr_factor, train_loop
+from tiny import make_tiny_model_dir, tiny_frame
+
+SST2 = get_task("sst-2")
+# Held-out sentences built from the tiny vocabulary: the words of the training sentences, recombined.
+DEV = pd.DataFrame({"text_a": ["great fun", "a good story", "really great acting", "fun film", "terrible acting",
+                               "a bad story", "boring plot", "really bad film"],
+                    "label": ["1"] * 4 + ["0"] * 4})
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models"), "llama")
+
+
+def _splits(clf, tok) -> tuple[Split, Split]:
+    return (encode_split(tiny_frame(), SST2, tok, clf, name="train"), encode_split(DEV, SST2, tok, clf, name="dev"))
+
+
+def test_lr_factor_linear_warmup_constant() -> None:
+    assert [lr_factor(t, 4, 0, "linear") for t in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(t, 6, 2, "linear") for t in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(t, 4, 1, "constant") for t in range(4)] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_sampler_permutes_each_epoch_and_resumes() -> None:
+    s = EpochSampler(10, 4, seed=13)
+    first = [s.next_rows() for _ in range(3)]
+    assert [len(b) for b in first] == [4, 4, 2]  # the last batch of an epoch is smaller
+    assert sorted(sum(first, [])) == list(range(10))
+    state = s.state_dict()
+    ahead = [s.next_rows() for _ in range(4)]
+    t = EpochSampler(10, 4, seed=99)
+    t.load_state_dict(state)
+    assert [t.next_rows() for _ in range(4)] == ahead
+    assert [EpochSampler(10, 4, seed=13).next_rows() for _ in range(1)] == first[:1]
+    assert EpochSampler(10, 4, seed=21).next_rows() != first[0]
+
+
+def test_loop_config_rejects_bad_values() -> None:
+    with pytest.raises(LmftError, match="steps must be at least 1"):
+        LoopConfig(steps=0, batch_size=2)
+    with pytest.raises(LmftError, match=r"save_steps \[7\] lie outside"):
+        LoopConfig(steps=6, batch_size=2, save_steps=(2, 7))
+    cfg = LoopConfig(steps=7, batch_size=2, eval_every=3)
+    assert [s for s in range(1, 8) if cfg.is_eval_step(s)] == [3, 6, 7]
+
+
+def test_stepper_settings_are_checked(llama: Path) -> None:
+    clf, _ = build_classifier(llama, SST2, "causal")
+    select_trainable(clf, "all")
+    with pytest.raises(LmftError, match="unknown optimizer 'adam'"):
+        FirstOrder(clf, total_steps=2, optimizer="adam")
+    with pytest.raises(LmftError, match="unknown schedule"):
+        ZerothOrder(clf, total_steps=2, lr=1e-3, schedule="cosine")
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(LmftError, match="no trainable parameters"):
+        FirstOrder(clf, total_steps=2)
+
+
+def test_ft_learns_a_separable_task(llama: Path) -> None:
+    clf, tok = build_classifier(llama, SST2, "causal")
+    select_trainable(clf, "all")
+    train, dev = _splits(clf, tok)
+    before = evaluate(clf, dev, "acc")
+    cfg = LoopConfig(steps=20, batch_size=4, eval_every=5)
+    result = train_loop(clf, FirstOrder(clf, total_steps=20, lr=1e-3), train, dev, "acc", cfg, seed=13)
+    after = evaluate(clf, dev, "acc")
+    assert before.metric <= 0.5 and after.metric >= 0.75
+    assert after.metric == result.best_dev_metric and after.loss == pytest.approx(result.best_dev_loss)
+    dev_rows = [r for r in result.curve if r["split"] == "dev"]
+    assert [r["step"] for r in dev_rows] == [0, 5, 10, 15, 20]
+    assert len([r for r in result.curve if r["split"] == "train"]) == 20
+
+
+class Scripted:
+    """A stepper that sets the linear head to given weights at each step (no learning involved)."""
+
+    def __init__(self, clf, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.clf, self.weights, self.t = clf, weights, 0
+
+    def step(self, batch) -> float:
+        w, b = self.weights[self.t]
+        with torch.no_grad():
+            self.clf.linear.weight.copy_(w)
+            self.clf.linear.bias.copy_(b)
+        self.t += 1
+        return 0.0
+
+    def state_dict(self):
+        return {"t": self.t}
+
+    def load_state_dict(self, state) -> None:
+        self.t = state["t"]
+
+
+def test_best_dev_checkpoint_is_kept(llama: Path) -> None:
+    clf, tok = build_classifier(llama, SST2, "cls")
+    select_trainable(clf, "head")
+    train, dev = _splits(clf, tok)
+    fit_linear_head(clf, extract_features(clf, dev), torch.tensor(dev.labels), l2=1e-3)
+    good = (clf.linear.weight.detach().clone(), clf.linear.bias.detach().clone())
+    zero = (torch.zeros_like(good[0]), torch.zeros_like(good[1]))
+    bad = (-good[0], -good[1])
+    saved = []
+    cfg = LoopConfig(steps=4, batch_size=4, eval_every=1, save_steps=(3,))
+    result = train_loop(clf, Scripted(clf, [zero, good, bad, zero]), train, dev, "acc", cfg, seed=13,
+                        save_step=lambda s: saved.append((s, clf.linear.weight.detach().clone())))
+    assert result.best_step == 2 and result.best_dev_metric == 1.0
+    assert torch.equal(clf.linear.weight, good[0]) and torch.equal(clf.linear.bias, good[1])
+    assert [s for s, _ in saved] == [3] and torch.equal(saved[0][1], bad[0])  # save_steps sees that step's tensors
+    dev_metrics = [r["metric"] for r in result.curve if r["split"] == "dev"]
+    assert dev_metrics[1:] == [0.5, 1.0, 0.0, 0.5]
+    assert all(math.isnan(r["metric"]) for r in result.curve if r["split"] == "train")
+
+
+def test_ties_go_to_lower_loss_then_earlier_step(llama: Path) -> None:
+    clf, tok = build_classifier(llama, SST2, "cls")
+    select_trainable(clf, "head")
+    train, dev = _splits(clf, tok)
+    fit_linear_head(clf, extract_features(clf, dev), torch.tensor(dev.labels), l2=1e-3)
+    good = (clf.linear.weight.detach().clone(), clf.linear.bias.detach().clone())
+    sharper = (good[0] * 2, good[1] * 2)  # same predictions, lower loss
+    cfg = LoopConfig(steps=3, batch_size=4, eval_every=1)
+    result = train_loop(clf, Scripted(clf, [good, sharper, sharper]), train, dev, "acc", cfg, seed=13)
+    assert result.best_step == 2

@@ -1,0 +1,19 @@
+"""Snakemake adapter: k-shot tables + a prepared model -> one fine-tuning run directory."""
+
+from pathlib import Path
+
+from lmft.finetune import run_finetune
+from lmft.runtime import run_script
+from lmft.tasks import get_task
+
+
+def main(smk):
+    w = smk.wildcards
+    task = get_task(w.task, smk.params.task)
+    splits = {"train": smk.input.train, "dev": smk.input.dev, "test": smk.input.test}
+    run_finetune(smk.input.model, task, splits, Path(smk.output.metrics).parent, model=w.model, k=int(w.k),
+                 seed=int(w.seed), method=w.method, spec=smk.params.method, eval_cap=smk.params.eval_cap,
+                 device=smk.params.device)
+
+
+run_script(main, snakemake)  # noqa: F821
