@@ -15,7 +15,8 @@ paper's released files are). ``binary=True`` replaces the two logits by the one 
 ``f_1 - f_0`` (C = 1); the solvers then regress labels +-1.
 
 Computation. A kernel is computed in shards (rows ``[r0, r1)`` x columns ``[c0, c1)``,
-:func:`compute_shard`) that :func:`merge_shards` assembles. Inside a shard, rows are taken in
+:func:`compute_shard`; :func:`compute_shards` makes the shards of several formulas from one pass of
+Jacobians) that :func:`merge_shards` assembles. Inside a shard, rows are taken in
 blocks of ``row_batch`` examples whose Jacobians are kept while every column block of
 ``col_batch`` examples is computed and contracted against them (column Jacobians are recomputed
 once per row block, so a large ``row_batch`` saves work). Jacobians come from ``torch.func``
@@ -42,10 +43,10 @@ batching is the point, and cuBLAS promises no bit-stability across shapes anyway
 
 Reproducibility. On the CPU (``vmap_chunk=1`` or ``method="naive"``) the result is bit-identical
 whatever the shard layout and the batch sizes, with any thread count: every example's Jacobian is
-computed alone at its own length, and the float64 contraction always multiplies fixed
-``[TILE, k]`` tiles (zero-padded) over fixed ``CHUNK``-wide slices of each parameter tensor, summed
-in a fixed order (tensor by tensor, slice by slice), so no block size changes any entry's
-reduction order (a plain ``A @ B.T`` would: MKL's dgemm result depends on the matrix shape).
+computed alone at its own length, and the float64 contraction multiplies each pair of examples on
+its own, ``[C, k] @ [k, C]`` over fixed ``CHUNK``-wide slices of each parameter tensor, summed in a
+fixed order (tensor by tensor, slice by slice), so no block size changes any entry's rounding (a
+plain ``A @ B.T`` over a block would: a BLAS GEMM rounds an entry by its position in the output).
 
 Gradients that are zero in exact arithmetic but not in floating point, such as those of the
 attention key biases (softmax ignores a shift of all scores), are rounding noise whose signs the
@@ -63,7 +64,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 FORMULAS = ("sgd", "signgd", "asymmetric-signgd")
 METHODS = ("vmap", "naive")
-TILE = 16  # rows (example, logit) of one contraction tile
 CHUNK = 1 << 16  # parameter coordinates per float64 slice
 Batch = Mapping[str, Tensor]
 
@@ -259,46 +258,67 @@ def _naive_jacobians(model: nn.Module, params: dict[str, Tensor], batch: Batch, 
 def kernel_block(rows: Sequence[Tensor], cols: Sequence[Tensor], formula: str) -> Tensor:
     """Contract row Jacobians ``[R, C, *shape]`` with column Jacobians ``[S, C, *shape]`` (one per
     parameter tensor, same order) into a float64 ``[R, C, S, C]`` block (``[2, R, C, S, C]`` for
-    asymmetric-signgd), on the Jacobians' device.
+    asymmetric-signgd), on the Jacobians' device. See :func:`kernel_blocks`."""
+    return kernel_blocks(rows, cols, [formula])[formula]
 
-    Every product is a ``[TILE, k] @ [k, TILE]`` float64 tile over a fixed ``CHUNK``-wide slice,
-    accumulated tensor by tensor and slice by slice, so an entry's bits do not depend on R or S.
+
+# the (row, column) operands of each formula's products: plain Jacobian or its sign
+_PRODUCTS = {"sgd": (("x", "y"),), "signgd": (("sx", "sy"),), "asymmetric-signgd": (("sx", "y"), ("x", "sy"))}
+
+
+def kernel_blocks(rows: Sequence[Tensor], cols: Sequence[Tensor], formulas: Sequence[str]) -> dict[str, Tensor]:
+    """:func:`kernel_block` for several formulas from one pass over the Jacobians: formula -> block.
+
+    Each (row example, column example) pair is its own ``[C, k] @ [k, C]`` float64 product (one
+    ``bmm`` per row example over all columns) over a fixed ``CHUNK``-wide slice, accumulated
+    tensor by tensor and slice by slice. A product that packs several examples into one GEMM would
+    not do: BLAS micro-kernels round an entry differently by its position in the output (seen on
+    an AMD EPYC: the last 4 columns of a 16-wide tile), so an entry's bits would depend on which
+    examples share its block. With one product per pair every entry is computed at the same
+    position of a product of the same shape, whatever R, S, the other formulas or the shard.
     """
-    if formula not in FORMULAS:
-        raise LmftError(f"unknown kernel formula {formula!r}; one of {', '.join(FORMULAS)}")
+    formulas = list(dict.fromkeys(formulas))
+    for formula in formulas:
+        if formula not in FORMULAS:
+            raise LmftError(f"unknown kernel formula {formula!r}; one of {', '.join(FORMULAS)}")
+    if not formulas:
+        raise LmftError("kernel_blocks: no formula")
     if len(rows) != len(cols) or not rows:
         raise LmftError(f"kernel_block: {len(rows)} row and {len(cols)} column Jacobian tensors")
     r, c = rows[0].shape[:2]
     s = cols[0].shape[0]
-    nr, nc = r * c, s * c
-    tr, tc = math.ceil(nr / TILE), math.ceil(nc / TILE)
-    n_out = 2 if formula == "asymmetric-signgd" else 1
-    acc = torch.zeros(n_out, tr, tc, TILE, TILE, dtype=torch.float64, device=rows[0].device)
+    products = [p for f in formulas for p in _PRODUCTS[f]]
+    device = rows[0].device
+    acc = torch.zeros(len(products), r, s, c, c, dtype=torch.float64, device=device)  # [P, R, S, C, C]
+    width = min(CHUNK, max(j[0, 0].numel() for j in rows))  # widest slice of any tensor
+    # float64 staging buffers, allocated once per call: fresh multi-MB tensors per slice cost page faults
+    names = {name for p in products for name in p}
+    bufs = {name: torch.empty(n * c * width, dtype=torch.float64, device=device)
+            for name, n in (("x", r), ("y", s), ("sx", r), ("sy", s)) if name in names | {"x", "y"}}
     for jr, jc in zip(rows, cols):
         if jr.shape[1:] != jc.shape[1:] or jr.shape[1] != c:
             raise LmftError(f"kernel_block: row Jacobian {tuple(jr.shape)} and column Jacobian {tuple(jc.shape)} do not match")
-        a, b = jr.reshape(nr, -1), jc.reshape(nc, -1)
-        for k in range(0, a.shape[1], CHUNK):
-            x, y = _tiles(a[:, k:k + CHUNK], tr), _tiles(b[:, k:k + CHUNK], tc)
-            if formula == "sgd":
-                pairs = [(x, y)]
-            elif formula == "signgd":
-                pairs = [(x.sign(), y.sign())]
-            else:
-                pairs = [(x.sign(), y), (x, y.sign())]
-            for o, (u, v) in enumerate(pairs):
-                for i in range(tr):
-                    for j in range(tc):
-                        acc[o, i, j] += u[i] @ v[j].T
-    out = acc.permute(0, 1, 3, 2, 4).reshape(n_out, tr * TILE, tc * TILE)[:, :nr, :nc].reshape(n_out, r, c, s, c)
-    return out if n_out == 2 else out[0]
+        a, b = jr.reshape(r, c, -1), jc.reshape(s, c, -1)
+        for k in range(0, a.shape[2], CHUNK):
+            ops = {"x": _stage(a[:, :, k:k + CHUNK], bufs["x"]), "y": _stage(b[:, :, k:k + CHUNK], bufs["y"])}
+            for name in names - {"x", "y"}:
+                ops[name] = torch.sign(ops[name[1]], out=bufs[name][: ops[name[1]].numel()].view(ops[name[1]].shape))
+            for o, (left, right) in enumerate(products):
+                u, vt = ops[left], ops[right].transpose(1, 2)  # [R, C, w], [S, w, C]
+                for i in range(r):
+                    acc[o, i] += torch.bmm(u[i].expand(s, c, u.shape[2]), vt)  # [S, C, C]
+    out = acc.permute(0, 1, 3, 2, 4)  # [P, R, C, S, C]
+    blocks, o = {}, 0
+    for formula in formulas:
+        n = len(_PRODUCTS[formula])
+        blocks[formula] = (out[o:o + n] if n == 2 else out[o]).contiguous()  # own storage, not a view of all formulas
+        o += n
+    return blocks
 
 
-def _tiles(m: Tensor, n_tiles: int) -> Tensor:
-    """``[n, k]`` -> zero-padded float64 ``[n_tiles, TILE, k]``."""
-    out = torch.zeros(n_tiles * TILE, m.shape[1], dtype=torch.float64, device=m.device)
-    out[: m.shape[0]] = m
-    return out.view(n_tiles, TILE, m.shape[1])
+def _stage(m: Tensor, buf: Tensor) -> Tensor:
+    """``m`` as a contiguous float64 tensor in the storage of ``buf``."""
+    return buf[: m.numel()].view(m.shape).copy_(m)
 
 
 @dataclass
@@ -336,19 +356,31 @@ def _blocks(mask: Tensor, lo: int, hi: int, size: int) -> list[Tensor]:
     return list(idx.split(size))
 
 
-def compute_shard(model: nn.Module, rows: Batch, cols: Batch, formula: str, *,
-                  row_range: tuple[int, int] | None = None, col_range: tuple[int, int] | None = None,
-                  row_batch: int = 8, col_batch: int = 8, binary: bool = False, method: str = "vmap",
-                  vmap_chunk: int | None = None) -> KernelShard:
-    """The kernel between ``rows[r0:r1]`` (training examples) and ``cols[c0:c1]`` (any split).
+def compute_shard(model: nn.Module, rows: Batch, cols: Batch, formula: str, **kwargs) -> KernelShard:
+    """The kernel of one formula between ``rows[r0:r1]`` (training examples) and ``cols[c0:c1]`` (any
+    split); keyword arguments as :func:`compute_shards`."""
+    return compute_shards(model, rows, cols, [formula], **kwargs)[formula]
+
+
+def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequence[str], *,
+                   row_range: tuple[int, int] | None = None, col_range: tuple[int, int] | None = None,
+                   row_batch: int = 8, col_batch: int = 8, binary: bool = False, method: str = "vmap",
+                   vmap_chunk: int | None = None) -> dict[str, KernelShard]:
+    """The kernels of several formulas between ``rows[r0:r1]`` and ``cols[c0:c1]`` from one pass of
+    Jacobians: formula -> :class:`KernelShard` (each bit-identical to computing it alone).
 
     ``rows``/``cols`` are whole splits as one batch each (see :func:`check_batch`); the ranges
     default to everything. Row Jacobians are computed once per block of ``row_batch`` examples
-    and reused for every block of ``col_batch`` columns; ``method`` and ``vmap_chunk`` are those of
-    :func:`jacobians`. Runs where the model is (CPU or CUDA); the shard comes back on the CPU.
+    and reused for every block of ``col_batch`` columns, and as the column Jacobians of a block
+    with the same examples when ``cols is rows``; ``method`` and ``vmap_chunk`` are those of
+    :func:`jacobians`. Runs where the model is (CPU or CUDA); the shards come back on the CPU.
     """
-    if formula not in FORMULAS:
-        raise LmftError(f"unknown kernel formula {formula!r}; one of {', '.join(FORMULAS)}")
+    formulas = list(dict.fromkeys(formulas))
+    if not formulas:
+        raise LmftError("compute_shards: no formula")
+    for formula in formulas:
+        if formula not in FORMULAS:
+            raise LmftError(f"unknown kernel formula {formula!r}; one of {', '.join(FORMULAS)}")
     if row_batch < 1 or col_batch < 1:
         raise LmftError(f"row_batch and col_batch must be >= 1, got {row_batch} and {col_batch}")
     n, m = check_batch(rows, "rows"), check_batch(cols, "cols")
@@ -356,23 +388,28 @@ def compute_shard(model: nn.Module, rows: Batch, cols: Batch, formula: str, *,
     c0, c1 = _range(col_range, m, "column range")
     row_blocks = _blocks(rows["attention_mask"], r0, r1, row_batch)
     col_blocks = _blocks(cols["attention_mask"], c0, c1, col_batch)
-    kernel: Tensor | None = None
+    kernels: dict[str, Tensor] = {}
     for bi, ridx in enumerate(row_blocks):
-        log.info("kernel %s rows %d:%d cols %d:%d: row block %d/%d", formula, r0, r1, c0, c1, bi + 1, len(row_blocks))
+        log.info("kernel %s rows %d:%d cols %d:%d: row block %d/%d", "+".join(formulas), r0, r1, c0, c1, bi + 1,
+                 len(row_blocks))
         jr = jacobians(model, _take(rows, ridx), binary=binary, method=method, vmap_chunk=vmap_chunk)
         for cidx in col_blocks:
-            jc = jacobians(model, _take(cols, cidx), binary=binary, method=method, vmap_chunk=vmap_chunk)
-            block = kernel_block(jr, jc, formula).cpu()  # [(2,) R, C, S, C]
-            if kernel is None:
-                c = block.shape[-1]
-                lead = (2,) if formula == "asymmetric-signgd" else ()
-                kernel = torch.zeros(*lead, r1 - r0, c, c1 - c0, c, dtype=torch.float64)
-            # kernel[..., i, :, j, :] = block[..., i', :, j', :] for the blocks' (sorted) indices
-            kernel.transpose(-3, -2)[..., (ridx - r0)[:, None], (cidx - c0)[None, :], :, :] = block.transpose(-3, -2)
+            if cols is rows and torch.equal(cidx, ridx):  # a train x train diagonal block: the same Jacobians
+                jc = jr
+            else:
+                jc = jacobians(model, _take(cols, cidx), binary=binary, method=method, vmap_chunk=vmap_chunk)
+            for formula, block in kernel_blocks(jr, jc, formulas).items():  # [(2,) R, C, S, C]
+                block = block.cpu()
+                if formula not in kernels:
+                    c = block.shape[-1]
+                    lead = (2,) if formula == "asymmetric-signgd" else ()
+                    kernels[formula] = torch.zeros(*lead, r1 - r0, c, c1 - c0, c, dtype=torch.float64)
+                # kernel[..., i, :, j, :] = block[..., i', :, j', :] for the blocks' (sorted) indices
+                kernels[formula].transpose(-3, -2)[..., (ridx - r0)[:, None], (cidx - c0)[None, :], :, :] = \
+                    block.transpose(-3, -2)
             del jc
         del jr
-    assert kernel is not None
-    return KernelShard(kernel, (r0, r1), (c0, c1), n, m, formula)
+    return {f: KernelShard(kernels[f], (r0, r1), (c0, c1), n, m, f) for f in formulas}
 
 
 def split_range(n: int, parts: int) -> list[tuple[int, int]]:

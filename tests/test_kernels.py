@@ -125,6 +125,21 @@ def test_shards_and_batch_sizes_give_the_same_bits(formula):
     assert whole.abs().sum() > 0
 
 
+def test_formulas_from_one_pass_equal_each_formula_alone():
+    model = TinyClassifier("mlm")
+    x, y = make_batch(6, seed=6), make_batch(5, seed=7)
+    together = kernels.compute_shards(model, x, y, ["asymmetric-signgd", "sgd", "signgd"], row_range=(1, 5),
+                                      col_range=(2, 5), row_batch=3, col_batch=2)
+    assert list(together) == ["asymmetric-signgd", "sgd", "signgd"]
+    for formula, shard in together.items():
+        alone = kernels.compute_shard(model, x, y, formula, row_range=(1, 5), col_range=(2, 5), row_batch=4, col_batch=3)
+        assert shard.formula == formula and shard.rows == (1, 5) and shard.cols == (2, 5)
+        assert torch.equal(shard.kernel, alone.kernel)
+    jx, jy = kernels.jacobians(model, x), kernels.jacobians(model, y)
+    for block in kernels.kernel_blocks(jx, jy, ["sgd", "asymmetric-signgd"]).values():
+        assert block.untyped_storage().nbytes() == block.numel() * 8  # its own storage: torch.save writes only it
+
+
 def test_naive_and_vmap_jacobians_agree_and_binary_is_the_logit_difference():
     model = TinyClassifier("mlm", num_labels=2, dtype=torch.float64)
     x, y = make_batch(4, labels=2), make_batch(3, seed=5, labels=2)  # examples 1 and 3 share a mask

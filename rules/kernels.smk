@@ -1,0 +1,159 @@
+# The kernel view of fine-tuning (Malladi et al. 2023): eNTK kernels in shards, merged, then solved.
+# Runs only when the config has a `kernels:` section (see lmft/kernel_stage.py for files and keys).
+#
+#   kernel_shard  (model, task, k, seed, prompt, split, row, col) -> one shard of every formula + f0 slice
+#   kernel_merge  (model, task, k, seed, prompt)                  -> {formula}-{prompt}/{split}.pt, f0-{prompt}/{split}.pt
+#   kernel_solve  (model, task, k, seed, formula, prompt)         -> kernel_solve/.../{formula}-{prompt}/{solver}/metrics.json
+#                 for every configured solver but asym, which kernel_solve_asym runs on the binary
+#                 asymmetric-signgd kernels alone (the only ones it applies to); a solve job loads its
+#                 kernel once for all its solvers, which take well under a second each on k-shot kernels
+#
+# Sharding uses wildcards per block: shard (row, col) of a `row_shards` x `col_shards` grid is its
+# own job (`resources: gpu`), so on SLURM the shards of one kernel run on as many GPUs at once.
+# One shard job computes every configured formula: the Jacobians of its rows and columns, the
+# expensive part, do not depend on the formula (sgd, signgd and asymmetric-signgd only contract
+# them differently), so one pass of Jacobians serves all formulas instead of one pass per formula.
+#
+# With `published_dir` the solve jobs read kernels (and f0, for solvers with f0_scaling) from that
+# directory, in the same layout as results/kernels; no shard or merge job is planned.
+from lmft.kernel_stage import KERNEL_KEYS, SPLITS, col_shards, kernel_info, settings, shard_mem_mb_for, solve_targets
+
+KCFG = settings(config)
+KDIR = f"{RESULTS}/kernels/{{model}}/{{task}}/{{k}}-{{seed}}"
+KSRC = f"{KCFG['published_dir']}/{{model}}/{{task}}/{{k}}-{{seed}}" if KCFG["published_dir"] else KDIR
+KSHARD = f"{KDIR}/shards-{{prompt}}/{{split}}/{{row}}-{{col}}"
+KFORMULAS = KCFG["formulas"]
+
+# per rule, not global: other stages may use {split} or {prompt} for other things
+KWILDCARDS = {"prompt": "prompt|noprompt", "split": "train|dev|test", "formula": "sgd|signgd|asymmetric-signgd",
+              "row": r"\d+", "col": r"\d+"}
+
+
+def kernel_shard_files(w, formula, split):
+    """Every shard file of one formula of a (model, task, k, seed, prompt) kernel of ``split``, row by row."""
+    return [KSHARD.format(**dict(w.items()), split=split, row=r, col=c) + f"/{formula}.pt"
+            for r in range(KCFG["row_shards"]) for c in range(col_shards(KCFG, split))]
+
+
+def kernel_mem_mb(w, input):
+    return shard_mem_mb_for(input.model, get_task(w.task, config), KCFG)
+
+
+if not KCFG["published_dir"]:
+
+    rule kernel_shard:
+        input:
+            train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
+            split=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/{{split}}.parquet",
+            model=model_json("{model}"),
+        output:
+            shards=[f"{KSHARD}/{f}.pt" for f in KFORMULAS],
+            f0=f"{KSHARD}/f0.pt",
+        wildcard_constraints:
+            **KWILDCARDS,
+        params:
+            kernel={k: KCFG[k] for k in KERNEL_KEYS},
+            shards=lambda w: {"row_shards": KCFG["row_shards"], "col_shards": col_shards(KCFG, w.split)},
+            test_cap=lambda w: KCFG["test_cap"] if w.split == "test" else None,
+            task=lambda w: task_config(w.task),
+        log:
+            "logs/kernel_shard/{model}/{task}/{k}-{seed}/{prompt}/{split}/{row}-{col}.log",
+        benchmark:
+            "benchmarks/kernel_shard/{model}/{task}/{k}-{seed}/{prompt}/{split}/{row}-{col}.tsv"
+        threads: KCFG["threads"]
+        resources:
+            mem_mb=kernel_mem_mb,
+            gpu=KCFG["gpu"],
+            runtime=KCFG["runtime"],
+        script:
+            "../workflow/scripts/kernel_shard.py"
+
+    rule kernel_merge:
+        input:
+            shards=lambda w: [p for s in SPLITS for f in KFORMULAS for p in kernel_shard_files(w, f, s)],
+            f0=lambda w: [KSHARD.format(**dict(w.items()), split=s, row=0, col=c) + "/f0.pt"
+                          for s in SPLITS for c in range(col_shards(KCFG, s))],
+        output:
+            kernels=[f"{KDIR}/{f}-{{prompt}}/{s}.pt" for s in SPLITS for f in KFORMULAS],
+            f0=[f"{KDIR}/f0-{{prompt}}/{s}.pt" for s in SPLITS],
+        wildcard_constraints:
+            **KWILDCARDS,
+        params:
+            formulas=KFORMULAS,
+            grid={s: [KCFG["row_shards"], col_shards(KCFG, s)] for s in SPLITS},
+        log:
+            "logs/kernel_merge/{model}/{task}/{k}-{seed}/{prompt}.log",
+        benchmark:
+            "benchmarks/kernel_merge/{model}/{task}/{k}-{seed}/{prompt}.tsv"
+        resources:
+            mem_mb=2000,
+        script:
+            "../workflow/scripts/kernel_merge.py"
+
+
+KSOLVE = f"{RESULTS}/kernel_solve/{{model}}/{{task}}/{{k}}-{{seed}}"
+KSOLVERS = [s for s in KCFG["solvers"] if s != "asym"]  # asym has a rule of its own: it applies to fewer kernels
+
+
+def kernel_solve_input(w, solvers):
+    """The kernel files of every split (and f0 when one of ``solvers`` adjusts for it) of ``w``'s kernel."""
+    fill = dict(w.items())
+    formula = fill.get("formula", "asymmetric-signgd")
+    files = {s: f"{KSRC}/{formula}-{{prompt}}/{s}.pt".format(**fill) for s in SPLITS}
+    if any(KCFG["solvers"][s]["f0_scaling"] is not None for s in solvers):
+        files |= {f"f0_{s}": f"{KSRC}/f0-{{prompt}}/{s}.pt".format(**fill) for s in SPLITS}
+    return files
+
+
+if KSOLVERS:
+
+    rule kernel_solve:
+        input:
+            unpack(lambda w: kernel_solve_input(w, KSOLVERS)),
+        output:
+            metrics=[f"{KSOLVE}/{{formula}}-{{prompt}}/{s}/metrics.json" for s in KSOLVERS],
+        wildcard_constraints:
+            **KWILDCARDS,
+        params:
+            formula=lambda w: w.formula,
+            solvers={s: KCFG["solvers"][s] for s in KSOLVERS},
+            kernel=kernel_info(KCFG),
+            task=lambda w: task_config(w.task),
+        log:
+            "logs/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}.log",
+        benchmark:
+            "benchmarks/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}.tsv"
+        resources:
+            mem_mb=2000,
+        script:
+            "../workflow/scripts/kernel_solve.py"
+
+
+if "asym" in KCFG["solvers"]:
+
+    rule kernel_solve_asym:
+        input:
+            unpack(lambda w: kernel_solve_input(w, ["asym"])),
+        output:
+            metrics=[f"{KSOLVE}/asymmetric-signgd-{{prompt}}/asym/metrics.json"],
+        wildcard_constraints:
+            **KWILDCARDS,
+        params:
+            formula="asymmetric-signgd",
+            solvers={"asym": KCFG["solvers"]["asym"]},
+            kernel=kernel_info(KCFG),
+            task=lambda w: task_config(w.task),
+        log:
+            "logs/kernel_solve/{model}/{task}/{k}-{seed}/asymmetric-signgd-{prompt}-asym.log",
+        benchmark:
+            "benchmarks/kernel_solve/{model}/{task}/{k}-{seed}/asymmetric-signgd-{prompt}-asym.tsv"
+        resources:
+            mem_mb=2000,
+        script:
+            "../workflow/scripts/kernel_solve.py"
+
+
+if config.get("kernels") is not None:
+    KERNEL_METRICS = solve_targets(config, KCFG)
+    register_metrics("kernel", KERNEL_METRICS)
+    TARGETS.extend(KERNEL_METRICS)

@@ -1,0 +1,179 @@
+"""lmft.kernel_stage: config settings, shard layout, memory estimate, and shard -> merge -> solve on a tiny model."""
+
+import json
+
+import pytest
+import torch
+from tiny import make_tiny_model_dir, tiny_frame
+
+from lmft import kernel_stage as ks
+from lmft import kernels, solvers
+from lmft.finetune import cap_rows
+from lmft.io import LmftError, write_parquet
+from lmft.tasks import get_task
+
+CONFIG = {"models": {"tiny": {"source": "x"}, "other": {"source": "y"}}, "tasks": ["alpha", "three"],
+          "user_tasks": {"alpha": {"path": "a.csv", "text_columns": ["text"], "label_column": "label",
+                                   "label_words": {"0": "terrible", "1": "great"}},
+                         "three": {"path": "b.csv", "text_columns": ["text"], "label_column": "label",
+                                   "label_words": {"0": "bad", "1": "okay", "2": "good"}}},
+          "kshot": {"k": [4], "seeds": [13, 21]}}
+
+
+def test_settings_fill_defaults_and_resolve_solvers():
+    cfg = ks.settings(CONFIG | {"kernels": {"models": ["tiny"], "solvers": ["lstsq", {"name": "asym", "lam": 0.3}],
+                                            "col_shards": {"test": 3}}})
+    assert cfg["models"] == ["tiny"] and cfg["formulas"] == ["sgd"] and cfg["test_cap"] is None
+    assert cfg["solvers"] == {"lstsq": {"grid": None, "f0_scaling": None, "lam": 0.5},
+                              "asym": {"grid": None, "f0_scaling": None, "lam": 0.3}}
+    assert [ks.col_shards(cfg, s) for s in ks.SPLITS] == [1, 1, 3]
+    assert ks.settings(CONFIG)["models"] == ["tiny", "other"]  # no kernels.models: every model
+    every = ks.settings(CONFIG | {"kernels": {}})
+    assert (every["tasks"], every["k"]) == (["alpha", "three"], [4])
+    assert ks.settings(CONFIG | {"kernels": {"tasks": ["three"], "k": [4]}})["tasks"] == ["three"]
+
+
+@pytest.mark.parametrize("kernels_section, message", [
+    ({"solvers": ["ridge"]}, "unknown solver 'ridge'"),
+    ({"solvers": ["lstsq", {"name": "lstsq", "grid": [1.0]}]}, "'lstsq' is listed twice"),
+    ({"solvers": [{"name": "svm", "f0_scaling": 1.0}]}, "svm: this solver does not use f0"),
+    ({"solvers": [{"name": "lstsq", "ridge": 1.0}]}, r"unknown option\(s\) \['ridge'\]"),
+    ({"models": ["nope"]}, "kernels.models names 'nope'"),
+    ({"tasks": ["sst-2"]}, "kernels.tasks names 'sst-2', not one of the config's tasks"),
+    ({"k": [64]}, "kernels.k names 64"),
+    ({"formulas": ["ntk"]}, "unknown formula 'ntk'"),
+    ({"prompt": ["maybe"]}, "unknown setting 'maybe'"),
+])
+def test_settings_reject_bad_entries(kernels_section, message):
+    with pytest.raises(LmftError, match=message):
+        ks.settings(CONFIG | {"kernels": kernels_section})
+
+
+def test_solve_targets_run_asym_only_on_binary_asymmetric_kernels():
+    section = {"formulas": ["sgd", "asymmetric-signgd"], "prompt": ["prompt", "noprompt"], "binary": True,
+               "models": ["tiny"], "solvers": ["lstsq", "asym"]}
+    targets = ks.solve_targets(CONFIG | {"kernels": section})
+    asym = [t for t in targets if t.endswith("/asym/metrics.json")]
+    # lstsq: 2 tasks x 2 seeds x 2 formulas x 2 prompts; asym: the two-class task's asymmetric kernels only
+    assert len(targets) - len(asym) == 16 and len(asym) == 4
+    assert all("/alpha/" in t and "/asymmetric-signgd-" in t for t in asym)
+    assert "results/kernel_solve/tiny/three/4-21/sgd-noprompt/lstsq/metrics.json" in targets
+    assert not [t for t in ks.solve_targets(CONFIG | {"kernels": section | {"binary": False}}) if "/asym/" in t]
+    assert len(ks.solve_targets(CONFIG | {"kernels": section | {"tasks": ["three"]}})) == 8
+
+
+def test_shard_ranges_tile_the_examples_and_bad_layouts_raise():
+    assert [ks.shard_range(10, 3, i, "rows") for i in range(3)] == [(0, 3), (3, 7), (7, 10)]
+    with pytest.raises(LmftError, match="rows: 4 shards but only 3 examples"):
+        ks.shard_range(3, 4, 0, "rows")
+    with pytest.raises(LmftError, match=r"shard 2 does not exist \(0..1\)"):
+        ks.shard_range(5, 2, 2, "rows")
+
+
+def test_memory_estimate_grows_with_parameters_logits_and_batches(tmp_path):
+    base = ks.shard_mem_mb(22_000_000, 11_000_000, 2, 8, 8)
+    # 4 bytes per parameter for the weights and per trainable parameter and logit for (8 + 8 + 1) Jacobians
+    assert base == int(1500 + 4 * 22e6 / 2**20 + 4 * 11e6 / 2**20 * 2 * 17)
+    assert ks.shard_mem_mb(22_000_000, 11_000_000, 1, 8, 8) < base < ks.shard_mem_mb(22_000_000, 11_000_000, 2, 16, 8)
+    manifest = {"n_params": 23_000_000, "vocab_size": 30_000, "hidden_size": 300, "num_layers": 6}
+    assert ks.trainable_estimate(manifest, "all", False) == 23_000_000
+    assert ks.trainable_estimate(manifest, "all", True) == 14_000_000
+    assert ks.trainable_estimate(manifest, "last:3", True) == 7_000_000
+    assert ks.trainable_estimate(manifest, "bias", False) == 230_000
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    task = get_task("three", CONFIG)
+    cfg = ks.settings(CONFIG | {"kernels": {"mode": "last:3", "freeze_embeddings": True}})
+    assert ks.shard_mem_mb_for(tmp_path / "model.json", task, cfg) == ks.shard_mem_mb(23_000_000, 7_000_000, 3, 8, 8)
+    with pytest.raises(FileNotFoundError):  # what Snakemake reads as "known once the model is prepared"
+        ks.shard_mem_mb_for(tmp_path / "missing.json", task, cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny BERT with an MLM head and k-shot tables of the two-class task ``alpha``."""
+    tmp = tmp_path_factory.mktemp("stage")
+    model_json = make_tiny_model_dir(tmp)
+    frames = {"train": tiny_frame(8), "dev": tiny_frame(6), "test": tiny_frame(12)}
+    paths = {s: tmp / f"{s}.parquet" for s in frames}
+    for s, df in frames.items():
+        write_parquet(df, paths[s])
+    return tmp, model_json, paths, get_task("alpha", CONFIG)
+
+
+def test_heads_and_splits_follow_the_prompt_setting(tiny):
+    _, model_json, paths, task = tiny
+    assert ks.head_for("prompt", model_json) == "prompt" and ks.head_for("noprompt", model_json) == "cls"
+    with pytest.raises(LmftError, match="unknown prompt setting"):
+        ks.head_for("none", model_json)
+    clf, tok = ks.build_model(model_json, task, "noprompt", seed=13, mode="bias")
+    assert clf.head == "cls" and all(p.requires_grad == (n.endswith(".bias") or n.startswith("linear."))
+                                      for n, p in clf.named_parameters())  # the new cls head trains in every mode
+    batch = ks.load_split(paths["test"], task, clf, tok, cap=5)
+    assert batch["input_ids"].shape[0] == 5 and torch.equal(batch["mask_pos"], torch.zeros(5, dtype=torch.long))
+    labels = [int(v) for v in tiny_frame(12)["label"].iloc[cap_rows(12, 5)]]
+    assert batch["labels"].tolist() == labels  # the fine-tuning stage's eval_cap subset
+    clf, tok = ks.build_model(model_json, task, "prompt", seed=13)
+    prompt_batch = ks.load_split(paths["test"], task, clf, tok, cap=5)
+    assert (prompt_batch["mask_pos"] > 0).all()  # the template's mask token
+
+
+def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
+    tmp, model_json, paths, task = tiny
+    cfg = ks.settings(CONFIG | {"kernels": {"formulas": ["sgd", "asymmetric-signgd"], "binary": True, "row_shards": 2,
+                                            "col_shards": {"test": 2}, "row_batch": 3, "col_batch": 2, "test_cap": 10,
+                                            "solvers": ["lstsq", "asym"]}})
+    files = {}
+    for split in ks.SPLITS:
+        grid = [(r, c) for r in range(2) for c in range(ks.col_shards(cfg, split))]
+        for r, c in grid:
+            d = tmp / f"shards/{split}/{r}-{c}"
+            ks.run_shard(model_json, task, paths["train"], paths[split], {f: d / f"{f}.pt" for f in cfg["formulas"]},
+                         d / "f0.pt", split=split, prompt="prompt", seed=13, row=r, col=c, cfg=cfg)
+        out = {f: tmp / f"{f}-prompt/{split}.pt" for f in cfg["formulas"]}
+        ks.merge({f: [tmp / f"shards/{split}/{r}-{c}/{f}.pt" for r, c in grid] for f in cfg["formulas"]},
+                 [tmp / f"shards/{split}/0-{c}/f0.pt" for c in range(ks.col_shards(cfg, split))], out,
+                 tmp / f"f0-prompt/{split}.pt")
+        files[split] = out
+
+    clf, tok = ks.build_model(model_json, task, "prompt", seed=13)
+    rows = ks.load_split(paths["train"], task, clf, tok)
+    cols = ks.load_split(paths["test"], task, clf, tok, cap=10)
+    whole = kernels.compute_shards(clf, rows, cols, cfg["formulas"], binary=True)
+    for formula in cfg["formulas"]:
+        kernel, labels = kernels.load_kernel(files["test"][formula])
+        assert torch.equal(kernel, whole[formula].kernel) and torch.equal(labels, cols["labels"])
+    f0, _ = kernels.load_logits(tmp / "f0-prompt/test.pt")
+    assert torch.equal(f0, kernels.logits(clf, cols, binary=True))
+
+    info = ks.kernel_info(cfg)
+    outs = {s: tmp / f"{s}.json" for s in ("lstsq", "asym")}
+    results = ks.solve({s: files[s]["asymmetric-signgd"] for s in ks.SPLITS}, None, outs, cfg["solvers"], task=task,
+                       model="tiny", k=4, seed=13, formula="asymmetric-signgd", prompt="prompt", kernel_info=info)
+    for solver, metrics in results.items():
+        assert json.loads(outs[solver].read_text()) == json.loads(json.dumps(metrics))
+        assert (metrics["stage"], metrics["method"], metrics["solver"], metrics["num_logits"]) == \
+            ("kernel", "kernel", solver, 1)
+        assert (metrics["n_train"], metrics["n_dev"], metrics["n_test"]) == (8, 6, 10)
+    assert info == {"source": "computed", "mode": "all", "freeze_embeddings": False, "binary": True, "test_cap": 10}
+
+    f0_files = {s: tmp / f"f0-prompt/{s}.pt" for s in ks.SPLITS}
+    specs = {"lstsq": {"grid": [0.0], "f0_scaling": 1.0, "lam": 0.5}}
+    with pytest.raises(LmftError, match="solver lstsq has f0_scaling 1.0 but no f0 files"):
+        ks.solve({s: files[s]["sgd"] for s in ks.SPLITS}, None, {"lstsq": tmp / "x.json"}, specs, task=task,
+                 model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
+    adjusted = ks.solve({s: files[s]["sgd"] for s in ks.SPLITS}, f0_files, {"lstsq": tmp / "x.json"}, specs,
+                        task=task, model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
+    # r = 0 interpolates the training labels exactly, with or without the f0 offset
+    train = solvers.load_kernel_set(files["train"]["sgd"], f0_files["train"])
+    assert adjusted["lstsq"]["f0_scaling"] == 1.0 and adjusted["lstsq"]["grid"] == [0.0]
+    sol = solvers.solve("lstsq", train, train, train, grid=[0.0], f0_scaling=1.0)
+    assert torch.equal(sol.dev_logits.argmax(1), train.labels)
+
+
+def test_merge_refuses_shards_of_another_formula(tiny, tmp_path):
+    _, model_json, paths, task = tiny
+    cfg = ks.settings(CONFIG | {"kernels": {"formulas": ["sgd", "signgd"]}})
+    ks.run_shard(model_json, task, paths["train"], paths["dev"], {f: tmp_path / f"{f}.pt" for f in cfg["formulas"]},
+                 tmp_path / "f0.pt", split="dev", prompt="noprompt", seed=13, row=0, col=0, cfg=cfg)
+    with pytest.raises(LmftError, match="a shard of another formula than sgd"):
+        ks.merge({"sgd": [tmp_path / "signgd.pt"]}, [tmp_path / "f0.pt"], {"sgd": tmp_path / "k.pt"}, tmp_path / "f.pt")
