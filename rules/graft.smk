@@ -1,0 +1,123 @@
+# Grafting (Panigrahi et al. 2023): a sparse mask per fine-tuning run and sparsity, and how the
+# masks of several tasks (or seeds) overlap. Runs only when the config has a `graft:` section.
+from lmft.graft import graft_dir, graft_jobs, graft_options
+from lmft.overlap import overlap_groups, overlap_path
+
+GRAFT = config.get("graft") or {}
+GRAFT_JOBS = graft_jobs(config) if GRAFT else []
+GRAFT_RESOURCES = GRAFT.get("resources") or {}
+
+wildcard_constraints:
+    sparsity=r"[0-9.eE+\-]+",
+
+
+def tasks_config(names):
+    """The config entries that define ``names`` (see task_config in common.smk), merged."""
+    out = {"user_tasks": {}, "task_overrides": {}}
+    for name in names:
+        for key, value in task_config(name).items():
+            out[key] = {**out[key], **value} if isinstance(value, dict) else value
+    return out
+
+
+def graft_ood(task):
+    return list((GRAFT.get("ood") or {}).get(task, []))
+
+
+def finetune_run(model, task, k, seed, method):
+    return f"{RESULTS}/finetune/{model}/{task}/{k}-{seed}/{method}"
+
+
+def finetune_eval_cap(method):
+    """The test cap the fine-tuning runs of ``method`` used, so the scores compare with theirs."""
+    section = config.get("finetune") or {}
+    return ((section.get("methods") or {}).get(method) or {}).get("eval_cap", section.get("eval_cap"))
+
+
+rule graft:
+    input:
+        model_json=lambda w: model_json(w.model),
+        run_metrics=lambda w: finetune_run(w.model, w.task, w.k, w.seed, w.method) + "/metrics.json",
+        checkpoint=lambda w: finetune_run(w.model, w.task, w.k, w.seed, w.method) + "/model.safetensors",
+        train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
+        dev=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/dev.parquet",
+        test=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/test.parquet",
+        ood=lambda w: [f"{DATA}/kshot/{t}/{w.k}-{w.seed}/test.parquet" for t in graft_ood(w.task)],
+    output:
+        mask=f"{RESULTS}/graft/{{model}}/{{task}}/{{k}}-{{seed}}/{{method}}/sparsity-{{sparsity}}/mask.safetensors",
+        metrics=f"{RESULTS}/graft/{{model}}/{{task}}/{{k}}-{{seed}}/{{method}}/sparsity-{{sparsity}}/metrics.json",
+    params:
+        options=lambda w: graft_options(config, w.method),
+        ood=lambda w: graft_ood(w.task),
+        tasks=lambda w: tasks_config([w.task, *graft_ood(w.task)]),
+        eval_cap=lambda w: finetune_eval_cap(w.method),
+        device=GRAFT.get("device", "auto"),
+    log:
+        "logs/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{sparsity}.log",
+    benchmark:
+        "benchmarks/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{sparsity}.tsv"
+    threads: GRAFT.get("threads", 1)
+    resources:
+        mem_mb=GRAFT_RESOURCES.get("mem_mb", 8000),
+        runtime=GRAFT_RESOURCES.get("runtime", 60),
+        gpu=GRAFT_RESOURCES.get("gpu", 0),
+    script:
+        "../workflow/scripts/graft.py"
+
+
+OVERLAP_GROUPS = {overlap_path(RESULTS, g): g for g in overlap_groups(GRAFT_JOBS)} if GRAFT.get("overlap", True) else {}
+OVERLAP_TASKS = f"{RESULTS}/graft/{{model}}/overlap-tasks/{{k}}-{{seed}}/{{method}}/sparsity-{{sparsity}}.parquet"
+OVERLAP_SEEDS = f"{RESULTS}/graft/{{model}}/overlap-seeds/{{task}}/{{k}}/{{method}}/sparsity-{{sparsity}}.parquet"
+
+
+def overlap_group(pattern, w):
+    """The group of masks behind an overlap table (one of the configured graft jobs' groups)."""
+    path = pattern.format(**dict(w.items()))
+    if path not in OVERLAP_GROUPS:
+        raise ValueError(f"{path}: not an overlap table of the configured graft jobs")
+    group = OVERLAP_GROUPS[path]
+    return {"masks": [graft_dir(RESULTS, m) + "/mask.safetensors" for m in group["members"]],
+            "labels": [str(m[group["by"][:-1]]) for m in group["members"]],  # each member's task or seed
+            "context": {key: value for key, value in group.items() if key != "members"}}
+
+
+rule mask_overlap_tasks:
+    input:
+        masks=lambda w: overlap_group(OVERLAP_TASKS, w)["masks"],
+    output:
+        OVERLAP_TASKS,
+    params:
+        labels=lambda w: overlap_group(OVERLAP_TASKS, w)["labels"],
+        context=lambda w: overlap_group(OVERLAP_TASKS, w)["context"],
+    log:
+        "logs/graft/{model}/overlap-tasks/{k}-{seed}/{method}/sparsity-{sparsity}.log",
+    benchmark:
+        "benchmarks/graft/{model}/overlap-tasks/{k}-{seed}/{method}/sparsity-{sparsity}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow/scripts/mask_overlap.py"
+
+
+rule mask_overlap_seeds:
+    input:
+        masks=lambda w: overlap_group(OVERLAP_SEEDS, w)["masks"],
+    output:
+        OVERLAP_SEEDS,
+    params:
+        labels=lambda w: overlap_group(OVERLAP_SEEDS, w)["labels"],
+        context=lambda w: overlap_group(OVERLAP_SEEDS, w)["context"],
+    log:
+        "logs/graft/{model}/overlap-seeds/{task}/{k}/{method}/sparsity-{sparsity}.log",
+    benchmark:
+        "benchmarks/graft/{model}/overlap-seeds/{task}/{k}/{method}/sparsity-{sparsity}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow/scripts/mask_overlap.py"
+
+
+GRAFT_METRICS = [graft_dir(RESULTS, job) + "/metrics.json" for job in GRAFT_JOBS]
+register_metrics("graft", GRAFT_METRICS)
+TARGETS.extend(GRAFT_METRICS)
+TARGETS.extend(OVERLAP_GROUPS)

@@ -1,0 +1,240 @@
+"""Interpolation curves between checkpoints (lmft.interpolate) on a tiny prompt-BERT."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from tiny import make_tiny_model_dir, tiny_frame
+from torch import nn
+from torch.func import functional_call
+
+from lmft.batching import encode_frame, label_ids, pad_id
+from lmft.evaluate import Split, evaluate, predict
+from lmft.finetune import run_finetune
+from lmft.graft import Substituted
+from lmft.heads import build_classifier
+from lmft.interpolate import (
+    Endpoint,
+    alphas,
+    barrier,
+    curve_metrics,
+    endpoint_distance,
+    endpoint_run_dir,
+    forgetting,
+    interpolate_dir,
+    interpolate_jobs,
+    interpolation_curve,
+    lerp_state,
+    plot_curve,
+    pretrained_endpoint,
+    run_interpolate,
+)
+from lmft.io import LmftError, read_json, write_parquet
+from lmft.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny prompt classifier and two endpoint states of its encoder blocks: pre-trained and perturbed."""
+    task = get_task("sst-2")
+    model_json = make_tiny_model_dir(tmp_path_factory.mktemp("interp"), "bert")
+    clf, tok = build_classifier(model_json, task, "prompt")
+    df = tiny_frame()
+    split = Split(encode_frame(df, task, tok), label_ids(df, task), pad_id(tok), "dev")
+    gen = torch.Generator().manual_seed(0)
+    a = {n: p.detach().clone() for n, p in clf.named_parameters() if ".encoder." in n}
+    b = {n: t + 0.3 * torch.randn(t.shape, generator=gen) for n, t in a.items()}
+    return {"clf": clf, "split": split, "a": a, "b": b}
+
+
+def test_alpha_zero_and_one_reproduce_the_endpoints_exactly(tiny):
+    clf, split, a, b = tiny["clf"], tiny["split"], tiny["a"], tiny["b"]
+    at_a = predict(clf, split)
+    with torch.no_grad():
+        for n, p in clf.named_parameters():
+            if n in b:
+                p.copy_(b[n])
+    at_b = predict(clf, split)
+    with torch.no_grad():
+        for n, p in clf.named_parameters():
+            if n in a:
+                p.copy_(a[n])
+    assert not torch.equal(at_a, at_b)
+    assert torch.equal(predict(Substituted(clf, lerp_state(a, b, 0.0)), split), at_a)
+    assert torch.equal(predict(Substituted(clf, lerp_state(a, b, 1.0)), split), at_b)
+    out = interpolation_curve(clf, a, b, {"dev": split}, "acc", points=3, track=split)
+    ends = out.curve.set_index("alpha")
+    assert ends.loc[0.0, "loss"] == evaluate(clf, split, "acc").loss
+    assert list(out.curve.columns) == ["alpha", "split", "loss", "metric", "ece"] and len(out.curve) == 3
+    assert len(out.examples) == 3 * len(split) and set(out.examples["alpha"]) == {0.0, 0.5, 1.0}
+    assert torch.equal(predict(clf, split), at_a)  # the model itself is untouched
+
+
+def test_identical_endpoints_have_no_barrier(tiny):
+    out = interpolation_curve(tiny["clf"], tiny["a"], tiny["a"], {"dev": tiny["split"]}, "acc", points=4)
+    assert out.curve["loss"].nunique() == 1 and out.examples is None
+    m = curve_metrics(out.curve)
+    assert m["dev_loss_barrier"] == 0 and m["dev_metric_barrier"] == 0
+    d = endpoint_distance(tiny["a"], tiny["a"])
+    assert d["l2"] == 0 and d["cosine"] == pytest.approx(1.0)
+
+
+def test_barrier_of_a_hand_made_curve():
+    assert barrier([0, 0.5, 1], [1.0, 3.0, 2.0]) == pytest.approx(1.5)
+    assert barrier([0, 0.25, 1], [0.8, 0.5, 0.9], higher_is_better=True) == pytest.approx(0.825 - 0.5)
+    assert barrier([0, 0.5, 1], [1.0, 0.0, 2.0]) == 0.0  # below the chord: no barrier
+    assert barrier([0, 0.5, 1], [0.9, 1.0, 0.7], higher_is_better=True) == 0.0
+    with pytest.raises(LmftError, match="must increase"):
+        barrier([0, 1, 0.5], [1, 2, 3])
+    with pytest.raises(LmftError, match=">= 2"):
+        barrier([0], [1])
+
+
+def test_curve_metrics_and_forgetting_on_hand_made_tables(tmp_path):
+    curve = pd.DataFrame({"alpha": [0.0, 0.5, 1.0] * 2, "split": ["dev"] * 3 + ["test"] * 3,
+                          "loss": [1.0, 2.0, 1.0, 0.5, 0.5, 0.5], "metric": [0.9, 0.6, 0.8, 0.7, 0.7, 0.7]})
+    m = curve_metrics(curve)
+    assert m["dev_loss_barrier"] == pytest.approx(1.0) and m["dev_metric_barrier"] == pytest.approx(0.25)
+    assert m["test_loss_barrier"] == 0 and m["dev_metric_a"] == 0.9 and m["dev_metric_b"] == 0.8
+    assert m["dev_metric_mid"] == 0.6
+    examples = pd.DataFrame({"alpha": [0.0, 0.5, 1.0] * 3, "example": [0] * 3 + [1] * 3 + [2] * 3,
+                             "correct": [True, False, True, True, True, True, False, False, True]})
+    assert forgetting(examples) == {"train_right_both_ends": 2, "train_forgotten": 1}
+    plot_curve(curve, tmp_path / "plot.png", "tiny: a -> b", "acc")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_endpoint_distance():
+    d = endpoint_distance({"x": torch.tensor([3.0, 0.0])}, {"x": torch.tensor([0.0, 4.0])})
+    assert d == {"l2": pytest.approx(5.0), "cosine": 0.0, "norm_a": 3.0, "norm_b": 4.0}
+    two = endpoint_distance({"x": torch.tensor([1.0]), "y": torch.tensor([1.0])},
+                            {"x": torch.tensor([2.0]), "y": torch.tensor([2.0])})
+    assert two["cosine"] == pytest.approx(1.0) and two["l2"] == pytest.approx(2**0.5)
+
+
+def test_lora_pretrained_endpoint_is_the_pretrained_model():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        pre_out = net(x)
+    net = inject_adapter_in_model(LoraConfig(r=2, target_modules=["0", "2"]), net)
+    ft = {n: p.detach() + 0.5 if "lora_B" in n else p.detach() for n, p in net.named_parameters() if "lora_" in n}
+    start = pretrained_endpoint({}, ft)
+    assert all(torch.equal(start[n], ft[n]) for n in ft if "lora_A" in n)
+    with torch.no_grad():
+        assert torch.equal(functional_call(net, start, (x,)), pre_out)
+        assert not torch.equal(functional_call(net, ft, (x,)), pre_out)
+        # the merged weight moves linearly: the first layer's output is affine in alpha
+        layer = {t: {k.removeprefix("0."): v for k, v in lerp_state(start, ft, t).items() if k.startswith("0.")}
+                 for t in (0.0, 0.5, 1.0)}
+        h = {t: functional_call(net[0], state, (x,)) for t, state in layer.items()}
+    assert torch.allclose(h[0.5], (h[0.0] + h[1.0]) / 2, atol=1e-6)
+
+
+def test_bad_endpoints_raise_clear_errors(tiny):
+    with pytest.raises(LmftError, match="different tensors"):
+        interpolation_curve(tiny["clf"], tiny["a"], {"x": torch.zeros(1)}, {}, "acc")
+    with pytest.raises(LmftError, match="points must be"):
+        alphas(1)
+    with pytest.raises(LmftError, match="not parameters of the model"):
+        interpolation_curve(tiny["clf"], {"x": torch.zeros(1)}, {"x": torch.ones(1)}, {}, "acc")
+    with pytest.raises(LmftError, match="no pre-trained value"):
+        pretrained_endpoint({}, {"w": torch.zeros(1)})
+    with pytest.raises(LmftError, match="is \\(2,\\) in a"):
+        endpoint_distance({"w": torch.zeros(2)}, {"w": torch.zeros(3)})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny k-shot files and fine-tuning runs: two full ones (one with step checkpoints), LoRA, zero-shot."""
+    root = tmp_path_factory.mktemp("interp-runs")
+    model_json = make_tiny_model_dir(root, "bert")
+    splits = {}
+    for name, df in (("train", tiny_frame()), ("dev", tiny_frame(8)), ("test", tiny_frame(10))):
+        splits[name] = root / f"{name}.parquet"
+        write_parquet(df, splits[name])
+    train = {"steps": 4, "eval_every": 2, "batch_size": 4}
+    specs = {"a": {"type": "ft", "lr": 1e-3, "save_steps": [2, 4], **train}, "b": {"type": "ft", "lr": 3e-3, **train},
+             "lora": {"type": "ft", "mode": "lora:2", "lr": 1e-3, **train}, "zs": {"type": "zeroshot"}}
+    dirs = {}
+    for method, spec in specs.items():
+        dirs[method] = root / "runs" / method
+        run_finetune(model_json, get_task("sst-2"), splits, dirs[method], model="tiny", k=6, seed=13, method=method,
+                     spec=spec)
+    return {"model_json": model_json, "splits": splits, "dirs": dirs}
+
+
+def _interpolate(runs, out, a, b, pair, **kw):
+    return run_interpolate(runs["model_json"], get_task("sst-2"), a, b, runs["splits"], out, model="tiny", k=6,
+                           seed=13, pair=pair, **{"points": 3, **kw})
+
+
+def test_run_interpolate_pairs_end_to_end(runs, tmp_path):
+    sst2, d = get_task("sst-2"), runs["dirs"]
+    ft, zs = read_json(d["a"] / "metrics.json"), read_json(d["zs"] / "metrics.json")
+    pairs = {"pre-ft": (Endpoint(d["a"], sst2, pretrained=True), Endpoint(d["a"], sst2)),
+             "runs": (Endpoint(d["a"], sst2), Endpoint(d["b"], sst2)),
+             "steps": (Endpoint(d["a"], sst2, step=2), Endpoint(d["a"], sst2, step=4)),
+             "lora-pre-ft": (Endpoint(d["lora"], sst2, pretrained=True), Endpoint(d["lora"], sst2))}
+    for pair, (a, b) in pairs.items():
+        out = tmp_path / pair
+        m = _interpolate(runs, out, a, b, pair)
+        assert read_json(out / "metrics.json") == json.loads(json.dumps(m))
+        curve = pd.read_parquet(out / "curve.parquet")
+        assert list(curve.columns) == ["alpha", "split", "loss", "metric", "ece"] and len(curve) == 6
+        assert len(pd.read_parquet(out / "examples.parquet")) == 3 * 12
+        assert (out / "plot.png").stat().st_size > 0
+        assert m["stage"] == "interpolate" and m["pair"] == m["method"] == pair and m["l2"] > 0
+        assert m["dev_loss_barrier"] >= 0 and 0 <= m["train_forgotten"] <= m["train_right_both_ends"] <= 12
+    pre_ft = read_json(tmp_path / "pre-ft" / "metrics.json")
+    assert pre_ft["test_metric_b"] == ft["test_metric"] and pre_ft["test_metric_a"] == zs["test_metric"]
+    lora = read_json(tmp_path / "lora-pre-ft" / "metrics.json")
+    assert lora["test_metric_a"] == zs["test_metric"]
+    assert lora["test_metric_b"] == read_json(d["lora"] / "metrics.json")["test_metric"]
+
+
+def test_run_interpolate_rejects_incompatible_endpoints(runs, tmp_path):
+    sst2, d = get_task("sst-2"), runs["dirs"]
+    with pytest.raises(LmftError, match="differ in mode"):
+        _interpolate(runs, tmp_path, Endpoint(d["a"], sst2), Endpoint(d["lora"], sst2), "bad")
+    with pytest.raises(LmftError, match="tuned no parameters"):
+        _interpolate(runs, tmp_path, Endpoint(d["zs"], sst2), Endpoint(d["a"], sst2), "bad")
+
+
+def test_interpolate_jobs_from_the_config():
+    config = {"models": {"m1": {}, "m2": {}}, "tasks": ["t1", "t2"], "kshot": {"k": [16], "seeds": [13, 21]},
+              "finetune": {"methods": {"ft": {"type": "ft", "save_steps": [100]}, "ft2": {"type": "ft"},
+                                       "lora": {"type": "ft", "models": ["m1"]}}},
+              "interpolate": {"pairs": {
+                  "pre-ft": {"a": {"method": "ft", "pretrained": True}, "b": {"method": "ft"}},
+                  "steps": {"a": {"method": "ft", "step": 100}, "b": {"method": "ft"}, "seed": 21},
+                  "tasks": {"a": {"method": "ft", "task": "t1"}, "b": {"method": "ft", "task": "t2"}},
+                  "lora": {"a": {"method": "lora", "pretrained": True}, "b": {"method": "lora"}, "tasks": ["t2"]}}}}
+    jobs = interpolate_jobs(config)
+    got = {(j["model"], j["task"], j["pair"]) for j in jobs}
+    assert got == {(m, t, p) for m in ("m1", "m2") for t in ("t1", "t2") for p in ("pre-ft", "steps", "tasks")} | {
+        ("m1", "t2", "lora")}
+    job = next(j for j in jobs if j["pair"] == "tasks" and j["task"] == "t1" and j["model"] == "m1")
+    assert job["a"]["task"] == "t1" and job["b"]["task"] == "t2" and (job["k"], job["seed"]) == (16, 13)
+    assert endpoint_run_dir("results", "m1", job["b"]) == "results/finetune/m1/t2/16-13/ft"
+    assert interpolate_dir("results", job) == "results/interpolate/m1/t1/tasks"
+    steps = next(j for j in jobs if j["pair"] == "steps")
+    assert steps["a"]["step"] == 100 and steps["a"]["seed"] == 21 and steps["b"]["step"] is None
+    bad = {"a": {"method": "ft", "step": 7}, "b": {"method": "ft"}}
+    for pairs, message in (({"x": bad}, "not in finetune.methods.ft.save_steps"),
+                           ({"x": {"a": {"method": "nope"}, "b": {"method": "ft"}}}, "not one of finetune.methods"),
+                           ({"x": {"a": {"method": "ft"}}}, "needs endpoints a and b"),
+                           ({"x": {"a": {"method": "ft", "epoch": 1}, "b": {"method": "ft"}}}, "unknown \\['epoch'\\]"),
+                           ({"x": {"a": {"method": "ft"}, "b": {"method": "ft"}, "alpha": 2}}, "unknown key")):
+        with pytest.raises(LmftError, match=message):
+            interpolate_jobs({**config, "interpolate": {"pairs": pairs}})
+    with pytest.raises(LmftError, match="not among models"):
+        interpolate_jobs({**config, "interpolate": {"models": ["m3"], "pairs": {}}})
+    narrowed = interpolate_jobs({**config, "interpolate": {**config["interpolate"], "models": ["m2"]}})
+    assert {j["model"] for j in narrowed} == {"m2"} and "lora" not in {j["pair"] for j in narrowed}
