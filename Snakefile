@@ -11,7 +11,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
-# stage rules files go here; aggregate.smk reads what they register, so it comes last
+include: "rules/finetune.smk"
+include: "rules/kernels.smk"
+include: "rules/graft.smk"
+include: "rules/interpolate.smk"  # uses helpers of graft.smk
+# aggregate.smk reads what the stages above register, so it comes last
 include: "rules/aggregate.smk"
 
 report: "workflow/report/workflow.rst"

@@ -38,10 +38,14 @@ def check_config(config: dict[str, Any]) -> None:
     for section in ("finetune", "kernels", "graft", "interpolate"):
         sec = config.get(section) or {}
         for entry_name, entry in (sec.get("methods") or {}).items():
-            for m in entry.get("models") or []:
+            for m in (entry or {}).get("models") or []:
                 if m not in models:
                     raise LmftError(f"config: {section}.methods.{entry_name}.models names {m!r}, "
                                     f"not one of models: {sorted(models)}")
+    from lmft.finetune import resolve_spec  # heavy (torch): only where a finetune section needs it
+
+    for name, spec in ((config.get("finetune") or {}).get("methods") or {}).items():
+        resolve_spec(spec, name)  # the keys that the method's type takes
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

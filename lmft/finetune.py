@@ -21,8 +21,9 @@ dropout and MeZO's perturbations; default: the data seed, so two runs of the sam
 in it alone), ``prompt`` (whether a ``cls`` head on an encoder reads a
 prompt; default no: LM-BFF's standard fine-tuning input ``[CLS] a [SEP] b [SEP]``), ``max_length``
 (default: the task's, for ``icl`` the model's) and ``eval_batch_size``. The keys ``models``,
-``resources``, ``threads`` and ``eval_cap`` belong to the workflow (rules/finetune.smk) and are
-ignored here; ``eval_cap`` reaches :func:`run_finetune` as an argument.
+``tasks``, ``k``, ``seeds``, ``resources``, ``threads`` and ``eval_cap`` belong to the workflow
+(rules/finetune.smk: which runs to make, and how) and are ignored here; ``eval_cap`` reaches
+:func:`run_finetune` as an argument.
 
 Inputs are tokenised with ``task.causal_template`` and ``encode(causal=True)`` for causal LMs,
 ``task.template`` for prompt heads. Test is capped at ``eval_cap`` examples: a fixed subset drawn
@@ -98,7 +99,7 @@ TYPES = ("ft", "mezo", "linear-probe", "zeroshot", "icl")
 EVAL_SEED = 42  # the fixed test subset of eval_cap
 FORMAT = 1  # version of the checkpoint metadata
 
-_WORKFLOW_KEYS = frozenset({"models", "resources", "threads", "eval_cap"})
+_WORKFLOW_KEYS = frozenset({"models", "tasks", "k", "seeds", "resources", "threads", "eval_cap"})
 _COMMON = {"type": None, "head": None, "model_seed": None, "prompt": None, "max_length": None, "eval_batch_size": 32}
 _SELECT = {"mode": "all", "freeze_embeddings": False, "lora_targets": None, "lora_alpha": None, "lora_dropout": 0.0}
 _LOOP = {"steps": None, "epochs": None, "eval_every": 0, "save_every": 0, "save_steps": []}
@@ -140,16 +141,17 @@ def job_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def finetune_targets(config: Mapping[str, Any]) -> list[str]:
-    """``metrics.json`` of every job of the config: each method on its ``models`` (default all), every task, k, seed."""
+    """``metrics.json`` of every job of the config: each method on its ``models``, ``tasks``, ``k`` and
+    ``seeds`` (each defaulting to all of the config's)."""
     results = config.get("results_dir", "results")
     methods = (config.get("finetune") or {}).get("methods") or {}
     kshot = config.get("kshot") or {}
     return [f"{results}/finetune/{model}/{task}/{k}-{seed}/{method}/metrics.json"
             for method, spec in methods.items()
             for model in (spec.get("models") or list(config.get("models") or {}))
-            for task in config.get("tasks") or []
-            for k in kshot.get("k", [16])
-            for seed in kshot.get("seeds", [13, 21, 42, 87, 100])]
+            for task in spec.get("tasks") or config.get("tasks") or []
+            for k in spec.get("k") or kshot.get("k", [16])
+            for seed in spec.get("seeds") or kshot.get("seeds", [13, 21, 42, 87, 100])]
 
 
 def default_head(model_json: Path | str) -> str:

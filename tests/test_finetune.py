@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmft.evaluate import predict
-from lmft.finetune import (TYPES, cap_rows, encode_split, finetune_targets, load_finetuned, load_run,
+from lmft.finetune import (TYPES, cap_rows, encode_split, finetune_targets, job_spec, load_finetuned, load_run,
                            resolve_spec, run_finetune)
 from lmft.heads import build_classifier
 from lmft.io import ArtifactError, LmftError, load_tensors, read_json, write_parquet
@@ -222,6 +222,9 @@ def test_finetune_targets() -> None:
               "finetune": {"methods": {"ft": {"type": "ft"}, "icl": {"type": "icl", "models": ["b"]}}}}
     targets = finetune_targets(config)
     assert len(targets) == 2 * 2 * 2 + 1 * 2 * 2
+    config["finetune"]["methods"]["icl"] |= {"tasks": ["t2"], "seeds": [2]}
+    assert [t for t in finetune_targets(config) if "/icl/" in t] == ["res/finetune/b/t2/16-2/icl/metrics.json"]
+    assert "seeds" not in job_spec(config["finetune"]["methods"]["icl"])  # which runs, not how: no rerun
     assert "res/finetune/b/t2/16-2/icl/metrics.json" in targets
     assert not any("/a/" in t and t.endswith("/icl/metrics.json") for t in targets)
     assert finetune_targets({**config, "finetune": {}}) == []
