@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lmft import benchmarks  # noqa: E402
 
 SHAPES = {  # BertConfig keywords
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
@@ -107,13 +107,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def run_worker(phase: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", phase] + [f"--{k}={v}" for k, v in vars(args).items()
                                                           if k != "worker"]
-    # A fixed mmap threshold: large tensors are mapped and unmapped, so each peak shows in the RSS.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"the {phase} worker failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return benchmarks.run_worker(cmd, phase)
 
 
 def main() -> None:

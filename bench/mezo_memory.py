@@ -31,9 +31,7 @@ import argparse
 import gc
 import importlib.util
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from lmft import benchmarks
 
 METHODS = ("inference", "mezo", "adamw")
 SHAPES = {  # BertConfig keywords
@@ -185,14 +185,7 @@ def run_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", method, "--model", args.model, "--batch", str(args.batch),
            "--seq", str(args.seq), "--steps", str(args.steps), "--threads", str(args.threads),
            "--device", args.device]
-    # A fixed mmap threshold (glibc's default value, but no longer raised as big blocks are freed):
-    # large tensors are mapped and unmapped, so each method's peak shows in the RSS.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"the {method} worker failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return benchmarks.run_worker(cmd, method)
 
 
 def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -30,3 +35,17 @@ def stage_table(root: str | Path = "benchmarks") -> pd.DataFrame:
     table = jobs.groupby("stage").agg(jobs=("s", "size"), total_s=("s", "sum"), longest_s=("s", "max"),
                                       peak_rss_mb=("max_rss_mb", "max")).reset_index()
     return table.sort_values("total_s", ascending=False).reset_index(drop=True)
+
+
+def run_worker(cmd: list[str], what: str) -> dict[str, Any]:
+    """Run a benchmark worker (``cmd``) in a process of its own; returns the JSON of its last stdout line.
+
+    A fixed mmap threshold (glibc's default value, but no longer raised as big blocks are freed):
+    large tensors are mapped and unmapped, so each worker's peak shows in its resident set.
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit(f"the {what} worker failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])

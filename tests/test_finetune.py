@@ -14,9 +14,9 @@ from lmft.evaluate import predict
 from lmft.finetune import (TYPES, cap_rows, encode_split, finetune_targets, job_spec, load_finetuned, load_run,
                            resolve_spec, run_finetune)
 from lmft.heads import build_classifier
-from lmft.io import ArtifactError, LmftError, load_tensors, read_json, write_parquet
+from lmft.io import ArtifactError, LmftError, load_tensors, read_json
 from lmft.tasks import get_task
-from tiny import make_tiny_model_dir, tiny_frame
+from tiny import make_tiny_model_dir, write_tiny_splits
 
 SST2 = get_task("sst-2")
 SHARED_KEYS = {"stage", "task", "k", "seed", "model", "method", "metric", "dev_metric", "test_metric", "test_ece",
@@ -34,12 +34,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("kshot")
-    out = {}
-    for name, df in (("train", tiny_frame()), ("dev", tiny_frame(8)), ("test", tiny_frame(10))):
-        out[name] = root / f"{name}.parquet"
-        write_parquet(df, out[name])
-    return out
+    return write_tiny_splits(tmp_path_factory.mktemp("kshot"))
 
 
 def _run(models, splits, out: Path, spec: dict, model: str = "bert", **kw) -> dict:

@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
-from tiny import make_tiny_model_dir, tiny_frame
+from tiny import make_tiny_model_dir, tiny_frame, tiny_prompt_split, write_tiny_splits
 
-from lmft.batching import encode_frame, label_ids, pad_id
 from lmft.checkpoint import apply_state
-from lmft.evaluate import Split, evaluate, predict
+from lmft.evaluate import evaluate, predict
 from lmft.graft import (
     DEFAULT_EXCLUDE,
     Substituted,
@@ -42,11 +41,7 @@ from lmft.tasks import get_task
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A pre-trained tiny prompt classifier, its fine-tuned state (every tensor tuned) and a split."""
-    task = get_task("sst-2")
-    model_json = make_tiny_model_dir(tmp_path_factory.mktemp("graft"), "bert")
-    clf, tok = build_classifier(model_json, task, "prompt")
-    df = tiny_frame()
-    split = Split(encode_frame(df, task, tok), label_ids(df, task), pad_id(tok), "train")
+    model_json, clf, split = tiny_prompt_split(tmp_path_factory.mktemp("graft"), "train")
     pre = {n: p.detach().clone() for n, p in clf.named_parameters()}
     torch.manual_seed(0)
     opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
@@ -60,7 +55,7 @@ def tiny(tmp_path_factory):
         opt.step()
     clf.eval()
     ft = {n: p.detach().clone() for n, p in clf.named_parameters()}
-    return {"model_json": model_json, "task": task, "pre": pre, "ft": ft, "split": split,
+    return {"model_json": model_json, "task": get_task("sst-2"), "pre": pre, "ft": ft, "split": split,
             "ft_logits": predict(clf, split)}
 
 
@@ -306,10 +301,7 @@ def runs(tmp_path_factory):
     """Tiny k-shot files, an OOD test file of the same label words, and two fine-tuning runs (full, LoRA)."""
     root = tmp_path_factory.mktemp("graft-runs")
     model_json = make_tiny_model_dir(root, "bert")
-    splits = {}
-    for name, df in (("train", tiny_frame()), ("dev", tiny_frame(8)), ("test", tiny_frame(10))):
-        splits[name] = root / f"{name}.parquet"
-        write_parquet(df, splits[name])
+    splits = write_tiny_splits(root)
     ood = tiny_frame(10).assign(label=lambda d: d["label"].map({"0": "rotten", "1": "fresh"}))
     write_parquet(ood, root / "ood.parquet")
     train = {"steps": 6, "eval_every": 2, "batch_size": 4, "lr": 1e-3}

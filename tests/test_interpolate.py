@@ -7,15 +7,13 @@ import json
 import pandas as pd
 import pytest
 import torch
-from tiny import make_tiny_model_dir, tiny_frame
+from tiny import make_tiny_model_dir, tiny_prompt_split, write_tiny_splits
 from torch import nn
 from torch.func import functional_call
 
-from lmft.batching import encode_frame, label_ids, pad_id
-from lmft.evaluate import Split, evaluate, predict
+from lmft.evaluate import evaluate, predict
 from lmft.finetune import run_finetune
 from lmft.graft import Substituted
-from lmft.heads import build_classifier
 from lmft.interpolate import (
     Endpoint,
     alphas,
@@ -32,18 +30,14 @@ from lmft.interpolate import (
     pretrained_endpoint,
     run_interpolate,
 )
-from lmft.io import LmftError, read_json, write_parquet
+from lmft.io import LmftError, read_json
 from lmft.tasks import get_task
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny prompt classifier and two endpoint states of its encoder blocks: pre-trained and perturbed."""
-    task = get_task("sst-2")
-    model_json = make_tiny_model_dir(tmp_path_factory.mktemp("interp"), "bert")
-    clf, tok = build_classifier(model_json, task, "prompt")
-    df = tiny_frame()
-    split = Split(encode_frame(df, task, tok), label_ids(df, task), pad_id(tok), "dev")
+    _, clf, split = tiny_prompt_split(tmp_path_factory.mktemp("interp"), "dev")
     gen = torch.Generator().manual_seed(0)
     a = {n: p.detach().clone() for n, p in clf.named_parameters() if ".encoder." in n}
     b = {n: t + 0.3 * torch.randn(t.shape, generator=gen) for n, t in a.items()}
@@ -155,10 +149,7 @@ def runs(tmp_path_factory):
     """Tiny k-shot files and fine-tuning runs: two full ones (one with step checkpoints), LoRA, zero-shot."""
     root = tmp_path_factory.mktemp("interp-runs")
     model_json = make_tiny_model_dir(root, "bert")
-    splits = {}
-    for name, df in (("train", tiny_frame()), ("dev", tiny_frame(8)), ("test", tiny_frame(10))):
-        splits[name] = root / f"{name}.parquet"
-        write_parquet(df, splits[name])
+    splits = write_tiny_splits(root)
     train = {"steps": 4, "eval_every": 2, "batch_size": 4}
     specs = {"a": {"type": "ft", "lr": 1e-3, "save_steps": [2, 4], **train}, "b": {"type": "ft", "lr": 3e-3, **train},
              "lora": {"type": "ft", "mode": "lora:2", "lr": 1e-3, **train}, "zs": {"type": "zeroshot"}}

@@ -113,12 +113,17 @@ class Scripted:
         self.t = state["t"]
 
 
-def test_best_dev_checkpoint_is_kept(llama: Path) -> None:
+def _fitted_head(llama: Path):
+    """A cls head fitted on dev (the only trainable part), the splits, and its (weight, bias)."""
     clf, tok = build_classifier(llama, SST2, "cls")
     select_trainable(clf, "head")
     train, dev = _splits(clf, tok)
     fit_linear_head(clf, extract_features(clf, dev), torch.tensor(dev.labels), l2=1e-3)
-    good = (clf.linear.weight.detach().clone(), clf.linear.bias.detach().clone())
+    return clf, train, dev, (clf.linear.weight.detach().clone(), clf.linear.bias.detach().clone())
+
+
+def test_best_dev_checkpoint_is_kept(llama: Path) -> None:
+    clf, train, dev, good = _fitted_head(llama)
     zero = (torch.zeros_like(good[0]), torch.zeros_like(good[1]))
     bad = (-good[0], -good[1])
     saved = []
@@ -134,11 +139,7 @@ def test_best_dev_checkpoint_is_kept(llama: Path) -> None:
 
 
 def test_ties_go_to_lower_loss_then_earlier_step(llama: Path) -> None:
-    clf, tok = build_classifier(llama, SST2, "cls")
-    select_trainable(clf, "head")
-    train, dev = _splits(clf, tok)
-    fit_linear_head(clf, extract_features(clf, dev), torch.tensor(dev.labels), l2=1e-3)
-    good = (clf.linear.weight.detach().clone(), clf.linear.bias.detach().clone())
+    clf, train, dev, good = _fitted_head(llama)
     sharper = (good[0] * 2, good[1] * 2)  # same predictions, lower loss
     cfg = LoopConfig(steps=3, batch_size=4, eval_every=1)
     result = train_loop(clf, Scripted(clf, [good, sharper, sharper]), train, dev, "acc", cfg, seed=13)

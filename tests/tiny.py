@@ -187,3 +187,28 @@ def tiny_frame(n: int | None = None, pair: bool = False) -> pd.DataFrame:
     if pair:
         df["text_b"] = ["it was " + t for t, _ in rows[::-1]]
     return df
+
+
+def write_tiny_splits(root: Path) -> dict[str, Path]:
+    """k-shot-style ``train``/``dev``/``test`` parquet files (12, 8 and 10 rows of :func:`tiny_frame`) under ``root``."""
+    from lmft.io import write_parquet
+
+    out = {}
+    for name, df in (("train", tiny_frame()), ("dev", tiny_frame(8)), ("test", tiny_frame(10))):
+        out[name] = Path(root) / f"{name}.parquet"
+        write_parquet(df, out[name])
+    return out
+
+
+def tiny_prompt_split(root: Path, name: str = "train"):
+    """A tiny BERT prompt classifier for SST-2 and :func:`tiny_frame` encoded for it: ``(model_json, clf, split)``."""
+    from lmft.batching import encode_frame, label_ids, pad_id
+    from lmft.evaluate import Split
+    from lmft.heads import build_classifier
+    from lmft.tasks import get_task
+
+    task = get_task("sst-2")
+    model_json = make_tiny_model_dir(root, "bert")
+    clf, tok = build_classifier(model_json, task, "prompt")
+    df = tiny_frame()
+    return model_json, clf, Split(encode_frame(df, task, tok), label_ids(df, task), pad_id(tok), name)
