@@ -23,6 +23,12 @@ shared keys: ``pair`` (its name; ``method`` repeats it), ``endpoints`` (what a a
 ``{split}_loss_barrier``, ``{split}_metric_barrier``, ``{split}_loss_a``/``_b``,
 ``{split}_metric_a``/``_b``/``_mid`` and ``{split}_ece_mid``; with training examples tracked
 ``train_right_both_ends`` and ``train_forgotten`` (right at both ends, wrong somewhere between).
+
+Memory: the endpoints' tensors are views of the loaded runs' parameters (the model evaluated is
+run ``a``'s), so beside the model live the other endpoint and the point being evaluated: two
+copies of the tuned tensors (with a pre-trained endpoint: its values and the point; the run's
+values are the model's).
+
 ``dev_metric``/``test_metric``/``test_ece`` are taken at the path's midpoint (alpha = 0.5 when
 it is on the grid, else the nearer of the two around it, the lower on a tie).
 """

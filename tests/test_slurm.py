@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from test_workflow_data import tiny_config, write_task
+from tiny import save_tiny_hf_dir
 from workflow_utils import ROOT, snakemake, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
@@ -43,20 +44,27 @@ def job_ids(workdir):
                    for tok in line.replace(",", " ").replace(")", " ").split() if tok.isdigit()})
 
 
-def test_data_stages_through_slurm_equal_local(slurm, tmp_path):
+def test_data_and_finetune_stages_through_slurm_equal_local(slurm, tmp_path):
+    """download, kshot, prepare_model and a fine-tuning job (a GPU rule in the profile: the test
+    cluster's stand-in GPUs schedule it, it runs on the CPU) through sbatch, equal to a local run."""
+    model_dir = save_tiny_hf_dir(tmp_path / "model", "bert")
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     for workdir in (local, cluster):
         workdir.mkdir()
         write_task(workdir, "alpha")
-        write_config(workdir, tiny_config(workdir, ["alpha"]) | {"kshot": {"k": [4], "seeds": [13], "test_cap": 5}})
+        write_config(workdir, tiny_config(workdir, ["alpha"]) | {
+            "models": {"tiny": {"source": str(model_dir)}}, "kshot": {"k": [4], "seeds": [13], "test_cap": 5},
+            "finetune": {"device": "cpu", "methods": {"zeroshot": {"type": "zeroshot"}}}})
     snakemake(local)
     snakemake(cluster, "--profile", str(ROOT / "profiles/slurm"), "--jobs", "4", "--retries", "0", *FAST_STATUS)
 
     ids = job_ids(cluster)
-    assert len(ids) >= 2, "expected the download and kshot jobs to go through sbatch"
+    assert len(ids) >= 4, "expected download, kshot, prepare_model and finetune to go through sbatch"
     states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ",".join(map(str, ids))],
                             capture_output=True, text=True, check=True).stdout.split()
     assert states and set(states) == {"COMPLETED"}, states
     for split in ("train", "dev", "test"):
         rel = f"data/kshot/alpha/4-13/{split}.parquet"
         pd.testing.assert_frame_equal(pd.read_parquet(local / rel), pd.read_parquet(cluster / rel))
+    rel = "results/finetune/tiny/alpha/4-13/zeroshot/predictions.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(local / rel), pd.read_parquet(cluster / rel))

@@ -44,7 +44,7 @@ def sharded_run(tmp_path_factory):
     model_dir = save_tiny_hf_dir(tmp / "model", "bert")
     write_config(tmp, config(tmp, model_dir))
     solves = [f"results/kernel_solve/tiny/alpha/4-13/{run}/metrics.json" for run in SOLVES]
-    snakemake(tmp, "--cores", "2", *solves)  # the kernel stage only: --cores ends the list of --rerun-triggers
+    snakemake(tmp, *solves)  # the kernel stage only
     return tmp, model_dir
 
 
@@ -97,7 +97,7 @@ def test_sharded_run_writes_the_papers_format_equal_to_one_shard(sharded_run):
     shutil.copy(tmp / "results/models/tiny/model.json", tmp / "one/models/tiny/model.json")
     targets = [f"one/kernels/tiny/alpha/4-13/{name}/{split}.pt" for split in ("train", "dev", "test")
                for name in ("sgd-prompt", "asymmetric-signgd-prompt", "f0-prompt")]
-    snakemake(tmp, "--cores", "2", *targets)
+    snakemake(tmp, *targets)
     for target in targets:
         one = torch.load(tmp / target, weights_only=True)
         four = torch.load(tmp / target.replace("one/", "results/"), weights_only=True)
@@ -125,7 +125,7 @@ def test_published_kernels_are_solved_without_shard_jobs(sharded_run):
     jobs = planned_jobs(tmp)
     assert {r for r, _ in jobs} == {"kernel_solve", "kernel_solve_asym", "aggregate"}
     solve = "kernel_solve/tiny/alpha/4-13/asymmetric-signgd-prompt/logistic/metrics.json"
-    snakemake(tmp, "--cores", "2", f"pub/{solve}")
+    snakemake(tmp, f"pub/{solve}")
     pub = json.loads((tmp / "pub" / solve).read_text())
     computed = json.loads((tmp / "results" / solve).read_text())
     assert pub["kernel"]["source"] == "published"

@@ -19,13 +19,20 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The command line of :func:`snakemake`: the repo's Snakefile on ``workdir``, 2 cores, then ``args``
+    (targets may come first: ``--cores`` ends the list of ``--rerun-triggers``)."""
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(workdir / "config.yaml"), "--rerun-triggers", "mtime", "params", "input", "code",
+            "--cores", "2", *args]
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
     """Run ``snakemake`` on the repo's Snakefile with ``workdir/config.yaml``."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2",
-           "--rerun-triggers", "mtime", "params", "input", "code", *args]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(snakemake_command(workdir, *args), capture_output=True, text=True, env=ENV, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
