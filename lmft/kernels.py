@@ -158,14 +158,18 @@ def _mask_groups(mask: Tensor) -> list[tuple[Tensor, int]]:
 
 
 @torch.no_grad()
-def logits(model: nn.Module, batch: Batch, *, binary: bool = False, batch_size: int = 32) -> Tensor:
+def logits(model: nn.Module, batch: Batch, *, binary: bool = False, batch_size: int | None = None) -> Tensor:
     """Pre-trained logits f0 ``[N, C]`` float64 (``[N, 1]`` when ``binary``) of a split given as one batch.
 
     Runs in eval mode in slices of ``batch_size`` examples, each slice trimmed of the padding that
-    all its examples share.
+    all its examples share. ``batch_size`` defaults to 1 on the CPU, so that an example's logits
+    do not depend on which examples share its forward pass (a GEMM's bits depend on its shape) and
+    column shards of any size give the same f0 bit for bit, as the Jacobians do; 32 on CUDA.
     """
     n = check_batch(batch, "logits")
     device = _device(model)
+    if batch_size is None:
+        batch_size = 1 if device.type == "cpu" else 32
     out = []
     with _eval(model):
         for start in range(0, n, batch_size):

@@ -268,3 +268,12 @@ def test_vmap_runs_through_the_shared_classifier_of_each_architecture(arch, attn
     x = make_batch(5, labels=2)  # examples 1 and 3 share a mask: one vmap call with vmap_chunk=4
     for a, b in zip(kernels.jacobians(clf, x, vmap_chunk=4), kernels.jacobians(clf, x, method="naive")):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_pretrained_logits_do_not_depend_on_the_slice():
+    model = TinyClassifier("mlm")
+    x = make_batch(7, seed=3)
+    whole = kernels.logits(model, x)
+    parts = [kernels.logits(model, kernels._take(x, torch.arange(a, b))) for a, b in kernels.split_range(7, 3)]
+    assert whole.shape == (7, 3) and whole.dtype == torch.float64
+    assert torch.equal(whole, torch.cat(parts))  # column shards of any size: the same f0 bits
