@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 
 run: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
-	@echo "Results: data/kshot/ (k-shot splits), results/ (stage outputs); logs in logs/, timings in benchmarks/"
+	@echo "Results: results/tables/ (paper tables), results/plots/, results/<stage>/ (runs), data/kshot/ (k-shot splits); logs in logs/, timings in benchmarks/ (python bench/stages.py)"
 
 report: setup
 	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) --report results/report.html
