@@ -42,10 +42,12 @@ def check_config(config: dict[str, Any]) -> None:
                 if m not in models:
                     raise LmftError(f"config: {section}.methods.{entry_name}.models names {m!r}, "
                                     f"not one of models: {sorted(models)}")
-    from lmft.finetune import resolve_spec  # heavy (torch): only where a finetune section needs it
+    methods = (config.get("finetune") or {}).get("methods") or {}
+    if methods:
+        from lmft.finetune import resolve_spec  # heavy (torch): only where a finetune section needs it
 
-    for name, spec in ((config.get("finetune") or {}).get("methods") or {}).items():
-        resolve_spec(spec, name)  # the keys that the method's type takes
+        for name, spec in methods.items():
+            resolve_spec(spec, name)  # the keys that the method's type takes
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
