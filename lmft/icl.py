@@ -13,7 +13,7 @@ token that ``label_word_ids`` scores) in place of ``*mask*``:
   each sentence part tokenised separately; a demonstration's ``*sep+*`` is a plain ``*sep*``, so
   the query is segment 0 and every demonstration segment 1 (BERT has two token types only);
 - causal LMs: the demonstrations with the causal template, one per line, then the query up to
-  its mask (``encode(causal=True)``): ``[bos] demo_1 \\n demo_2 \\n ... \\n query``.
+  its mask (``encode(causal=True)``): ``[prefix] demo_1 \\n demo_2 \\n ... \\n query``.
 
 Truncation to ``max_length`` (default: the model's maximum input length): while the prompt is too
 long, drop the last demonstration of the list; with none left, the query's sentences are

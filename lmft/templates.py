@@ -137,8 +137,8 @@ def encode(
     """Tokenise one example with an LM-BFF template.
 
     With ``causal=True`` the sequence ends right before ``*mask*`` (what follows the mask is
-    dropped), ``cls`` becomes the BOS token where the tokenizer has one, and ``sep`` is dropped:
-    the label word is then scored as the next token after the prompt.
+    dropped), ``cls`` becomes what the tokenizer itself puts before a text (:func:`causal_prefix`),
+    and ``sep`` is dropped: the label word is then scored as the next token after the prompt.
 
     A template without ``*mask*`` (no-prompt) puts ``mask_pos`` on the first token for masked
     LMs (the [CLS] a linear head reads) and on the last token for causal LMs.
@@ -152,8 +152,10 @@ def encode(
     for p in parts:
         if p.kind == "special":
             if p.value == "cls":
-                tid = tokenizer.bos_token_id if causal else tokenizer.cls_token_id
-                ids = [] if tid is None else [tid]
+                if causal:
+                    ids = causal_prefix(tokenizer)
+                else:
+                    ids = [] if tokenizer.cls_token_id is None else [tokenizer.cls_token_id]
             elif p.value == "mask":
                 if tokenizer.mask_token_id is None:
                     raise LmftError(f"{type(tokenizer).__name__} has no mask token: use a masked LM or a causal head")
@@ -189,6 +191,18 @@ def encode(
     elif mask_pos < 0:
         mask_pos = 0
     return Encoded(input_ids, token_type_ids, mask_pos)
+
+
+def causal_prefix(tokenizer: Any) -> list[int]:
+    """The token ids a causal LM's tokenizer prepends to a text by itself (``[bos]`` for Llama-2, none for GPT-2).
+
+    A prompt then starts as the model's pre-training documents did. A BOS token that the tokenizer
+    does not add is often a chat-control token (SmolLM2-Instruct's is ``<|im_start|>``, which opens a
+    chat turn), so it is left out.
+    """
+    lead = tokenizer("x", add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and lead and lead[0] == bos else []
 
 
 def _truncate_sentences(pieces: list[tuple[str, list[int], int]], budget: int) -> None:

@@ -52,8 +52,8 @@ def test_masked_prompt_tokens_and_segments(bert) -> None:
 
 def test_causal_prompt_ends_with_the_query(llama) -> None:
     p = build_prompt(SST2.causal_template, ["a good film"], DEMOS, llama, 100, causal=True)
-    assert llama.decode(p.encoded.input_ids) == (
-        "<|im_start|>so bad It was terrible\nfun movie It was great\na good film It was")
+    # plain text: the chat-control BOS that the tokenizer does not add itself stays out
+    assert llama.decode(p.encoded.input_ids) == "so bad It was terrible\nfun movie It was great\na good film It was"
     assert p.encoded.mask_pos == len(p.encoded.input_ids) - 1
 
 

@@ -5,7 +5,7 @@ from transformers import BertTokenizer
 
 from lmft.io import LmftError
 from lmft.tasks import NLI, SENTIMENT, get_task
-from lmft.templates import encode, label_word_ids, parse, render
+from lmft.templates import causal_prefix, encode, label_word_ids, parse, render
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "it", "was", "a", "fine", "film", "great", "terrible",
          "the", "cat", "sat", "is", "sitting", "yes", "no", "maybe", "?", ",", ".", "lovely", "movie", "gr", "##eat", "##s"]
@@ -78,3 +78,16 @@ def test_noprompt_template(tok):
     assert enc.token_type_ids == [0] * 6 + [1] * 6  # segment 1 starts after the first [SEP]
     causal = encode("*cls**sent_0*", ["A fine film", None], tok, max_length=16, causal=True)
     assert causal.mask_pos == len(causal.input_ids) - 1
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_causal_prompt_starts_as_the_tokenizer_starts_a_text(adds_bos):
+    """``*cls*`` of a causal template is the BOS only where the tokenizer prepends it itself (Llama-2's <s>);
+    SmolLM2-Instruct's BOS is the chat token <|im_start|>, which a plain-text prompt must not start with."""
+    from tiny import make_tokenizer
+
+    llama = make_tokenizer("llama")
+    llama.add_bos_token = adds_bos
+    enc = encode("*cls**sent_0*_It_was*mask*", ["a good film"], llama, 32, causal=True)
+    assert causal_prefix(llama) == ([llama.bos_token_id] if adds_bos else [])
+    assert llama.decode(enc.input_ids) == ("<|im_start|>" if adds_bos else "") + "a good film It was"
