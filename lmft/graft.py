@@ -42,7 +42,8 @@ studies (1e-5 to 1e-2) this is far smaller than a bool map.
 
 The graft stage's ``metrics.json`` adds to the shared keys (whose ``dev_metric``/``test_metric``/
 ``test_ece`` are the graft's): ``sparsity``, ``count`` (entries kept), ``n_graftable``,
-``graftable`` (tensor names), ``dev_loss``/``test_loss``, ``pre_dev_metric``/``pre_test_metric``/
+``graftable`` (tensor names), ``dev_loss``/``test_loss``, ``pre_is_pretrained`` (false when the
+run tuned tensors outside the mask, e.g. embeddings: its "pre" then holds them fine-tuned), ``pre_dev_metric``/``pre_test_metric``/
 ``pre_test_ece``, ``ft_dev_metric``/``ft_test_metric``/``ft_test_ece``, ``base_dev_metric``/
 ``base_test_metric`` (the base patch), ``base_train_loss``/``graft_train_loss``, ``kept_fraction``
 (``(graft - pre) / (ft - pre)`` on test, null when ft == pre), ``relax_epochs``,
@@ -478,6 +479,10 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
     if not tuned:
         raise LmftError(f"graft: {run_dir} is a {info['type']} run that tuned no parameters; nothing to graft")
     graftable, rest = split_state(tuned, opts["exclude"])
+    if rest:  # then "pre" is not the pre-trained model: fine-tune with freeze_embeddings (and a frozen head)
+        log.warning("graft: %s tuned tensors outside the mask (%s); they keep their fine-tuned values in the "
+                    "reference ('pre') model, which is then not the pre-trained one", run_dir, ", ".join(list(rest)[:4]))
+    pre_is_pretrained = not rest
     ref, _ = build_for_run(model_json, task, info)  # the same head, mode and seeded init, before training
     apply_state(ref, rest)
     del run, tuned, rest  # of the fine-tuned classifier only the graftable tensors stay
@@ -539,6 +544,7 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
         "metric": task.metric, "dev_metric": at_graft["dev"].metric, "test_metric": test.metric,
         "test_ece": test.ece, "dev_loss": at_graft["dev"].loss, "test_loss": test.loss,
         "sparsity": sparsity, "count": count, "n_graftable": n_graftable, "graftable": list(ft),
+        "pre_is_pretrained": pre_is_pretrained,
         "pre_dev_metric": pre["dev"].metric, "pre_test_metric": pre["test"].metric, "pre_test_ece": pre["test"].ece,
         "ft_dev_metric": fine["dev"].metric, "ft_test_metric": fine["test"].metric, "ft_test_ece": fine["test"].ece,
         "base_dev_metric": at_base["dev"].metric, "base_test_metric": at_base["test"].metric,

@@ -10,6 +10,8 @@ mode           trainable parameters
 ``last:N``     the last N transformer blocks (``first:N``, ``middle:N``: the first N, the N central
                ones, starting at block ``(L - N) // 2``); not the embeddings, final norm or LM head
 ``bias``       every bias, LayerNorm's included (BitFit)
+``norm``       every normalisation layer's weight and bias (LayerNorm, RMSNorm; LN-tuning): the
+               BitFit of models without biases (Llama), ``2 L + 1`` vectors of the hidden size
 ``head``       the head's own parameters: the ``cls`` linear layer, or the MLM/LM head's parameters
                that are not shared with the base model (BERT's transform and bias; a decoder tied
                to the word embeddings is the embedding matrix, so it is not "head" and stays frozen).
@@ -42,8 +44,8 @@ from lmft.heads import Classifier, Prefix
 from lmft.io import LmftError
 from lmft.models import transformer_blocks
 
-MODES = ("all", "last:N", "first:N", "middle:N", "bias", "head", "lora:R", "prefix:P")
-_MODE = re.compile(r"^(all|bias|head|(last|first|middle|lora|prefix):(\d+))$")
+MODES = ("all", "last:N", "first:N", "middle:N", "bias", "norm", "head", "lora:R", "prefix:P")
+_MODE = re.compile(r"^(all|bias|norm|head|(last|first|middle|lora|prefix):(\d+))$")
 
 
 def parse_mode(mode: str) -> tuple[str, int]:
@@ -112,6 +114,9 @@ def select_trainable(clf: Classifier, mode: str, freeze_embeddings: bool = False
         chosen = _block_names(clf, kind, n) | linear
     elif kind == "bias":
         chosen = {name for name in names if name.endswith(".bias")} | linear
+    elif kind == "norm":  # by class name: LayerNorm, LlamaRMSNorm, T5LayerNorm ... own their parameters
+        chosen = {f"{mod_name}.{p_name}".lstrip(".") for mod_name, mod in clf.named_modules()
+                  if "Norm" in type(mod).__name__ for p_name, _ in mod.named_parameters(recurse=False)} | linear
     elif kind == "head":
         if not head:
             raise LmftError(f"mode 'head': the {clf.head} head of this model has no parameters of its own "

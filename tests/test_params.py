@@ -87,6 +87,21 @@ def test_bias_mode_without_biases_is_an_error(dirs) -> None:
     assert select_trainable(clf, "bias") == ["linear.weight", "linear.bias"]
 
 
+# Norm vectors per tiny model (hidden 32): BERT/RoBERTa embedding LN + 2 per block (weight and bias);
+# GPT-2 ln_1, ln_2 per block + ln_f (weight and bias); Llama two RMSNorm weights per block + the final norm.
+NORM = {"bert": (1 + 2 * LAYERS) * 2 * D, "roberta": (1 + 2 * LAYERS) * 2 * D, "gpt2": (2 * LAYERS + 1) * 2 * D,
+        "llama": (2 * LAYERS + 1) * D}
+
+
+@pytest.mark.parametrize("arch,head", CASES)
+def test_norm_mode(dirs, arch: str, head: str) -> None:
+    clf, _ = build_classifier(dirs[arch], SST2, head)
+    names = select_trainable(clf, "norm")
+    mlm_head_ln = 2 * D if head == "prompt" else 0  # the MLM head's transform LayerNorm
+    assert count_trainable(clf) == NORM[arch] + mlm_head_ln + (LINEAR if head == "cls" else 0)
+    assert all(re.search(r"(LayerNorm|ln_|norm)", n) or n.startswith("linear.") for n in names)
+
+
 def test_head_mode(dirs) -> None:
     clf, _ = build_classifier(dirs["bert"], SST2, "prompt")
     assert set(select_trainable(clf, "head")) == {
