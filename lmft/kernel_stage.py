@@ -21,9 +21,10 @@ With ``published_dir`` the solve jobs read ``{published_dir}/{model}/{task}/{k}-
 (the same layout, e.g. the kernels the paper's authors released) and nothing is computed.
 
 Settings. ``prompt`` means the task's LM-BFF template with the ``prompt`` head (``causal`` on a
-causal LM); ``noprompt`` the no-prompt input with a new linear ``cls`` head initialised from the
-data seed, as the fine-tuning stage does by default. ``binary`` makes the kernel of the logit
-difference (C = 1) for two-class tasks; tasks with more classes keep their C logits. ``mode`` and
+causal LM); ``noprompt`` the no-prompt input with a new linear ``cls`` head set, as for the paper's
+released no-prompt kernels, to the logistic regression on the frozen features of the whole k-shot
+training split (:func:`fit_head`) before the eNTK and f0 are taken. ``binary`` makes the kernel of
+the logit difference (C = 1) for two-class tasks; tasks with more classes keep their C logits. ``mode`` and
 ``freeze_embeddings`` select the differentiated parameters (:func:`lmft.params.select_trainable`).
 ``test_cap`` keeps that many test examples, the same fixed subset as the fine-tuning stage's
 ``eval_cap`` (:func:`lmft.finetune.cap_rows`).
@@ -34,7 +35,8 @@ one solve job per kernel runs all its solvers): the shared keys (``stage="kernel
 ``wall_time_s`` of loading the kernels and running this solver, ``peak_mem_mb`` of the job) plus ``formula``,
 ``prompt``, ``solver``, ``reg_name``, ``reg``, ``grid``, ``dev_scores``, ``dev_ece``, ``f0_scaling``,
 ``lam`` (asym), ``num_logits``, ``n_train``/``n_dev``/``n_test``, ``kernel_source`` (computed or
-published) and ``kernel`` (the settings the kernel was computed with).
+published) and ``kernel`` (the settings the kernel was computed with; for a computed kernel also
+``head_init``, :data:`HEAD_INIT` of its prompt setting).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import torch
 from lmft import kernels, solvers
 from lmft.batching import collate, encode_frame, label_ids, pad_id
 from lmft.finetune import cap_rows, peak_mem_mb, resolve_device
-from lmft.heads import Classifier, build_classifier
+from lmft.heads import Classifier, build_classifier, fit_linear_head
 from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json
 from lmft.params import count_trainable, select_trainable
 from lmft.tasks import Task, get_task
@@ -60,6 +62,14 @@ from lmft.tasks import Task, get_task
 log = logging.getLogger(__name__)
 
 PROMPTS = ("prompt", "noprompt")
+# How each prompt setting's head starts: the pre-trained (M)LM head, or fit_head's logistic regression.
+HEAD_INIT = {"prompt": "pretrained", "noprompt": "logistic"}
+# Examples per forward pass of fit_head: fixed (not row_batch), so every shard job of a kernel fits
+# the same head bit for bit whatever the batch settings.
+HEAD_BATCH = 16
+# The paper's head fit: LogisticRegressionCV(max_iter=5000) with its default ten Cs.
+HEAD_CS = solvers.GRIDS["logistic"]
+HEAD_MAX_ITER = 5000
 SPLITS = ("train", "dev", "test")
 DEFAULTS: dict[str, Any] = {
     "models": None,  # None: every configured model (tasks: every task, k: every kshot.k)
@@ -130,7 +140,7 @@ def solver_specs(entries: Sequence[str | Mapping[str, Any]]) -> dict[str, dict[s
         unknown = sorted(set(spec) - {"grid", "f0_scaling", "lam"})
         if unknown:
             raise LmftError(f"kernels.solvers.{name}: unknown option(s) {unknown}; known: grid, f0_scaling, lam")
-        if name in ("svm", "asym") and spec.get("f0_scaling") is not None:
+        if name not in solvers.USES_F0 and spec.get("f0_scaling") is not None:
             raise LmftError(f"kernels.solvers.{name}: this solver does not use f0; unset f0_scaling")
         specs[name] = {"grid": spec.get("grid"), "f0_scaling": spec.get("f0_scaling"), "lam": spec.get("lam", 0.5)}
     return specs
@@ -218,7 +228,7 @@ def build_model(model_json: PathLike, task: Task, prompt: str, seed: int, mode: 
     """The classifier whose eNTK is taken, in eval mode, with its trainable parameters selected.
 
     The ``cls`` head (and LoRA/prefix parameters) initialise from ``seed``; torch's global RNG is
-    left as it was.
+    left as it was. A noprompt kernel then sets the head with :func:`fit_head`.
     """
     clf, tokenizer = build_classifier(model_json, task, head_for(prompt, model_json), seed=seed)
     with torch.random.fork_rng(devices=[]):
@@ -236,6 +246,28 @@ def load_split(path: PathLike, task: Task, clf: Classifier, tokenizer: Any, cap:
     return collate(items, label_ids(df, task), pad_id(tokenizer))
 
 
+@torch.no_grad()
+def fit_head(clf: Classifier, train: Mapping[str, torch.Tensor]) -> float:
+    """Set ``clf``'s ``cls`` head to the logistic regression on its frozen features, as the paper's
+    no-prompt kernels (its ``--from_linearhead``: ``LogisticRegressionCV(max_iter=5000)``).
+
+    ``train`` is the whole training split as one batch (:func:`load_split`). The features ``[N, H]``
+    come in eval mode, :data:`HEAD_BATCH` rows at a time in row order; ``C`` is cross-validated over
+    :data:`HEAD_CS` (:func:`lmft.solvers.fit_logistic_cv`) and :func:`lmft.heads.fit_linear_head` fits
+    the head with it in float64. The same split thus gives the same head in every shard job.
+    Returns the chosen ``C``.
+    """
+    device = next(clf.parameters()).device
+    keys = ("input_ids", "attention_mask", "token_type_ids", "mask_pos")
+    clf.eval()
+    feats = torch.cat([clf.features(**{k: train[k][i:i + HEAD_BATCH].to(device) for k in keys}).double().cpu()
+                       for i in range(0, train["input_ids"].shape[0], HEAD_BATCH)])
+    labels = train["labels"]
+    _, c = solvers.fit_logistic_cv(feats.numpy(), labels.numpy(), HEAD_CS, max_iter=HEAD_MAX_ITER)
+    fit_linear_head(clf, feats, labels, l2=1.0 / c, max_iter=HEAD_MAX_ITER)
+    return c
+
+
 def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path: PathLike, out: Mapping[str, PathLike],
               f0_out: PathLike, *, split: str, prompt: str, seed: int, row: int, col: int, cfg: Mapping[str, Any]) -> None:
     """Compute shard (``row``, ``col``) of the kernels between the training examples and ``split``.
@@ -249,6 +281,9 @@ def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path
     clf, tokenizer = build_model(model_json, task, prompt, seed, cfg["mode"], cfg["freeze_embeddings"])
     clf.to(device)
     rows = load_split(train_path, task, clf, tokenizer)
+    if prompt == "noprompt":
+        log.info("cls head: logistic regression on the frozen features of the %d training examples, C=%g",
+                 rows["input_ids"].shape[0], fit_head(clf, rows))
     cols = rows if split == "train" else load_split(split_path, task, clf, tokenizer,
                                                      cfg["test_cap"] if split == "test" else None)
     n, m = rows["input_ids"].shape[0], cols["input_ids"].shape[0]
@@ -307,6 +342,8 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
     if needs_f0 and not f0_files:
         raise LmftError(f"solver {needs_f0[0]} has f0_scaling {specs[needs_f0[0]]['f0_scaling']} but no f0 files were given")
     sets = {s: solvers.load_kernel_set(kernel_files[s], f0_files[s] if needs_f0 else None) for s in SPLITS}
+    source = kernel_info.get("source", "computed")
+    made = dict(kernel_info) | ({"head_init": HEAD_INIT[prompt]} if source == "computed" else {})
     loaded = time.perf_counter() - started
     results = {}
     for solver, out in outs.items():
@@ -322,7 +359,7 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
                    "lam": spec.get("lam", 0.5) if solver == "asym" else None,
                    "num_logits": int(sets["train"].kernel.shape[-1]), "n_train": int(sets["train"].labels.shape[0]),
                    "n_dev": int(sets["dev"].labels.shape[0]), "n_test": int(sets["test"].labels.shape[0]),
-                   "kernel_source": kernel_info.get("source", "computed"), "kernel": dict(kernel_info),
+                   "kernel_source": source, "kernel": made,
                    "wall_time_s": loaded + time.perf_counter() - began,
                    "peak_mem_mb": peak_mem_mb(torch.device("cpu"))}
         write_json(metrics, out)

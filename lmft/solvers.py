@@ -13,12 +13,24 @@ except by ``asym``, which needs both parts.
     is given ("adjust for init"): ``alpha = (K + r * sigma_max(K) * I)^+ (Y - f0/s)``; prediction
     ``f0(x)/s + K(train, x)^T alpha``. ``r`` is chosen on dev from ``grid``.
 ``logistic``
+    the paper's solver: scikit-learn's ``LogisticRegressionCV`` (L2, with intercept, lbfgs,
+    ``max_iter=10000``, ``random_state=0``, accuracy scoring, ``Cs`` = ``grid``, by default its ten
+    ``logspace(-4, 4)`` values) cross-validated on the training set alone with stratified 5-fold
+    splits in row order (fewer folds when a class has fewer than 5 examples). An example's features
+    are its kernel values against the N training examples, the raw kernel's column ``K[:, :, j, :]``
+    (N values when binary, N*C*C otherwise); its logits are the fitted decision function. As in the
+    paper's code there is no f0 and no rescaling of the kernel. The paper's code is binary only and
+    fits on the train kernel's rows ``K[i, :]``, its columns for the symmetric sgd and signgd kernels;
+    on an asymmetric kernel the columns give training and evaluated examples features of one kind.
+    With C > 1 this is the same fit, multinomial (an extension: the paper has no multi-class one).
+    ``reg`` is the C the cross-validation chose; ``dev_scores`` holds the dev metric of that one fit.
+``logistic-dev``
     kernel logistic regression: logits ``f0/s + K^T beta / sigma_max(K)`` under the multinomial
     cross-entropy over the C logits (the logistic loss when binary), mean over examples, plus
     ``r/2 * ||beta||^2``; minimised with scipy's L-BFGS-B from beta = 0. The penalty on the
-    coefficients (as the paper's solver, scikit-learn's L2 logistic regression on the kernel's
-    columns) keeps the problem strictly convex for any kernel, asymmetric ones included, where the
-    RKHS norm ``beta^T K beta`` could be unbounded below. ``r`` is chosen on dev.
+    coefficients (as ``logistic``'s, on the kernel's columns) keeps the problem strictly convex for
+    any kernel, asymmetric ones included, where the RKHS norm ``beta^T K beta`` could be unbounded
+    below. ``r`` is chosen on dev.
 ``svm``
     scikit-learn ``SVC(kernel="precomputed")`` on the kernel divided by its ``sigma_max``; its ``C`` is
     chosen on dev. Binary kernels are used as they are; a multi-class kernel is reduced to
@@ -35,21 +47,22 @@ except by ``asym``, which needs both parts.
     divided by its ``sigma_max`` so ``gamma`` is scale-free; ``gamma`` is chosen on dev, ``lam`` is an
     explicit option (the paper's code reads a ``kernel_lambda`` it never defines). No f0.
 
-Selection: for each grid value the dev metric (``acc`` or ``f1``) of the argmax of the predicted
-logits; the first best value in grid order wins. Predicted logits are ``[M, C]``; binary
-predictions p (a logit difference) become the two class logits ``[-p/2, p/2]``, whose softmax is
-``sigmoid(p)``, for the metric and the ECE.
+Selection (all but ``logistic``, which cross-validates): for each grid value the dev metric (``acc``
+or ``f1``) of the argmax of the predicted logits; the first best value in grid order wins.
+Predicted logits are ``[M, C]``; binary predictions p (a logit difference) become the two class
+logits ``[-p/2, p/2]``, whose softmax is ``sigmoid(p)``, for the metric and the ECE.
 
 The kernel-solve stage's ``metrics.json`` adds to the shared keys (from :func:`solution_metrics`):
 ``solver``, ``reg_name`` (``r``, ``C`` or ``gamma``), ``reg`` (the chosen value), ``grid`` and
-``dev_scores`` (the dev metric of each grid value), ``dev_ece``; the stage adds ``formula`` and
-``f0_scaling``.
+``dev_scores`` (the dev metric of each grid value; of the chosen fit alone for ``logistic``),
+``dev_ece``; the stage adds ``formula`` and ``f0_scaling``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -61,10 +74,15 @@ from lmft.evaluate import score
 from lmft.io import LmftError, PathLike
 from lmft.kernels import load_kernel, load_logits
 
-SOLVERS = ("lstsq", "logistic", "svm", "asym")
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegressionCV
+
+SOLVERS = ("lstsq", "logistic", "logistic-dev", "svm", "asym")
+USES_F0 = ("lstsq", "logistic-dev")  # the solvers that take f0_scaling
 GRIDS: dict[str, tuple[float, ...]] = {
     "lstsq": (0.0, 1e-4, 1e-3, 1e-2, 1e-1),
-    "logistic": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    "logistic": tuple(float(c) for c in np.logspace(-4, 4, 10)),  # LogisticRegressionCV's default Cs=10
+    "logistic-dev": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
     "svm": (0.01, 0.1, 1.0, 10.0, 100.0),
     "asym": (0.1, 1.0, 10.0, 100.0, 1000.0),
 }
@@ -214,9 +232,64 @@ def lstsq(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "a
     return _select("lstsq", "r", grid, fit, dev, test, metric)
 
 
+def _all_classes(name: str, labels: Tensor, c: int) -> None:
+    """Raise unless the training labels ``[N]`` cover every class of a kernel with ``c`` logits."""
+    classes = 2 if c == 1 else c
+    present = sorted(set(labels.tolist()))
+    if len(present) != classes:
+        raise LmftError(f"{name}: the training labels cover {present}, not all {classes} classes")
+
+
+def _columns(ks: KernelSet) -> np.ndarray:
+    """``[M, N*C*C]``: each column example's kernel values against the training examples, ``K[:, :, j, :]``."""
+    k = ks.main
+    return k.permute(2, 0, 1, 3).reshape(k.shape[2], -1).numpy()
+
+
+def fit_logistic_cv(x: np.ndarray, y: np.ndarray, cs: Sequence[float], *, folds: int = 5,
+                    max_iter: int = 10000) -> tuple[LogisticRegressionCV, float]:
+    """scikit-learn's ``LogisticRegressionCV`` as the paper's code calls it (L2, intercept, lbfgs,
+    accuracy scoring, ``random_state=0``), fit on features ``x`` ``[N, F]`` and class indices ``y``
+    ``[N]``: ``C`` from ``cs`` by stratified ``folds``-fold cross-validation in row order (fewer folds
+    when a class has fewer examples), then refit on all of them. Returns the model and its ``C``."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    if len(cs) == 0:
+        raise LmftError("logistic regression CV: empty grid of C")
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    if smallest < 2:
+        raise LmftError("logistic regression CV needs two training examples of every class")
+    model = LogisticRegressionCV(Cs=[float(c) for c in cs], cv=StratifiedKFold(min(folds, smallest)),
+                                 scoring="accuracy", max_iter=max_iter, random_state=0)
+    with warnings.catch_warnings():  # scikit-learn 1.8+ announces default changes that leave this L2 fit as it is
+        warnings.simplefilter("ignore", FutureWarning)
+        model.fit(x, y)
+    return model, float(np.ravel(model.C_)[0])  # an array of one C per class before scikit-learn 1.10
+
+
 def logistic(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
-             grid: Sequence[float] = GRIDS["logistic"], f0_scaling: float | None = None,
-             max_iter: int = 1000) -> Solution:
+             grid: Sequence[float] = GRIDS["logistic"]) -> Solution:
+    """The paper's ``LogisticRegressionCV`` on the kernel's columns (:func:`fit_logistic_cv`), ``C``
+    cross-validated over ``grid`` on the training set."""
+    _, c = _check(train, dev, test, None)
+    _all_classes("logistic", train.labels, c)
+    model, c_cv = fit_logistic_cv(_columns(train), train.labels.numpy(), grid)
+
+    def predict(ks: KernelSet) -> Tensor:
+        d = torch.from_numpy(model.decision_function(_columns(ks))).double()
+        return class_logits(d[:, None] if d.dim() == 1 else d)
+
+    dev_logits = predict(dev)
+    return Solution("logistic", "C", c_cv, dev_logits, predict(test), [float(g) for g in grid],
+                    [score(dev_logits.argmax(1), dev.labels, metric)])
+
+
+def logistic_dev(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
+                 grid: Sequence[float] = GRIDS["logistic-dev"], f0_scaling: float | None = None,
+                 max_iter: int = 1000) -> Solution:
     """Kernel logistic regression (L-BFGS-B), L2 penalty ``r`` chosen on dev from ``grid``."""
     from scipy.optimize import minimize
 
@@ -240,7 +313,7 @@ def logistic(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str =
         beta = torch.from_numpy(res.x)
         return lambda ks: _offset(ks, f0_scaling) + (ks.flat().T @ beta).reshape(-1, c) / smax
 
-    return _select("logistic", "r", grid, fit, dev, test, metric)
+    return _select("logistic-dev", "r", grid, fit, dev, test, metric)
 
 
 def _svm_gram(ks: KernelSet) -> Tensor:
@@ -254,11 +327,9 @@ def svm(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc
     from sklearn.svm import SVC
 
     _, c = _check(train, dev, test, None)
+    _all_classes("svm", train.labels, c)
     gram = _svm_gram(train)
     smax = _sigma_max(gram)
-    classes = 2 if c == 1 else c
-    if len(set(train.labels.tolist())) != classes:
-        raise LmftError(f"svm: the training labels cover {sorted(set(train.labels.tolist()))}, not all {classes} classes")
 
     def fit(value: float) -> Predictor:
         model = SVC(kernel="precomputed", C=value).fit((gram / smax).numpy(), train.labels.numpy())
@@ -312,16 +383,18 @@ def asym(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "ac
 def solve(solver: str, train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
           grid: Sequence[float] | None = None, f0_scaling: float | None = None, lam: float = 0.5) -> Solution:
     """Run the solver named ``solver`` (one of :data:`SOLVERS`) with its default grid unless ``grid``
-    is given. ``f0_scaling`` applies to lstsq and logistic, ``lam`` to asym."""
+    is given. ``f0_scaling`` applies to the solvers of :data:`USES_F0`, ``lam`` to asym."""
     if solver not in SOLVERS:
         raise LmftError(f"unknown kernel solver {solver!r}; one of {', '.join(SOLVERS)}")
     grid = GRIDS[solver] if grid is None else tuple(grid)
-    if solver in ("svm", "asym") and f0_scaling is not None:
+    if solver not in USES_F0 and f0_scaling is not None:
         raise LmftError(f"the {solver} solver does not use the pre-trained logits f0; unset f0_scaling")
     if solver == "lstsq":
         return lstsq(train, dev, test, metric=metric, grid=grid, f0_scaling=f0_scaling)
     if solver == "logistic":
-        return logistic(train, dev, test, metric=metric, grid=grid, f0_scaling=f0_scaling)
+        return logistic(train, dev, test, metric=metric, grid=grid)
+    if solver == "logistic-dev":
+        return logistic_dev(train, dev, test, metric=metric, grid=grid, f0_scaling=f0_scaling)
     if solver == "svm":
         return svm(train, dev, test, metric=metric, grid=grid)
     return asym(train, dev, test, metric=metric, grid=grid, lam=lam)

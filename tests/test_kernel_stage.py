@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from tiny import make_tiny_model_dir, tiny_frame
@@ -21,11 +22,13 @@ CONFIG = {"models": {"tiny": {"source": "x"}, "other": {"source": "y"}}, "tasks"
 
 
 def test_settings_fill_defaults_and_resolve_solvers():
-    cfg = ks.settings(CONFIG | {"kernels": {"models": ["tiny"], "solvers": ["lstsq", {"name": "asym", "lam": 0.3}],
+    cfg = ks.settings(CONFIG | {"kernels": {"models": ["tiny"], "solvers": ["lstsq", {"name": "asym", "lam": 0.3},
+                                                                            {"name": "logistic-dev", "f0_scaling": 2.0}],
                                             "col_shards": {"test": 3}}})
     assert cfg["models"] == ["tiny"] and cfg["formulas"] == ["sgd"] and cfg["test_cap"] is None
     assert cfg["solvers"] == {"lstsq": {"grid": None, "f0_scaling": None, "lam": 0.5},
-                              "asym": {"grid": None, "f0_scaling": None, "lam": 0.3}}
+                              "asym": {"grid": None, "f0_scaling": None, "lam": 0.3},
+                              "logistic-dev": {"grid": None, "f0_scaling": 2.0, "lam": 0.5}}
     assert [ks.col_shards(cfg, s) for s in ks.SPLITS] == [1, 1, 3]
     assert ks.settings(CONFIG)["models"] == ["tiny", "other"]  # no kernels.models: every model
     every = ks.settings(CONFIG | {"kernels": {}})
@@ -37,6 +40,7 @@ def test_settings_fill_defaults_and_resolve_solvers():
     ({"solvers": ["ridge"]}, "unknown solver 'ridge'"),
     ({"solvers": ["lstsq", {"name": "lstsq", "grid": [1.0]}]}, "'lstsq' is listed twice"),
     ({"solvers": [{"name": "svm", "f0_scaling": 1.0}]}, "svm: this solver does not use f0"),
+    ({"solvers": [{"name": "logistic", "f0_scaling": 1.0}]}, "logistic: this solver does not use f0"),
     ({"solvers": [{"name": "lstsq", "ridge": 1.0}]}, r"unknown option\(s\) \['ridge'\]"),
     ({"models": ["nope"]}, "kernels.models names 'nope'"),
     ({"tasks": ["sst-2"]}, "kernels.tasks names 'sst-2', not one of the config's tasks"),
@@ -154,6 +158,7 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
         assert (metrics["stage"], metrics["method"], metrics["solver"], metrics["num_logits"]) == \
             ("kernel", "kernel", solver, 1)
         assert (metrics["n_train"], metrics["n_dev"], metrics["n_test"]) == (8, 6, 10)
+        assert metrics["kernel"] == info | {"head_init": "pretrained"}
     assert info == {"source": "computed", "mode": "all", "freeze_embeddings": False, "binary": True, "test_cap": 10}
 
     f0_files = {s: tmp / f"f0-prompt/{s}.pt" for s in ks.SPLITS}
@@ -177,3 +182,45 @@ def test_merge_refuses_shards_of_another_formula(tiny, tmp_path):
                  tmp_path / "f0.pt", split="dev", prompt="noprompt", seed=13, row=0, col=0, cfg=cfg)
     with pytest.raises(LmftError, match="a shard of another formula than sgd"):
         ks.merge({"sgd": [tmp_path / "signgd.pt"]}, [tmp_path / "f0.pt"], {"sgd": tmp_path / "k.pt"}, tmp_path / "f.pt")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_noprompt_kernels_start_from_the_logistic_regression_head(tiny, tmp_path):
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    _, model_json, paths, task = tiny
+    cfg = ks.settings(CONFIG | {"kernels": {"binary": True, "row_shards": 2, "col_shards": 2, "row_batch": 3}})
+    grid = [(r, c) for r in range(2) for c in range(2)]
+    for r, c in grid:
+        d = tmp_path / f"{r}-{c}"
+        ks.run_shard(model_json, task, paths["train"], paths["test"], {"sgd": d / "sgd.pt"}, d / "f0.pt", split="test",
+                     prompt="noprompt", seed=13, row=r, col=c, cfg=cfg)
+    ks.merge({"sgd": [tmp_path / f"{r}-{c}/sgd.pt" for r, c in grid]}, [tmp_path / f"0-{c}/f0.pt" for c in range(2)],
+             {"sgd": tmp_path / "sgd.pt"}, tmp_path / "f0.pt")
+
+    # by hand: the [CLS] features of the 8 training examples, C by the paper's CV (4 folds: 4 per class), then LR
+    clf, tok = ks.build_model(model_json, task, "noprompt", seed=13)
+    rows, cols = ks.load_split(paths["train"], task, clf, tok), ks.load_split(paths["test"], task, clf, tok)
+    with torch.no_grad():
+        feats, test_feats = (clf.features(b["input_ids"], b["attention_mask"], b["token_type_ids"]).double().numpy()
+                             for b in (rows, cols))
+    y = rows["labels"].numpy()
+    cv = LogisticRegressionCV(Cs=list(solvers.GRIDS["logistic"]), cv=StratifiedKFold(4), scoring="accuracy",
+                              max_iter=5000, random_state=0).fit(feats, y)
+    lr = LogisticRegression(C=float(np.ravel(cv.C_)[0]), max_iter=5000).fit(feats, y)
+    assert ks.fit_head(clf, rows) == float(np.ravel(cv.C_)[0])
+    # relative tolerances only: on these 8 examples the CV ties and keeps the smallest C, so the head is small
+    w, b = torch.from_numpy(lr.coef_[0]).float(), torch.from_numpy(lr.intercept_).float()
+    torch.testing.assert_close(clf.linear.weight.data, torch.stack([-w / 2, w / 2]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(clf.linear.bias.data, torch.cat([-b / 2, b / 2]), rtol=1e-6, atol=0)
+
+    # f0 is the regression's logit difference, no longer a random head's: it fits the training labels
+    f0, _ = kernels.load_logits(tmp_path / "f0.pt")
+    expected = torch.from_numpy(lr.decision_function(test_feats))
+    torch.testing.assert_close(f0[:, 0], expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+    train_f0 = kernels.logits(clf, rows, binary=True)[:, 0]
+    assert torch.equal((train_f0 > 0).long(), torch.from_numpy(lr.predict(feats))) and lr.score(feats, y) > 0.5
+    # every shard job fit the same head: the 2x2 shards are the kernel of one pass of this model, bit for bit
+    kernel, _ = kernels.load_kernel(tmp_path / "sgd.pt")
+    assert torch.equal(kernel, kernels.compute_shards(clf, rows, cols, ["sgd"], binary=True)["sgd"].kernel)

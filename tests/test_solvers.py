@@ -1,7 +1,9 @@
-"""lmft.solvers and lmft.metrics: kernel regression, logistic, SVM and AsK-LS solvers; accuracy, F1, ECE."""
+"""lmft.solvers and lmft.metrics: kernel regression, logistic (CV and dev-selected), SVM and AsK-LS solvers;
+accuracy, F1, ECE."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,15 +64,44 @@ def test_lstsq_picks_the_first_best_ridge_on_dev():
 
 
 @pytest.mark.parametrize("c", [1, 3])
-def test_logistic_separates_a_separable_training_set(c):
+def test_logistic_dev_separates_a_separable_training_set(c):
     train, dev, test = splits(2 if c == 1 else 3, c)
     f0 = torch.zeros(train.labels.shape[0], c, dtype=torch.float64)
     train = KernelSet(train.kernel, train.labels, f0)
-    sol = solvers.logistic(train, train, train, grid=(1e-4,), f0_scaling=1.0)
-    assert accuracy_of(sol.dev_logits, train.labels) == 1.0
-    sol = solvers.logistic(KernelSet(train.kernel, train.labels), dev, test)
+    sol = solvers.solve("logistic-dev", train, train, train, grid=(1e-4,), f0_scaling=1.0)
+    assert accuracy_of(sol.dev_logits, train.labels) == 1.0 and (sol.solver, sol.reg_name) == ("logistic-dev", "r")
+    sol = solvers.logistic_dev(KernelSet(train.kernel, train.labels), dev, test)
+    assert accuracy_of(sol.test_logits, test.labels) == 1.0 and sol.grid == list(solvers.GRIDS["logistic-dev"])
+    assert sol.test_logits.shape == (test.labels.shape[0], 2 if c == 1 else 3)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("c", [1, 3])
+def test_logistic_cross_validates_on_the_training_kernel(c):
+    train, dev, test = splits(2 if c == 1 else 3, c, n=15)
+    sol = solvers.solve("logistic", train, dev, test)
+    assert (sol.solver, sol.reg_name) == ("logistic", "C") and sol.grid == pytest.approx(np.logspace(-4, 4, 10))
+    assert sol.reg in sol.grid and sol.dev_scores == [accuracy_of(sol.dev_logits, dev.labels)]
     assert accuracy_of(sol.test_logits, test.labels) == 1.0
     assert sol.test_logits.shape == (test.labels.shape[0], 2 if c == 1 else 3)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_logistic_is_sklearns_logistic_regression_cv_on_the_kernel_columns():
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    (xt, yt), (xe, ye) = blobs(20, 2, 1), blobs(16, 2, 3)
+    train, test = asym_set(xt, xt, yt), asym_set(xt, xe, ye)  # K(x_i, x_j) != K(x_j, x_i): columns, not rows
+    grid = (1e-3, 1e-2, 0.1, 1.0)
+    sol = solvers.solve("logistic", train, test, test, grid=grid)
+    # the paper's call: 5 stratified folds in row order, lbfgs, intercept, max_iter 10000, random_state 0
+    direct = LogisticRegressionCV(Cs=list(grid), cv=StratifiedKFold(5), scoring="accuracy", max_iter=10000,
+                                  random_state=0).fit(train.kernel[0, :, 0, :, 0].T.numpy(), yt.numpy())
+    p = torch.from_numpy(direct.decision_function(test.kernel[0, :, 0, :, 0].T.numpy()))[:, None]
+    torch.testing.assert_close(sol.test_logits, torch.cat([-p / 2, p / 2], 1))
+    assert sol.reg == float(np.ravel(direct.C_)[0]) and sol.grid == list(grid)
+    assert solvers.solve("logistic", train, test, test, grid=grid).test_logits.equal(sol.test_logits)  # deterministic
 
 
 @pytest.mark.parametrize("c", [1, 3])
@@ -111,8 +142,13 @@ def test_solvers_reject_bad_inputs():
         solvers.solve("ridge", train, dev, test)
     with pytest.raises(LmftError, match="asym needs binary asymmetric-signgd kernels"):
         solvers.solve("asym", train, dev, test)
-    with pytest.raises(LmftError, match="does not use the pre-trained logits"):
-        solvers.solve("svm", train, dev, test, f0_scaling=1.0)
+    for name in ("svm", "logistic"):
+        with pytest.raises(LmftError, match=f"the {name} solver does not use the pre-trained logits"):
+            solvers.solve(name, train, dev, test, f0_scaling=1.0)
+    with pytest.raises(LmftError, match=r"logistic: the training labels cover \[0, 1\], not all 3 classes"):
+        solvers.solve("logistic", KernelSet(train.kernel, train.labels % 2), dev, test)
+    with pytest.raises(LmftError, match="needs two training examples of every class"):
+        solvers.solve("logistic", KernelSet(train.kernel, torch.tensor([2] + [0, 1] * 5 + [1])), dev, test)
     with pytest.raises(LmftError, match="the dev split has no pre-trained logits"):
         solvers.solve("lstsq", KernelSet(train.kernel, train.labels, torch.zeros(12, 3)), dev, test, f0_scaling=1.0)
     other = KernelSet(dev.kernel[:5], dev.labels)

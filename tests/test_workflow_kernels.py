@@ -33,7 +33,7 @@ def config(tmp_path, model_dir, **kernels):
             "kshot": {"k": [4], "seeds": [13], "test_cap": 8},
             "kernels": {"formulas": FORMULAS, "prompt": ["prompt"], "binary": True, "row_batch": 3, "col_batch": 2,
                         "row_shards": 2, "col_shards": {"train": 1, "dev": 1, "test": 2}, "test_cap": 6,
-                        "solvers": [{"name": "logistic", "f0_scaling": 1.0}, "asym"]} | kernels}
+                        "solvers": [{"name": "logistic-dev", "f0_scaling": 1.0}, "asym"]} | kernels}
 
 
 @pytest.fixture(scope="module")
