@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "models": None,  # None: every configured model (tasks: every task, k: every kshot.k)
     "tasks": None,
     "k": None,
+    "seeds": None,
     "formulas": ["sgd"],
     "prompt": ["prompt"],
     "mode": "all",
@@ -103,8 +104,8 @@ def settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config's ``kernels`` section with :data:`DEFAULTS` filled in and solver entries resolved.
 
     ``solvers`` entries are a solver name or ``{name, grid, f0_scaling, lam}``; they become a
-    name -> options mapping. ``models``, ``tasks`` and ``k`` become lists (all of the config's when
-    unset). Raises on a solver, formula or prompt the stage does not know, and on a model, task or
+    name -> options mapping. ``models``, ``tasks``, ``k`` and ``seeds`` become lists (all of the
+    config's when unset). Raises on a solver, formula or prompt the stage does not know, and on a model, task or
     k the config does not have.
     """
     section = dict(config.get("kernels") or {})
@@ -118,7 +119,7 @@ def settings(config: Mapping[str, Any]) -> dict[str, Any]:
     out["solvers"] = solver_specs(out["solvers"])
     kshot = config.get("kshot") or {}
     for key, known in (("models", list(config.get("models") or {})), ("tasks", list(config.get("tasks") or [])),
-                       ("k", list(kshot.get("k", [16])))):
+                       ("k", list(kshot.get("k", [16]))), ("seeds", list(kshot.get("seeds", [13, 21, 42, 87, 100])))):
         chosen = list(known if out.get(key) is None else out[key])
         for name in chosen:
             if name not in known:
@@ -372,13 +373,12 @@ def solve_targets(config: Mapping[str, Any], cfg: Mapping[str, Any] | None = Non
     leaving out solvers that do not apply (:func:`solver_applies`)."""
     cfg = settings(config) if cfg is None else cfg
     results = config.get("results_dir", "results")
-    kshot = config.get("kshot") or {}
     out = []
     for model in cfg["models"]:
         for name in cfg["tasks"]:
             task = get_task(name, dict(config))
             for k in cfg["k"]:
-                for seed in kshot.get("seeds", [13, 21, 42, 87, 100]):
+                for seed in cfg["seeds"]:
                     for formula in cfg["formulas"]:
                         for prompt in cfg["prompt"]:
                             for solver in cfg["solvers"]:
