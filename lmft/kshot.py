@@ -7,16 +7,47 @@ seed 42 (LM-BFF's ``k-shot-1k-test`` mode, used by the kernel and MeZO papers): 
 shuffle with ``np.random.seed(42)`` and keep the first rows, CSV-style tasks take
 ``DataFrame.sample(n, random_state=42)``. A legacy ``RandomState(seed)`` draws the same stream as
 the global ``np.random.seed(seed)``, without touching global state.
+
+Balanced test sets (``kshot.test_balance``). The embedded tasks hold out their test set from
+skewed package data (tweets-2's is 70% negative), where "always the majority class" beats a
+method that learnt something. Their capped test set is balanced instead (style ``balanced``):
+``test_cap // C`` rows of each of the C labels, drawn from each label's rows with its own
+``RandomState(42)`` permutation, so the subset depends neither on the k-shot seed nor on the other
+labels, and a smaller cap keeps a subset of a larger cap's. A label with fewer rows keeps all of
+them (logged, and listed in the split's ``info.json``). Balancing applies whenever ``test_cap`` is
+set, also to a test set smaller than the cap; ``test_cap: null`` keeps the whole test set. The
+seeds' tasks keep their test sets as the papers have them; ``test_balance`` can name other tasks.
+
+Each split also gets an ``info.json`` (:func:`split_info`): per-label counts of train, dev and
+test, how the test subset was drawn, and the test set's majority-class accuracy, the trivial
+baseline to read every test score against.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from lmft.io import LmftError
+from lmft.tasks import EMBEDDED_TASKS, SEED_TASKS
 
 TEST_SEED = 42
+# Embedded tasks whose test set is a holdout of package data; snli's is the official test set.
+BALANCED_BY_DEFAULT = tuple(t for t in EMBEDDED_TASKS if t not in SEED_TASKS)
+
+log = logging.getLogger(__name__)
+
+
+def balances_test(task: str, setting: bool | Sequence[str]) -> bool:
+    """Whether ``task`` gets a balanced test set under ``kshot.test_balance`` (true: the embedded
+    tasks of :data:`BALANCED_BY_DEFAULT`; false: none; a list: exactly the tasks it names)."""
+    if isinstance(setting, bool):
+        return setting and task in BALANCED_BY_DEFAULT
+    return task in setting
 
 
 def kshot_split(train: pd.DataFrame, k: int, seed: int, task: str = "task") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -49,11 +80,21 @@ def kshot_split(train: pd.DataFrame, k: int, seed: int, task: str = "task") -> t
     return out[0], out[1]
 
 
-def cap_test(test: pd.DataFrame, cap: int | None, style: str = "glue") -> pd.DataFrame:
-    """The fixed test subset: all rows up to ``cap``, else ``cap`` rows drawn with seed 42."""
+def cap_test(test: pd.DataFrame, cap: int | None, style: str = "glue",
+             labels: Sequence[str] | None = None) -> pd.DataFrame:
+    """The fixed test subset, rows numbered in ``idx``; ``cap`` None keeps every row.
+
+    Styles ``glue`` and ``csv`` (LM-BFF): all rows up to ``cap``, else ``cap`` rows drawn with
+    seed 42. Style ``balanced``: :func:`balanced_rows` over ``labels`` (default: the test set's).
+    """
     test = test.copy()
     test.insert(0, "idx", range(len(test)))
-    if cap is None or len(test) <= cap:
+    if cap is None:
+        return test.reset_index(drop=True)
+    if style == "balanced":
+        labels = sorted(test["label"].unique()) if labels is None else labels
+        return test.iloc[balanced_rows(test["label"], cap, labels)].reset_index(drop=True)
+    if len(test) <= cap:
         return test.reset_index(drop=True)
     if style == "csv":
         return test.sample(n=cap, random_state=TEST_SEED).reset_index(drop=True)
@@ -62,3 +103,33 @@ def cap_test(test: pd.DataFrame, cap: int | None, style: str = "glue") -> pd.Dat
     order = list(range(len(test)))
     np.random.RandomState(TEST_SEED).shuffle(order)
     return test.iloc[order[:cap]].reset_index(drop=True)
+
+
+def balanced_rows(labels_of_rows: pd.Series, cap: int, labels: Sequence[str]) -> list[int]:
+    """Positions of the balanced subset (see the module doc), in test-set order."""
+    per_label = cap // len(labels)
+    if per_label < 1:
+        raise LmftError(f"kshot.test_cap {cap} is below the {len(labels)} labels {list(labels)}: a balanced test "
+                        "set needs at least one row per label; raise test_cap or turn kshot.test_balance off")
+    values = labels_of_rows.to_numpy()
+    keep: list[int] = []
+    for lab in labels:
+        rows = np.flatnonzero(values == lab)
+        if len(rows) < per_label:
+            log.warning("balanced test set: label %r has %d rows, fewer than test_cap // %d = %d; all of them kept",
+                        lab, len(rows), len(labels), per_label)
+        keep += rows[np.random.RandomState(TEST_SEED).permutation(len(rows))[:per_label]].tolist()
+    return sorted(keep)
+
+
+def split_info(splits: Mapping[str, pd.DataFrame], labels: Sequence[str], test_style: str,
+               test_cap: int | None, n_test_source: int) -> dict[str, Any]:
+    """What a k-shot split holds: per-label counts of each split, how the test subset was drawn
+    (``test_style``, ``test_cap``, the ``n_test_source`` rows it was drawn from), the labels a
+    balanced test set has too few rows of, and the test set's majority-class accuracy."""
+    counts = {name: {lab: int((df["label"] == lab).sum()) for lab in labels} for name, df in splits.items()}
+    test = counts["test"]
+    per_label = test_cap // len(labels) if test_style == "balanced" and test_cap is not None else None
+    return {"label_counts": counts, "test_style": test_style, "test_cap": test_cap, "n_test_source": n_test_source,
+            "test_short_labels": sorted(lab for lab, n in test.items() if per_label and n < per_label),
+            "majority_baseline": max(test.values()) / sum(test.values())}

@@ -1,5 +1,6 @@
 # Stage 1-2: raw data of each task, then LM-BFF k-shot splits.
-from lmft.data import source_files
+from lmft.data import RAW_FORMAT, source_files
+from lmft.kshot import balances_test
 
 
 rule download_lmbff:
@@ -27,6 +28,7 @@ rule download:
     params:
         config=lambda w: task_config(w.task),
         data_dir=DATA,
+        raw_format=RAW_FORMAT,
     log:
         "logs/download/{task}.log",
     benchmark:
@@ -46,8 +48,11 @@ rule kshot:
         train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
         dev=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/dev.parquet",
         test=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/test.parquet",
+        info=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/info.json",
     params:
         test_cap=config["kshot"]["test_cap"],
+        # a per-task bool, so that changing test_balance reruns only the tasks it flips
+        test_balance=lambda w: balances_test(w.task, config["kshot"]["test_balance"]),
     log:
         "logs/kshot/{task}/{k}-{seed}.log",
     benchmark:
@@ -59,7 +64,8 @@ rule kshot:
 
 
 def kshot_files(task, k, seed):
-    return expand(f"{DATA}/kshot/{task}/{k}-{seed}/{{split}}.parquet", split=["train", "dev", "test"])
+    return expand(f"{DATA}/kshot/{task}/{k}-{seed}/{{split}}.parquet", split=["train", "dev", "test"]) + [
+        f"{DATA}/kshot/{task}/{k}-{seed}/info.json"]
 
 
 TARGETS.extend(f for t in TASKS for k in KS for s in SEEDS for f in kshot_files(t, k, s))

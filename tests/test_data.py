@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from lmft import data as data_mod
-from lmft.data import holdout, load_raw, read_table
+from lmft.data import holdout, load_raw, normalise_text, read_table
 from lmft.download import NoNetworkError, fetch
 from lmft.io import LmftError
 from lmft.tasks import get_task
@@ -60,6 +60,55 @@ def test_user_task_errors(tmp_path):
         read_table(tmp_path / "missing.csv")
 
 
+def test_normalise_text():
+    text = " thought-provoking\nexamination\t of\xa0 it\u2009 \r\n"
+    assert normalise_text(text) == "thought-provoking examination of it"
+
+
+def test_user_csv_texts_normalised(tmp_path):
+    path = tmp_path / "wrapped.csv"
+    rows = [("a thought-provoking\nexamination", "pos"), ("\ttabbed\t\ttext ", "neg"), ("non\xa0breaking", "pos")]
+    pd.DataFrame(rows * 10, columns=["text", "label"]).to_csv(path, index=False)  # quoted multi-line fields
+    assert "thought-provoking\nexamination" in path.read_text()
+    cfg = user_config(path)
+    train, test, _ = load_raw(get_task("toy", cfg), tmp_path, cfg)
+    texts = set(train["text_a"]) | set(test["text_a"])
+    assert texts == {"a thought-provoking examination", "tabbed text", "non breaking"}
+
+
+def test_pair_texts_normalised_and_empty_text_named(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"p": " A  man\nsleeps.", "h": "He\trests. ", "label": "yes"}, {"p": "x", "h": "y", "label": "no"}] * 5
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    cfg = {"user_tasks": {"pairs": {"path": str(path), "text_columns": ["p", "h"], "label_column": "label",
+                                    "label_words": {"no": "No", "yes": "Yes"}}}}
+    train, test, _ = load_raw(get_task("pairs", cfg), tmp_path, cfg)
+    both = pd.concat([train, test])
+    assert ("A man sleeps.", "He rests.") in set(zip(both["text_a"], both["text_b"]))
+    rows[3] = {"p": "x", "h": " \xa0\n", "label": "no"}  # whitespace only: empty after normalisation
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    with pytest.raises(LmftError, match=r"pairs.jsonl: row 3 \(data rows counted from 0\) has an empty 'h'"):
+        load_raw(get_task("pairs", cfg), tmp_path, cfg)
+
+
+def test_empty_text_in_csv_named_with_its_file_row(tmp_path):
+    path = write_csv(tmp_path / "holes.csv", [(f"t{i}", "neg" if i % 2 else "pos") for i in range(20)])
+    df = pd.read_csv(path)
+    df.loc[13, "text"] = ""
+    df.to_csv(path, index=False)
+    with pytest.raises(LmftError, match=r"holes.csv: row 13 .* empty 'text'"):
+        load_raw(get_task("toy", c := user_config(path)), tmp_path, c)
+
+
+def test_bad_label_named_with_its_file_row_before_holdout(tmp_path):
+    path = write_csv(tmp_path / "labels.csv", [(f"t{i}", "neg" if i % 2 else "pos") for i in range(20)])
+    df = pd.read_csv(path)
+    df.loc[17, "label"] = "meh"
+    df.to_csv(path, index=False)
+    with pytest.raises(LmftError, match=r"labels.csv: row 17 has label 'meh'"):
+        load_raw(get_task("toy", c := user_config(path)), tmp_path, c)
+
+
 def test_unknown_task_lists_known():
     with pytest.raises(LmftError, match="unknown task 'sst2'.*sst-2"):
         get_task("sst2")
@@ -84,6 +133,8 @@ def test_embedded_tasks(tmp_path, name, n_total, labels):
     train, test, info = load_raw(get_task(name), tmp_path)
     assert len(train) + len(test) == n_total
     assert set(train["label"]) == labels and info["source"].startswith("package:")
+    texts = pd.concat([train["text_a"], test["text_a"]])
+    assert not texts.str.contains(r"\s\s|[^\S ]|^ | $").any()  # one plain space between words, none at the ends
 
 
 def test_snli_falls_back_to_package_without_network(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lmft.io import LmftError
-from lmft.kshot import cap_test, kshot_split
+from lmft.kshot import balances_test, cap_test, kshot_split, split_info
 
 
 def frame(n_per_label: dict[str, int], seed: int = 0) -> pd.DataFrame:
@@ -63,3 +63,50 @@ def test_test_cap_is_fixed_subset():
     csv = cap_test(test, 1000, "csv")
     assert csv["idx"].tolist() == test.sample(n=1000, random_state=42).index.tolist()
     assert len(cap_test(test, None)) == 1500 and len(cap_test(test.head(10), 1000)) == 10
+
+
+def test_balanced_test_counts_and_order():
+    test = frame({"neg": 700, "pos": 300})
+    bal = cap_test(test, 200, "balanced", ["neg", "pos"])
+    assert bal["label"].value_counts().to_dict() == {"neg": 100, "pos": 100}
+    assert bal["idx"].is_monotonic_increasing and (test["label"].iloc[bal["idx"]].to_numpy() == bal["label"]).all()
+    assert len(cap_test(test, 201, "balanced", ["neg", "pos"])) == 200  # cap // C per label, the rest unused
+    assert len(cap_test(test, None, "balanced")) == 1000  # no cap: the whole test set
+
+
+def test_balanced_test_is_fixed():
+    test = frame({"a": 300, "b": 120, "c": 90})
+    bal = cap_test(test, 150, "balanced", ["a", "b", "c"])
+    assert bal.equals(cap_test(test, 150, "balanced", ["a", "b", "c"]))
+    # each label drawn by its own RandomState(42) permutation of that label's rows
+    rows_a = np.flatnonzero(test["label"] == "a")
+    assert set(bal.loc[bal["label"] == "a", "idx"]) == set(rows_a[np.random.RandomState(42).permutation(300)[:50]])
+    # a smaller cap keeps a subset of a larger one's; other labels' rows do not move a label's subset
+    assert set(cap_test(test, 60, "balanced", ["a", "b", "c"])["idx"]) < set(bal["idx"])
+    only_a = test[test["label"] == "a"].reset_index(drop=True)
+    assert set(cap_test(only_a, 50, "balanced", ["a"])["text_a"]) == set(bal.loc[bal["label"] == "a", "text_a"])
+
+
+def test_balanced_test_short_label_keeps_all(caplog):
+    test = frame({"a": 500, "b": 30})
+    bal = cap_test(test, 100, "balanced", ["a", "b"])
+    assert bal["label"].value_counts().to_dict() == {"a": 50, "b": 30}
+    assert "label 'b' has 30 rows, fewer than test_cap // 2 = 50" in caplog.text
+    info = split_info({"train": test.head(4), "dev": test.head(4), "test": bal}, ["a", "b"], "balanced", 100, 530)
+    assert info["test_short_labels"] == ["b"] and info["label_counts"]["test"] == {"a": 50, "b": 30}
+    assert info["majority_baseline"] == pytest.approx(50 / 80)
+
+
+def test_balanced_test_small_caps():
+    test = frame({"a": 40, "b": 30, "c": 20})
+    assert cap_test(test, 3, "balanced", ["a", "b", "c"])["label"].value_counts().to_dict() == {"a": 1, "b": 1, "c": 1}
+    with pytest.raises(LmftError, match=r"test_cap 2 is below the 3 labels"):
+        cap_test(test, 2, "balanced", ["a", "b", "c"])
+    assert len(cap_test(test, 5, "glue")) == 5 and len(cap_test(test, 5, "csv")) == 5
+
+
+def test_which_tasks_balance():
+    assert balances_test("tweets-2", True) and balances_test("bbc-5", True)
+    assert not balances_test("sst-2", True) and not balances_test("snli", True)  # the papers' test sets
+    assert not balances_test("tweets-2", False)
+    assert balances_test("sst-2", ["sst-2"]) and not balances_test("tweets-2", ["sst-2"])

@@ -1,5 +1,7 @@
 """The data stages through Snakemake: planning, a real run on a user task, incremental reruns."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -46,6 +48,29 @@ def test_user_task_run_and_incremental_rerun(tmp_path):
     write_task(tmp_path, "beta", salt=" changed")
     assert planned_jobs(tmp_path) == [("download", "task=beta"), ("kshot", "task=beta, k=4, seed=13"),
                                       ("kshot", "task=beta, k=4, seed=21")]
+
+
+def test_balanced_test_sets_and_their_rerun(tmp_path):
+    # alpha: 75% neg, balanced by name; beta: the same skew, kept as it is (user tasks are not balanced by default)
+    for name in ("alpha", "beta"):
+        pd.DataFrame({"text": [f"{name} text {i}" for i in range(80)],
+                      "label": ["neg", "neg", "neg", "pos"] * 20}).to_csv(tmp_path / f"{name}.csv", index=False)
+    cfg = tiny_config(tmp_path, ["alpha", "beta"])
+    cfg["kshot"] |= {"test_cap": 6, "test_balance": ["alpha"]}
+    write_config(tmp_path, cfg)
+    snakemake(tmp_path)
+    kshot = tmp_path / "data/kshot"
+    tests = [pd.read_parquet(kshot / f"alpha/4-{seed}/test.parquet") for seed in (13, 21)]
+    assert tests[0]["label"].value_counts().to_dict() == {"neg": 3, "pos": 3} and tests[0].equals(tests[1])
+    info = json.loads((kshot / "alpha/4-13/info.json").read_text())
+    assert info["test_style"] == "balanced" and info["label_counts"]["test"] == {"neg": 3, "pos": 3}
+    assert info["label_counts"]["train"] == {"neg": 4, "pos": 4} and info["majority_baseline"] == 0.5
+    beta = json.loads((kshot / "beta/4-13/info.json").read_text())
+    assert beta["test_style"] == "glue" and sum(beta["label_counts"]["test"].values()) == 6
+
+    cfg["kshot"]["test_balance"] = False  # flips alpha only
+    write_config(tmp_path, cfg)
+    assert planned_jobs(tmp_path) == [("kshot", "task=alpha, k=4, seed=13"), ("kshot", "task=alpha, k=4, seed=21")]
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
