@@ -9,17 +9,21 @@ Three heads, chosen by name:
     would be random there and only add noise. ``notes`` then says
     ``"no MLM head in checkpoint: decoder tied to word embeddings"``.
 ``cls``
-    a new linear layer ``hidden -> C`` on the first token ([CLS]) of an encoder, or on the last
-    prompt token (``mask_pos``) of a causal LM. Initialised from a seeded generator
-    (normal(0, initializer_range), bias 0) or from a logistic regression on frozen features
-    (:func:`fit_linear_head`).
+    a new linear layer ``hidden -> C`` on a pooled sentence vector; ``pooling`` is ``cls`` (token
+    0, [CLS]), ``mean`` (the mean over the non-padding tokens) or ``last`` (the last non-padding
+    token). By default the pooling the model was trained with (the manifest's ``pooling``:
+    mean for MiniLM, cls for other encoders, last for causal LMs). Initialised from a seeded
+    generator (normal(0, initializer_range), bias 0) or from a logistic regression on frozen
+    features (:func:`fit_linear_head`).
 ``causal``
     the label word scored as the next token after the prompt: the LM logits at ``mask_pos``
     (the last prompt token) restricted to the label-word ids.
 
 Only the hidden state at one position reaches the (MLM or LM) head, so no ``[B, L, vocab]``
-tensor is ever made. Which template the caller tokenises with follows :attr:`Classifier.causal`:
-``task.causal_template`` with ``encode(causal=True)`` when it is True, else ``task.template``.
+tensor is ever made; :meth:`Classifier.vocab_logits` gives the full ``[B, vocab]`` row there
+(the ``lm`` training loss of :func:`lmft.mezo.classifier_loss`). Which template the caller
+tokenises with follows :attr:`Classifier.causal`: ``task.causal_template`` with
+``encode(causal=True)`` when it is True, else ``task.template``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from lmft.io import LmftError
-from lmft.models import NO_MLM_HEAD_NOTE, load, read_manifest
+from lmft.models import NO_MLM_HEAD_NOTE, POOLINGS, load, read_manifest
 from lmft.tasks import Task
 from lmft.templates import label_word_ids
 
@@ -46,17 +50,23 @@ class Classifier(nn.Module):
     ``encode(causal=True)``), ``notes`` (facts to log and put into metrics.json), ``num_labels``,
     ``linear`` (the ``cls`` head's ``nn.Linear``, else None), ``label_ids`` (buffer of the
     label-word token ids for ``prompt``/``causal``, else empty), ``lm_head`` (the backbone's MLM/LM
-    head module, None for a tied decoder or ``cls``) and ``prefix`` (a :class:`Prefix` once
-    ``select_trainable(clf, "prefix:P")`` added one). :meth:`features` gives the hidden state
+    head module, None for a tied decoder or ``cls``), ``pooling`` (the ``cls`` head's, one of
+    :data:`POOLINGS`; None for the heads that read ``mask_pos``) and ``prefix`` (a :class:`Prefix`
+    once ``select_trainable(clf, "prefix:P")`` added one). :meth:`features` gives the hidden state
     ``[B, H]`` the head reads, e.g. for a linear probe.
     """
 
     def __init__(self, backbone: nn.Module, head: str, num_labels: int, causal: bool,
                  label_ids: list[int] | None = None, linear: nn.Linear | None = None,
-                 notes: list[str] | None = None) -> None:
+                 notes: list[str] | None = None, pooling: str | None = None) -> None:
         super().__init__()
+        if head == "cls" and pooling not in POOLINGS:
+            raise LmftError(f"the cls head needs a pooling, one of {', '.join(POOLINGS)}; got {pooling!r}")
+        if head != "cls" and pooling is not None:
+            raise LmftError(f"pooling {pooling!r} is a setting of the cls head; the {head} head reads mask_pos")
         self.backbone = backbone
         self.head = head
+        self.pooling = pooling
         self.causal = causal
         self.num_labels = num_labels
         self.notes = list(notes or [])
@@ -80,10 +90,22 @@ class Classifier(nn.Module):
         """The backbone's module from hidden states to vocabulary logits (BERT's ``cls``, ``lm_head``), if any."""
         return None if self.lm_head_name is None else getattr(self.backbone, self.lm_head_name)
 
+    @property
+    def feature_name(self) -> str:
+        """What :meth:`features` reads, in words (for notes)."""
+        if self.pooling is not None:
+            return {"cls": "first token's ([CLS])", "mean": "mean-pooled", "last": "last token's"}[self.pooling]
+        return "last prompt token's" if self.causal else "mask position's"
+
     def features(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
                  mask_pos: Tensor | None = None) -> Tensor:
-        """Hidden states ``[B, H]`` that the head reads: at ``mask_pos``, or at token 0 for ``cls`` on an encoder."""
+        """Hidden states ``[B, H]`` that the head reads: the ``cls`` head's pooling, else the state at ``mask_pos``.
+
+        ``input_ids``/``attention_mask``/``token_type_ids`` are ``[B, L]``; a prefix's positions
+        are attended to but have no hidden state here, so pooling covers the input tokens only.
+        """
         kwargs: dict[str, Any] = {"input_ids": input_ids}
+        tokens = attention_mask  # [B, L]: the input's own tokens, what pooling averages over
         if self.prefix is not None:  # every prefix position is attended to
             kwargs["past_key_values"] = self.prefix.cache(input_ids.shape[0], self.backbone.config)
             attention_mask = torch.cat([attention_mask.new_ones(input_ids.shape[0], self.prefix.length),
@@ -97,9 +119,15 @@ class Classifier(nn.Module):
         if self.use_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.backbone.base_model(**kwargs).last_hidden_state  # [B, L, H]
-        if self.head == "cls" and not self.causal:
+        if self.pooling == "cls":
             return hidden[:, 0]
-        if mask_pos is None:
+        if self.pooling == "mean":
+            m = tokens.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
+            return (hidden * m).sum(1) / m.sum(1)
+        if self.pooling == "last":
+            # the last attended position (argmax finds the first 1 of the reversed mask: any padding side)
+            mask_pos = tokens.shape[1] - 1 - tokens.flip(1).argmax(1)
+        elif mask_pos is None:
             raise LmftError(f"the {self.head} head needs mask_pos (the position that scores the label words)")
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
 
@@ -112,6 +140,25 @@ class Classifier(nn.Module):
         if self.lm_head is None:  # tied decoder: h . E[word]
             return h @ self.backbone.get_input_embeddings().weight[self.label_ids].T
         return self.lm_head(h)[:, self.label_ids]
+
+    def vocab_head(self) -> nn.Module:
+        """The backbone's MLM/LM head that scores the label words; :class:`LmftError` where there is none
+        (a ``cls`` head, a linear probe on top, the tied decoder of an MLM-less encoder)."""
+        if self.linear is None and self.lm_head is not None:
+            return self.lm_head
+        why = ("its scores come from a linear layer" if self.linear is not None
+               else f"{NO_MLM_HEAD_NOTE}, not a trained LM head")
+        raise LmftError(f"the full-vocabulary (lm) loss needs the backbone's own MLM or LM head; this "
+                        f"{self.head} head has none: {why}")
+
+    def vocab_logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                     mask_pos: Tensor | None = None) -> Tensor:
+        """The MLM/LM head's logits ``[B, vocab]`` over the whole vocabulary at ``mask_pos`` ``[B]``.
+
+        Only where :meth:`vocab_head` has a head: a prompt head with a real MLM head, or a causal head.
+        """
+        head = self.vocab_head()
+        return head(self.features(input_ids, attention_mask, token_type_ids, mask_pos))
 
     def head_parameter_names(self) -> list[str]:
         """Names (as in ``named_parameters``) of the head's own parameters: the linear layer, or the
@@ -165,12 +212,14 @@ class Prefix(nn.Module):
         return DynamicCache(ddp_cache_data=pairs, config=config)
 
 
-def build_classifier(model_json: Path | str, task: Task, head: str, seed: int = 0) -> tuple[Classifier, Any]:
+def build_classifier(model_json: Path | str, task: Task, head: str, seed: int = 0,
+                     pooling: str | None = None) -> tuple[Classifier, Any]:
     """Load the prepared model of ``model_json`` and put the ``head`` for ``task`` on it.
 
     ``head`` is ``prompt`` (masked LMs and MLM-less encoders), ``cls`` (any) or ``causal``
     (causal LMs). ``seed`` initialises the linear head of ``cls``; torch's global RNG is left as it was.
-    Returns ``(classifier in eval mode, tokenizer)``.
+    ``pooling`` (``cls`` head only) overrides the pooling the model was trained with (the
+    manifest's). Returns ``(classifier in eval mode, tokenizer)``.
     """
     if head not in HEADS:
         raise LmftError(f"unknown head {head!r}; one of {', '.join(HEADS)}")
@@ -191,12 +240,16 @@ def build_classifier(model_json: Path | str, task: Task, head: str, seed: int = 
         with torch.no_grad():
             linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * std)
             linear.bias.zero_()
-        clf = Classifier(backbone, head, task.num_labels, causal, linear=linear, notes=notes)
+        trained = manifest["pooling"]
+        pooling = pooling or trained
+        notes.append(f"cls head: {pooling} pooling" + (" (as the model was trained)" if pooling == trained
+                                                       else f" (the model was trained with {trained} pooling)"))
+        clf = Classifier(backbone, head, task.num_labels, causal, linear=linear, notes=notes, pooling=pooling)
     else:
         ids = label_word_ids(tokenizer, list(task.label_words))
         if head == "prompt" and kind == "encoder":
             notes.append(NO_MLM_HEAD_NOTE)
-        clf = Classifier(backbone, head, task.num_labels, causal, label_ids=ids, notes=notes)
+        clf = Classifier(backbone, head, task.num_labels, causal, label_ids=ids, notes=notes, pooling=pooling)
     return clf.eval(), tokenizer
 
 

