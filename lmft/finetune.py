@@ -19,8 +19,13 @@ Shared keys: ``head`` (``prompt`` | ``cls`` | ``causal``; default ``causal`` for
 ``model_seed`` (the training seed: initialises the ``cls`` head and LoRA, orders the batches, seeds
 dropout and MeZO's perturbations; default: the data seed, so two runs of the same data can differ
 in it alone), ``prompt`` (whether a ``cls`` head on an encoder reads a
-prompt; default no: LM-BFF's standard fine-tuning input ``[CLS] a [SEP] b [SEP]``), ``max_length``
-(default: the task's, for ``icl`` the model's) and ``eval_batch_size``. The keys ``models``,
+prompt; default no: LM-BFF's standard fine-tuning input ``[CLS] a [SEP] b [SEP]``), ``pooling``
+(``cls`` | ``mean`` | ``last``, the ``cls`` head's sentence vector, also what its linear probe
+reads; default: as the model was trained, the manifest's ``pooling``), ``max_length``
+(default: the task's, for ``icl`` the model's) and ``eval_batch_size``. ``ft``/``mezo`` also take
+``loss`` (``label-words``: cross-entropy of the class logits, the default; ``lm``: full-vocabulary
+cross-entropy of the label word, for prompt heads with an MLM head and causal heads;
+:func:`lmft.mezo.classifier_loss`). The keys ``models``,
 ``tasks``, ``k``, ``seeds``, ``resources``, ``threads`` and ``eval_cap`` belong to the workflow
 (rules/finetune.smk: which runs to make, and how) and are ignored here; ``eval_cap`` reaches
 :func:`run_finetune` as an argument.
@@ -29,15 +34,22 @@ Inputs are tokenised with ``task.causal_template`` and ``encode(causal=True)`` f
 ``task.template`` for prompt heads. Test is capped at ``eval_cap`` examples: a fixed subset drawn
 once with ``RandomState(42)``, kept in file order.
 
-Run directory ``results/finetune/{model}/{task}/{k}-{seed}/{method}/``:
+Grids: ``lr``, ``batch_size``, ``eps``, ``steps`` and ``weight_decay`` may each be a list; the
+lists expand into trials, one job each, named ``{method}~{key}-{value}...`` (e.g.
+``ft~lr-1e-05~bs-8``; :mod:`lmft.grid` defines the scheme). A method without lists keeps its name.
+
+Run directory ``results/finetune/{model}/{task}/{k}-{seed}/{run}/``, ``{run}`` the method's or the trial's name:
 
 ``metrics.json``
     the shared keys (``stage="finetune"``, task, k, seed, model, method, metric, dev_metric,
     test_metric, test_ece, wall_time_s, peak_mem_mb) and ``type``, ``mode``, ``head``,
     ``dev_loss``, ``test_loss``, ``n_trainable``, ``steps``, ``best_step``, ``notes`` (the
-    classifier's and the method's), ``model_seed``, ``n_train``/``n_dev``/``n_test``, ``device``,
+    classifier's and the method's), ``model_seed``, ``n_train``/``n_dev``/``n_test``,
+    ``test_majority`` (the most frequent class's share of the scored test labels), ``device``,
     ``resumed_from``; ``linear-probe`` adds ``probe_C`` and ``probe_grid``; ``icl`` adds
     ``demos_mean`` (demonstrations per prompt after truncation) and ``demos_dropped`` (prompts that lost some).
+    ``method`` is the configured name; a trial adds ``trial`` (its run name) and ``hparams`` (its
+    settings of the grid keys), so the aggregate keeps the best dev trial per seed.
     ``mode`` is the parameter mode for ``ft``/``mezo``, ``linear`` for a probe, ``none`` otherwise.
     ``peak_mem_mb`` is the process's peak resident set (``getrusage``) on the CPU, or
     ``torch.cuda.max_memory_allocated`` on a GPU.
@@ -82,6 +94,7 @@ import torch
 from lmft.batching import encode_frame, label_ids, pad_id
 from lmft.checkpoint import load_trainable, save_trainable
 from lmft.evaluate import Evaluation, Split, evaluate
+from lmft.grid import expand_methods, grid_keys, split_run, trial_fields
 from lmft.heads import Classifier, build_classifier
 from lmft.icl import icl_encode
 from lmft.io import (ArtifactError, LmftError, load_tensor_metadata, read_parquet, save_tensors, write_json,
@@ -97,12 +110,13 @@ log = logging.getLogger(__name__)
 
 TYPES = ("ft", "mezo", "linear-probe", "zeroshot", "icl")
 EVAL_SEED = 42  # the fixed test subset of eval_cap
-FORMAT = 1  # version of the checkpoint metadata
+FORMAT = 2  # version of the checkpoint metadata (2: the cls head's pooling)
 
 _WORKFLOW_KEYS = frozenset({"models", "tasks", "k", "seeds", "resources", "threads", "eval_cap"})
-_COMMON = {"type": None, "head": None, "model_seed": None, "prompt": None, "max_length": None, "eval_batch_size": 32}
+_COMMON = {"type": None, "head": None, "model_seed": None, "prompt": None, "pooling": None, "max_length": None,
+           "eval_batch_size": 32}
 _SELECT = {"mode": "all", "freeze_embeddings": False, "lora_targets": None, "lora_alpha": None, "lora_dropout": 0.0}
-_LOOP = {"steps": None, "epochs": None, "eval_every": 0, "save_every": 0, "save_steps": []}
+_LOOP = {"steps": None, "epochs": None, "eval_every": 0, "save_every": 0, "save_steps": [], "loss": "label-words"}
 DEFAULTS: dict[str, dict[str, Any]] = {
     # LM-BFF: batch 8, lr 1e-5, 1000 steps, dev every 100, AdamW, no weight decay, linear decay.
     "ft": _COMMON | _SELECT | _LOOP | {"batch_size": 8, "steps": 1000, "eval_every": 100, "optimizer": "adamw",
@@ -118,8 +132,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_spec(spec: Mapping[str, Any], method: str = "method") -> dict[str, Any]:
-    """The method's settings with defaults filled in; raises on an unknown type or key."""
+def resolve_spec(spec: Mapping[str, Any], method: str = "method", *, grid: bool = True) -> dict[str, Any]:
+    """The method's settings with defaults filled in; raises on an unknown type or key.
+
+    A grid's lists (:mod:`lmft.grid`) are checked and stay lists; ``grid=False`` (a job's
+    settings, which are one trial's) refuses them.
+    """
     kind = spec.get("type")
     if kind not in DEFAULTS:
         raise LmftError(f"finetune method {method!r}: type must be one of {', '.join(TYPES)}, got {kind!r}")
@@ -127,6 +145,10 @@ def resolve_spec(spec: Mapping[str, Any], method: str = "method") -> dict[str, A
     if unknown:
         raise LmftError(f"finetune method {method!r} (type {kind}): unknown key(s) {unknown}; "
                         f"known: {sorted(DEFAULTS[kind])}")
+    listed = grid_keys(spec, method)
+    if listed and not grid:
+        raise LmftError(f"finetune method {method!r}: {', '.join(listed)} given as lists make a grid; a job "
+                        "runs one trial's settings (lmft.grid.trials)")
     out = DEFAULTS[kind] | job_spec(spec)
     if kind in ("ft", "mezo") and spec.get("epochs") is not None:
         if spec.get("steps") is not None:
@@ -141,13 +163,13 @@ def job_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def finetune_targets(config: Mapping[str, Any]) -> list[str]:
-    """``metrics.json`` of every job of the config: each method on its ``models``, ``tasks``, ``k`` and
-    ``seeds`` (each defaulting to all of the config's)."""
+    """``metrics.json`` of every job of the config: each method (each trial of a grid, named by
+    :mod:`lmft.grid`) on its ``models``, ``tasks``, ``k`` and ``seeds`` (each defaulting to all of the config's)."""
     results = config.get("results_dir", "results")
     methods = (config.get("finetune") or {}).get("methods") or {}
     kshot = config.get("kshot") or {}
-    return [f"{results}/finetune/{model}/{task}/{k}-{seed}/{method}/metrics.json"
-            for method, spec in methods.items()
+    return [f"{results}/finetune/{model}/{task}/{k}-{seed}/{run}/metrics.json"
+            for run, spec in expand_methods(methods).items()
             for model in (spec.get("models") or list(config.get("models") or {}))
             for task in spec.get("tasks") or config.get("tasks") or []
             for k in spec.get("k") or kshot.get("k", [16])
@@ -238,7 +260,7 @@ def build_for_run(model_json: Path | str, task: Task, info: Mapping[str, Any]) -
     The cls head and LoRA's A matrices initialise from ``model_seed``, so a training run starts
     from the same weights as this rebuild.
     """
-    clf, tokenizer = build_classifier(model_json, task, info["head"], seed=info["model_seed"])
+    clf, tokenizer = build_classifier(model_json, task, info["head"], seed=info["model_seed"], pooling=info["pooling"])
     kind = info["type"]
     if kind in ("ft", "mezo"):
         with torch.random.fork_rng(devices=[]):  # LoRA draws from the global RNG; leave the caller's untouched
@@ -305,13 +327,15 @@ def run_finetune(model_json: Path | str, task: Task, splits: Mapping[str, Path |
                  device: str = "auto", on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run one fine-tuning job and write its run directory (see the module doc); returns the metrics.
 
-    ``splits`` maps ``train``/``dev``/``test`` to k-shot parquet files. ``on_step`` is passed to
-    the training loop (tests use it to simulate a kill).
+    ``splits`` maps ``train``/``dev``/``test`` to k-shot parquet files. ``method`` is the run name:
+    a configured method, or a trial of its grid (:mod:`lmft.grid`) whose settings ``spec`` holds.
+    ``on_step`` is passed to the training loop (tests use it to simulate a kill).
     """
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = resolve_spec(spec, method)
+    method, trial = split_run(method)
+    cfg = resolve_spec(spec, method, grid=False)
     kind = cfg["type"]
     dev_ = resolve_device(device)
     if dev_.type == "cuda":
@@ -323,10 +347,11 @@ def run_finetune(model_json: Path | str, task: Task, splits: Mapping[str, Path |
     info = {"format": FORMAT, "model": model, "task": task.name, "k": k, "seed": seed, "method": method,
             "type": kind, "head": head, "mode": cfg.get("mode") if kind in ("ft", "mezo") else None,
             "select": _select_kwargs(cfg) if kind in ("ft", "mezo") else {}, "model_seed": model_seed,
-            "prompt": cfg["prompt"], "max_length": cfg["max_length"]}
+            "prompt": cfg["prompt"], "pooling": cfg["pooling"], "max_length": cfg["max_length"]}
 
     clf, tokenizer = build_for_run(model_json, task, info)
     info["prompt"] = uses_prompt(clf, cfg["prompt"])
+    info["pooling"] = clf.pooling  # as resolved from the manifest: a rebuild pools the same way
     notes = list(clf.notes)
     for note in notes:
         log.info("classifier: %s", note)
@@ -372,7 +397,7 @@ def run_finetune(model_json: Path | str, task: Task, splits: Mapping[str, Path |
         dev_metric, dev_loss = fit.dev_metric, fit.dev_loss
         curve = [{"step": 0, "split": "dev", "loss": dev_loss, "metric": dev_metric}]
         extra = {"probe_C": fit.C, "probe_grid": fit.grid}
-        notes.append(f"linear probe on the {_feature_name(clf)} hidden state, C={fit.C:g} chosen on dev")
+        notes.append(f"linear probe on the {clf.feature_name} hidden state, C={fit.C:g} chosen on dev")
     else:
         dev_ev = evaluate(clf, data["dev"], task.metric, bs, dev_, desc="dev")
         test_ev = evaluate(clf, data["test"], task.metric, bs, dev_, desc="test")
@@ -396,8 +421,9 @@ def run_finetune(model_json: Path | str, task: Task, splits: Mapping[str, Path |
                "test_loss": test_ev.loss, "test_ece": test_ev.ece, "n_trainable": count_trainable(clf),
                "steps": steps, "best_step": best_step, "model_seed": model_seed, "n_train": len(frames["train"]),
                "n_dev": len(data["dev"]), "n_test": len(data["test"]), "device": str(dev_),
-               "resumed_from": resumed_from, "notes": notes,
-               "wall_time_s": time.perf_counter() - started, "peak_mem_mb": peak_mem_mb(dev_)} | extra
+               "test_majority": test_ev.labels.bincount().max().item() / test_ev.labels.numel(),
+               "resumed_from": resumed_from, "notes": notes, "wall_time_s": time.perf_counter() - started,
+               "peak_mem_mb": peak_mem_mb(dev_)} | extra | trial_fields(trial, cfg)
     write_json(metrics, out / "metrics.json")
     resume.unlink(missing_ok=True)
     return metrics
@@ -413,16 +439,10 @@ def _stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int) -> 
         return FirstOrder(clf, total_steps=total, optimizer=cfg["optimizer"], lr=float(cfg["lr"]),
                           weight_decay=float(cfg["weight_decay"]), momentum=float(cfg["momentum"]),
                           warmup_steps=int(cfg["warmup_steps"]), schedule=cfg["schedule"],
-                          max_grad_norm=float(cfg["max_grad_norm"]))
+                          max_grad_norm=float(cfg["max_grad_norm"]), loss=cfg["loss"])
     return ZerothOrder(clf, total_steps=total, lr=float(cfg["lr"]), eps=float(cfg["eps"]),
                        weight_decay=float(cfg["weight_decay"]), n_perturbations=int(cfg["n_perturbations"]),
-                       seed=seed, warmup_steps=int(cfg["warmup_steps"]), schedule=cfg["schedule"])
-
-
-def _feature_name(clf: Classifier) -> str:
-    if clf.causal:
-        return "last prompt token's"
-    return "mask position's" if clf.head == "prompt" else "first token's ([CLS])"
+                       seed=seed, warmup_steps=int(cfg["warmup_steps"]), schedule=cfg["schedule"], loss=cfg["loss"])
 
 
 def _loop_config(cfg: Mapping[str, Any], n_train: int) -> LoopConfig:

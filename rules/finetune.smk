@@ -4,6 +4,9 @@
 # Params are the job's own method entry (without `models`, `resources`, `threads`, `eval_cap`,
 # which are passed or used separately) and its task's definition: changing one method's
 # hyper-parameter reruns that method's jobs only, changing a task's template that task's only.
+# A method with lists (a grid, lmft/grid.py) runs one job per trial, in the run directory
+# `{method}~{key}-{value}...`; the `method` wildcard is that run name and the params hold the
+# trial's single values, so changing one value of a list reruns that value's trials only.
 #
 # Resuming: an `ft` or `mezo` method with `save_every` writes {run}/resume.pt while it trains. It is
 # not a declared output, so Snakemake leaves it in place when the job fails or is killed (it
@@ -12,18 +15,19 @@
 import re
 
 from lmft.finetune import finetune_targets, job_spec
+from lmft.grid import expand_methods
 
 FINETUNE = config.get("finetune") or {}
-FT_METHODS = FINETUNE.get("methods") or {}
+FT_RUNS = expand_methods(FINETUNE.get("methods") or {})  # run name -> settings (a grid's trials apart)
 
 
 def ft_setting(w, key, default):
-    """A method's own value of ``key``, else the finetune section's, else ``default``."""
-    return FT_METHODS[w.method].get(key, FINETUNE.get(key, default))
+    """A run's own value of ``key`` (its method's), else the finetune section's, else ``default``."""
+    return FT_RUNS[w.method].get(key, FINETUNE.get(key, default))
 
 
 def ft_resource(w, key, default):
-    own = FT_METHODS[w.method].get("resources") or {}
+    own = FT_RUNS[w.method].get("resources") or {}
     return own.get(key, (FINETUNE.get("resources") or {}).get(key, default))
 
 
@@ -43,9 +47,9 @@ rule finetune:
         predictions=f"{FT_RUN}/predictions.parquet",
         steps=directory(f"{FT_RUN}/steps"),
     wildcard_constraints:
-        method="|".join(re.escape(m) for m in FT_METHODS) or "(?!)",  # only configured methods
+        method="|".join(re.escape(m) for m in FT_RUNS) or "(?!)",  # only configured methods and trials
     params:
-        method=lambda w: job_spec(FT_METHODS[w.method]),
+        method=lambda w: job_spec(FT_RUNS[w.method]),
         task=lambda w: task_config(w.task),
         eval_cap=lambda w: ft_setting(w, "eval_cap", None),
         device=FINETUNE.get("device", "auto"),

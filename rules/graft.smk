@@ -1,10 +1,14 @@
 # Grafting (Panigrahi et al. 2023): a sparse mask per fine-tuning run and sparsity, and how the
 # masks of several tasks (or seeds) overlap. Runs only when the config has a `graft:` section.
 from lmft.graft import graft_dir, graft_jobs, graft_options
+from lmft.grid import check_pinned
 from lmft.overlap import overlap_groups, overlap_path
 
 GRAFT = config.get("graft") or {}
 GRAFT_JOBS = graft_jobs(config) if GRAFT else []
+# A graft reads one fine-tuning run per seed, so no grid (an unset graft.methods takes grids too).
+GRAFT_KEY = "graft.methods" if GRAFT.get("methods") is not None else "graft.methods (unset: every ft and mezo method)"
+check_pinned(config, [(GRAFT_KEY, job["method"]) for job in GRAFT_JOBS])
 GRAFT_RESOURCES = GRAFT.get("resources") or {}
 
 wildcard_constraints:

@@ -1,10 +1,13 @@
 # Mode connectivity (Qin et al. 2022): loss and metric along the straight line between two
 # checkpoints, per configured pair. Runs only when the config has an `interpolate:` section.
 # Uses tasks_config and finetune_eval_cap from rules/graft.smk (include both).
+from lmft.grid import check_pinned
 from lmft.interpolate import endpoint_run_dir, interpolate_dir, interpolate_jobs
 
 INTERP = config.get("interpolate") or {}
 INTERP_JOBS = {interpolate_dir(RESULTS, job): job for job in (interpolate_jobs(config) if INTERP else [])}
+check_pinned(config, [(f"interpolate.pairs.{job['pair']}.{end}", job[end]["method"])  # one run per endpoint
+                      for job in INTERP_JOBS.values() for end in ("a", "b")])
 INTERP_RESOURCES = INTERP.get("resources") or {}
 
 wildcard_constraints:

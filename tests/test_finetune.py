@@ -47,6 +47,8 @@ METHODS = {
     "lora": {"type": "ft", "mode": "lora:2", "lr": 1e-3, "model_seed": 5, **TRAIN},
     "mezo": {"type": "mezo", "lr": 1e-3, "eps": 1e-3, "n_perturbations": 2, **TRAIN},
     "probe": {"type": "linear-probe", "C_grid": [0.1, 1.0]},
+    "probe-last": {"type": "linear-probe", "head": "cls", "pooling": "last", "C_grid": [0.1, 1.0]},
+    "ft-lm": {"type": "ft", "loss": "lm", "lr": 1e-3, **TRAIN},
     "zeroshot": {"type": "zeroshot"},
     "icl": {"type": "icl"},
 }
@@ -77,7 +79,7 @@ def test_every_method_writes_the_run_directory(models, splits, tmp_path: Path, m
         assert len(curve[curve.split == "train"]) == 6
 
 
-@pytest.mark.parametrize("method", ["ft", "ft-cls", "lora", "probe", "zeroshot"])
+@pytest.mark.parametrize("method", ["ft", "ft-cls", "lora", "probe", "probe-last", "zeroshot"])
 def test_run_dir_reloads_to_identical_logits(models, splits, tmp_path: Path, method: str) -> None:
     out = tmp_path / method
     _run(models, splits, out, METHODS[method])
@@ -188,10 +190,26 @@ def test_llama_icl_and_causal_head(models, splits, tmp_path: Path) -> None:
     ({"type": "ft", "mode": "last:9", "steps": 2}, "has only 2 transformer blocks"),
     ({"type": "ft", "optimizer": "adam", "steps": 2}, "unknown optimizer"),
     ({"type": "icl", "head": "causal"}, "the causal head needs a causal LM"),
+    ({"type": "ft", "pooling": "mean", "steps": 2}, "pooling 'mean' is a setting of the cls head"),
+    ({"type": "mezo", "head": "cls", "loss": "lm", "steps": 2}, r"the full-vocabulary \(lm\) loss needs"),
+    ({"type": "ft", "loss": "mse", "steps": 2}, "unknown loss 'mse'"),
+    ({"type": "linear-probe", "loss": "lm"}, r"unknown key\(s\) \['loss'\]"),
 ])
 def test_bad_method_settings_are_named(models, splits, tmp_path: Path, spec, message) -> None:
     with pytest.raises(LmftError, match=message):
         _run(models, splits, tmp_path / "bad", spec)
+
+
+def test_pooling_and_loss_are_recorded(models, splits, tmp_path: Path) -> None:
+    mezo = resolve_spec({"type": "mezo"})
+    assert (mezo["pooling"], mezo["loss"]) == (None, "label-words")
+    probe = _run(models, splits, tmp_path / "probe-last", METHODS["probe-last"])
+    assert "cls head: last pooling (the model was trained with cls pooling)" in probe["notes"]
+    assert any(n.startswith("linear probe on the last token's hidden state") for n in probe["notes"])
+    assert load_run(models["bert"], SST2, tmp_path / "probe-last").info["pooling"] == "last"
+    default = _run(models, splits, tmp_path / "ft-cls", METHODS["ft-cls"], model="llama")
+    assert "cls head: last pooling (as the model was trained)" in default["notes"]
+    assert load_run(models["llama"], SST2, tmp_path / "ft-cls").info["pooling"] == "last"  # resolved, not null
 
 
 def test_epochs_set_the_number_of_steps(models, splits, tmp_path: Path) -> None:

@@ -131,6 +131,42 @@ def test_changing_one_method_reruns_only_its_jobs(full_run, inputs):
     assert planned_jobs(work) == []
 
 
+def test_grid_runs_each_trial_and_keeps_the_best_dev_trial_per_seed(tmp_path_factory, inputs):
+    """A method with a list of lr: one run directory per trial, the tables' pick, a one-value change, and
+    grafting refusing the grid at planning time."""
+    def config(lrs, **sections):
+        base = {k: v for k, v in stage_config(*inputs).items() if k not in ("graft", "interpolate", "kernels")}
+        grid = {"type": "ft", "lr": lrs, **TRAIN}
+        return base | {"finetune": {"methods": {"zeroshot": {"type": "zeroshot"}, "ft": grid}}} | sections
+
+    work = tmp_path_factory.mktemp("grid")
+    write_config(work, config([1e-3, 1e-2]))
+    snakemake(work)
+    res = work / "results"
+    for task in TASKS:
+        for seed in SEEDS:
+            assert (res / f"finetune/tiny/{task}/4-{seed}/zeroshot/metrics.json").exists()  # plain path
+            for lr in (1e-3, 1e-2):
+                m = json.loads((res / f"finetune/tiny/{task}/4-{seed}/ft~lr-{lr}/metrics.json").read_text())
+                assert (m["method"], m["trial"], m["hparams"]["lr"]) == ("ft", f"ft~lr-{lr}", lr)
+    runs = pd.read_parquet(res / "tables/runs.parquet")
+    ft = runs[runs["method"] == "ft"]
+    assert len(ft) == 2 * len(TASKS) * len(SEEDS)
+    for _, trials in ft.groupby(["task", "seed"]):
+        assert trials["selected"].sum() == 1
+        assert trials.loc[trials["selected"], "dev_metric"].iloc[0] == trials["dev_metric"].max()
+
+    write_config(work, config([1e-3, 3e-2]))  # one value changed: only its trials run, then the tables
+    jobs = planned_jobs(work)
+    assert sorted({r for r, _ in jobs}) == ["aggregate", "finetune"]
+    assert sorted(w.split("method=")[1] for r, w in jobs if r == "finetune") == ["ft~lr-0.03"] * 4
+
+    write_config(work, config([1e-3, 1e-2], graft={"methods": {"ft": {}}, "sparsities": [0.1]}))
+    proc = snakemake(work, "-n", check=False)
+    assert proc.returncode != 0
+    assert "graft.methods reads finetune method 'ft', a grid over lr" in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("change", ["data", "config"])
 def test_changing_one_task_reruns_its_jobs_and_those_reading_it(full_run, inputs, change):
     work, plan = full_run
