@@ -2,12 +2,15 @@
 
 Inputs, one ``metrics.json`` per run (the stage's rules register them, see ``rules/aggregate.smk``):
 
-``finetune``  ``results/finetune/{model}/{task}/{k}-{seed}/{method}/metrics.json``
+``finetune``  ``results/finetune/{model}/{task}/{k}-{seed}/{run}/metrics.json`` (``{run}``: the method or a grid trial)
     keys used: ``model task k seed method metric test_metric``; ``type``
     (zeroshot|icl|linear-probe|ft|mezo, orders the rows), ``head`` (prompt|cls|causal, pairs the
-    run with a kernel), ``dev_metric`` (picks the best ``trial``).
+    run with a kernel), ``dev_metric`` (picks the best ``trial``); ``n_test`` and ``test_majority``
+    (share of the most frequent class among the scored test labels; older runs lack it) for the
+    baselines and standard errors of the main table; ``mode``, ``peak_mem_mb``, ``device`` in the findings.
 ``kernel``    ``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/metrics.json``
-    keys used: ``model task k seed formula prompt solver metric test_metric``.
+    keys used: ``model task k seed formula prompt solver metric test_metric``; ``n_test``,
+    ``test_majority`` as for finetune; ``kernel.mode`` in the findings.
 ``graft``     ``results/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{s}/metrics.json``
     keys used: ``model task k seed method sparsity metric test_metric``; ``test_ece``,
     ``kept_fraction``, ``ft_test_metric``, ``pre_test_metric``, ``ood.*`` when present.
@@ -20,7 +23,11 @@ as JSON text, the union of all keys as columns) and marks in ``selected`` the ru
 tables: where a hyper-parameter grid ran (several files share a run key and differ in
 ``trial``), the trial with the best ``dev_metric``, per seed, as LM-BFF's ``gather_result.py``
 does. Tables report ``mean (std)`` over seeds of the metric x 100 with the population standard
-deviation (``np.std``, ddof 0), as LM-BFF does.
+deviation (``np.std``, ddof 0), as LM-BFF does; a cell of one seed shows ``mean ±se`` instead, the
+binomial standard error sqrt(p (1 - p) / n_test) of its accuracy (a std over one seed would be 0).
+The main table opens each (model, k) block with the baselines: the test set's majority-class share
+and its number of examples. The ``findings`` topic checks each paper's claim against the runs
+(:mod:`lmft.findings`).
 
 Every output is a deterministic function of the inputs: rows and columns are sorted, floats
 have a fixed format, so the same metrics give byte-identical tables.
@@ -67,20 +74,25 @@ _FIRST = ("stage", "model", "task", "k", "seed", "method", "type", "formula", "p
 TYPE_ORDER = ("zeroshot", "icl", "linear-probe", "ft", "mezo", "kernel")
 FORMULA_ORDER = ("sgd", "signgd", "asymmetric-signgd")
 PROMPT_ORDER = ("prompt", "noprompt")
-SOLVER_ORDER = ("lstsq", "logistic", "svm", "asym")
+SOLVER_ORDER = ("lstsq", "logistic", "logistic-dev", "svm", "asym")
 FT_TYPES = ("ft", "mezo")  # the runs a kernel is compared with
 
-TOPICS = ("main", "kernel", "graft", "interpolate")
+TOPICS = ("main", "kernel", "graft", "interpolate", "findings")
 TABLE_FORMATS = ("csv", "md", "tex", "html")
+# the findings are sentences, not a paper table: no LaTeX
+TOPIC_TABLE_FORMATS: dict[str, tuple[str, ...]] = {"findings": ("csv", "md", "html")}
 PLOT_FORMATS = ("png", "pdf")
-# topic -> (stem of its table, stem of its plot, title)
-TOPIC_FILES: dict[str, tuple[str, str, str]] = {
+# topic -> (stem of its table, stem of its plot or None, title)
+TOPIC_FILES: dict[str, tuple[str, str | None, str]] = {
     "main": ("main", "accuracy_vs_k", "Test metric (mean (std) over seeds, x100)"),
     "kernel": ("kernel_vs_ft", "kernel_vs_ft", "Kernel solutions vs fine-tuning (test metric x100)"),
     "graft": ("graft", "graft_sparsity", "Grafting: test metric, ECE and kept fraction vs sparsity (x100)"),
     "interpolate": ("interpolate", "interpolate_curves", "Linear interpolation: barriers and distances"),
+    "findings": ("findings", None, "Findings: each paper's claim against this run"),
 }
 MISSING = "-"
+# rows that open each (model, k) block of the main table
+BASELINE_ROWS = ("majority class", "test examples")
 
 
 def topics_for(stages: Iterable[str]) -> list[str]:
@@ -90,8 +102,13 @@ def topics_for(stages: Iterable[str]) -> list[str]:
     if unknown:
         raise LmftError(f"aggregate: unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
     have = {"main": bool(s & {"finetune", "kernel"}), "kernel": {"finetune", "kernel"} <= s,
-            "graft": "graft" in s, "interpolate": "interpolate" in s}
+            "graft": "graft" in s, "interpolate": "interpolate" in s, "findings": bool(s)}
     return [t for t in TOPICS if have[t]]
+
+
+def table_formats(topic: str) -> tuple[str, ...]:
+    """The formats a topic's table is written in."""
+    return TOPIC_TABLE_FORMATS.get(topic, TABLE_FORMATS)
 
 
 def output_files(tables_dir: PathLike, plots_dir: PathLike, topics: Sequence[str]) -> dict[str, str]:
@@ -99,8 +116,9 @@ def output_files(tables_dir: PathLike, plots_dir: PathLike, topics: Sequence[str
     out: dict[str, str] = {}
     for topic in topics:
         table, plot, _ = TOPIC_FILES[topic]
-        out.update({f"{topic}_{fmt}": f"{tables_dir}/{table}.{fmt}" for fmt in TABLE_FORMATS})
-        out.update({f"{topic}_plot_{fmt}": f"{plots_dir}/{plot}.{fmt}" for fmt in PLOT_FORMATS})
+        out.update({f"{topic}_{fmt}": f"{tables_dir}/{table}.{fmt}" for fmt in table_formats(topic)})
+        if plot is not None:
+            out.update({f"{topic}_plot_{fmt}": f"{plots_dir}/{plot}.{fmt}" for fmt in PLOT_FORMATS})
     return out
 
 
@@ -271,11 +289,12 @@ def summarize(runs: pd.DataFrame, labels: Mapping[str, str] | None = None,
               task_order: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and population std over seeds of the test metric of the finetune and kernel runs.
 
-    Returns columns ``model task k method type metric n mean std`` (metric in [0, 1], not x100),
-    one row per (model, task, k, method), sorted by model, k, method family and name, task.
+    Returns columns ``model task k method type metric n mean std se`` (metric in [0, 1], not x100),
+    one row per (model, task, k, method), sorted by model, k, method family and name, task; ``se``
+    is :func:`single_seed_se` (NaN but for one seed).
     """
     part = _selected(runs, ("finetune", "kernel"))
-    cols = ["model", "task", "k", "method", "type", "metric", "n", "mean", "std"]
+    cols = ["model", "task", "k", "method", "type", "metric", "n", "mean", "std", "se"]
     if part.empty:
         return pd.DataFrame(columns=cols)
     groups: dict[tuple, dict[str, Any]] = {}
@@ -286,20 +305,64 @@ def summarize(runs: pd.DataFrame, labels: Mapping[str, str] | None = None,
         if named.setdefault(label, name) != name:
             raise LmftError(f"aggregate.labels: {named[label]!r} and {name!r} both display as {label!r}")
         key = (r["model"], r["task"], int(r["k"]), label)
-        g = groups.setdefault(key, {"values": [], "order": _method_order(r), "metric": r["metric"],
+        g = groups.setdefault(key, {"values": [], "n_test": [], "order": _method_order(r), "metric": r["metric"],
                                     "type": "kernel" if r["stage"] == "kernel" else _text(r.get("type"))})
         g["values"].append(float(r["test_metric"]))
+        g["n_test"].append(r.get("n_test"))
     rows = []
     for (model, task, k, label), g in groups.items():
         v = np.asarray(g["values"])
         rows.append({"model": model, "task": task, "k": k, "method": label, "type": g["type"], "metric": g["metric"],
-                     "n": len(v), "mean": float(v.mean()), "std": float(v.std()), "_order": g["order"]})
+                     "n": len(v), "mean": float(v.mean()), "std": float(v.std()),
+                     "se": single_seed_se(g["values"], g["n_test"][0], g["metric"]), "_order": g["order"]})
     rows.sort(key=lambda r: (r["model"], r["k"], r["_order"], r["method"], _task_rank(r["task"], task_order)))
     return pd.DataFrame(rows)[cols]
 
 
 def _text(v: Any) -> str:
     return "" if _is_missing(v) else str(v)
+
+
+def single_seed_se(values: Sequence[float], n_test: Any, metric: str) -> float:
+    """Binomial standard error sqrt(p (1 - p) / n_test) of one seed's accuracy p: the test sampling
+    noise of a cell that has no spread over seeds. NaN for several seeds, another metric than
+    accuracy, or an unknown ``n_test``."""
+    if len(values) != 1 or metric != "acc" or _is_missing(n_test) or n_test <= 0:
+        return math.nan
+    p = float(values[0])
+    return math.sqrt(p * (1 - p) / float(n_test))
+
+
+def spread_text(mean: float, std: float, n: int, se: float, scale: float = 100.0, digits: int = 1) -> str:
+    """A cell over ``n`` seeds x ``scale``: ``mean (std)``; for one seed ``mean ±se`` (``se`` from
+    :func:`single_seed_se`), or the bare mean where no standard error is known."""
+    m = _fixed(scale * mean, digits)
+    if n > 1:
+        return f"{m} ({_fixed(scale * std, digits)})"
+    return m if math.isnan(se) else f"{m} ±{_fixed(scale * se, digits)}"
+
+
+def majority_baselines(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, k): the test set's majority-class share (x100) and size as the scored runs
+    (finetune and kernel) report them in ``test_majority`` and ``n_test``.
+
+    Returns text columns ``model task k majority n_test``: the distinct values joined by ``/``
+    (runs with other test caps differ), ``-`` where no run reports one (runs made before
+    ``test_majority`` existed).
+    """
+    part = _selected(runs, ("finetune", "kernel"))
+    cols = ["model", "task", "k", "majority", "n_test"]
+    if part.empty:
+        return pd.DataFrame(columns=cols)
+    fields = {"majority": ("test_majority", lambda x: _fixed(100 * x, 1)), "n_test": ("n_test", lambda x: str(int(x)))}
+    rows = []
+    for (model, task, k), g in part.groupby(["model", "task", "k"], sort=True):
+        row = {"model": model, "task": task, "k": int(k)}
+        for name, (col, fmt) in fields.items():
+            found = sorted({float(x) for x in g.get(col, pd.Series(dtype=float)) if not _is_missing(x)})
+            row[name] = "/".join(dict.fromkeys(fmt(x) for x in found)) or MISSING
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
 
 
 def kernel_pairs(runs: pd.DataFrame, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -377,19 +440,31 @@ def _task_header(task: str, metric: str) -> str:
     return task if metric == "acc" else f"{task} ({metric})"
 
 
-def main_table(summary: pd.DataFrame, task_order: Sequence[str] = ()) -> Table:
-    """Rows (model, k, method), columns tasks; cells ``mean (std)`` x100 (see :func:`summarize`)."""
+def main_table(summary: pd.DataFrame, task_order: Sequence[str] = (),
+               baselines: pd.DataFrame | None = None) -> Table:
+    """Rows (model, k, method), columns tasks; cells ``mean (std)`` x100, or ``mean ±se`` for one
+    seed (see :func:`summarize`). With ``baselines`` (:func:`majority_baselines`) each (model, k) block
+    opens with the rows :data:`BASELINE_ROWS` where some run reports them."""
     title = TOPIC_FILES["main"][2]
     if summary.empty:
         return Table(title, pd.DataFrame(columns=["model", "k", "method"]), 3)
     tasks = sorted(summary["task"].unique(), key=lambda t: _task_rank(t, task_order))
     metric = {t: summary.loc[summary["task"] == t, "metric"].iloc[0] for t in tasks}
+    base: dict[tuple, dict[str, dict[str, str]]] = {}  # (model, k) -> baseline row -> task header -> cell
+    for b in ([] if baselines is None else baselines.to_dict("records")):
+        if b["task"] in metric:
+            block = base.setdefault((b["model"], int(b["k"])), {name: {} for name in BASELINE_ROWS})
+            for name, col in zip(BASELINE_ROWS, ("majority", "n_test")):
+                if b[col] != MISSING:
+                    block[name][_task_header(b["task"], metric[b["task"]])] = b[col]
     rows: dict[tuple, dict[str, str]] = {}
     for r in summary.to_dict("records"):  # summarize's order: model, k, method family/name
+        for name, cells in base.pop((r["model"], r["k"]), {}).items():  # once, before the block's first method
+            if cells:
+                rows[(r["model"], r["k"], name)] = {"model": r["model"], "k": str(r["k"]), "method": name, **cells}
         row = rows.setdefault((r["model"], r["k"], r["method"]),
                               {"model": r["model"], "k": str(r["k"]), "method": r["method"]})
-        row[_task_header(r["task"], metric[r["task"]])] = (
-            f"{_fixed(100 * r['mean'], 1)} ({_fixed(100 * r['std'], 1)})")
+        row[_task_header(r["task"], metric[r["task"]])] = spread_text(r["mean"], r["std"], r["n"], r["se"])
     headers = [_task_header(t, metric[t]) for t in tasks]
     frame = pd.DataFrame(list(rows.values()), columns=["model", "k", "method"] + headers).fillna(MISSING)
     return Table(title, frame.astype(str), 3)
@@ -476,7 +551,8 @@ def to_markdown(table: Table) -> str:
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$"}
 
 
 def latex_escape(text: str) -> str:
@@ -532,11 +608,15 @@ def write_table(table: Table, stem: PathLike, formats: Sequence[str] = TABLE_FOR
 
 def aggregate(metrics: Sequence[PathLike], curves: Sequence[PathLike], runs_path: PathLike,
               tables_dir: PathLike, plots_dir: PathLike, topics: Sequence[str],
-              labels: Mapping[str, str] | None = None, task_order: Sequence[str] = ()) -> list[Path]:
+              labels: Mapping[str, str] | None = None, task_order: Sequence[str] = (),
+              pair_kinds: Mapping[str, str] | None = None) -> list[Path]:
     """Gather ``metrics`` into ``runs_path`` (parquet) and write each topic's table
     (``tables_dir/{stem}.{csv,md,tex,html}``) and plot (``plots_dir/{stem}.{png,pdf}``), as
-    :func:`output_files` names them. Returns the paths written."""
+    :func:`output_files` names them. ``pair_kinds`` (:func:`lmft.findings.pair_kinds`) tells the
+    findings which interpolate pairs are pre-trained -> fine-tuned and seed -> seed. Returns the
+    paths written."""
     from lmft import plots
+    from lmft.findings import findings_table  # it builds on this module
 
     unknown = [t for t in topics if t not in TOPICS]
     if unknown:
@@ -546,10 +626,9 @@ def aggregate(metrics: Sequence[PathLike], curves: Sequence[PathLike], runs_path
     written = [Path(runs_path)]
     for topic in topics:
         table_stem, plot_stem, _ = TOPIC_FILES[topic]
-        tstem, pstem = Path(tables_dir) / table_stem, Path(plots_dir) / plot_stem
         if topic == "main":
             summary = summarize(runs, labels, task_order)
-            table = main_table(summary, task_order)
+            table = main_table(summary, task_order, majority_baselines(runs))
             figure = plots.accuracy_vs_k(summary, task_order)
         elif topic == "kernel":
             pairs = kernel_pairs(runs, labels)
@@ -560,9 +639,12 @@ def aggregate(metrics: Sequence[PathLike], curves: Sequence[PathLike], runs_path
             graft = _selected(runs, ("graft",))
             figure = plots.graft_curves(graft.assign(label=[method_label(r, labels) for r in graft.to_dict("records")]),
                                         task_order)
-        else:
+        elif topic == "interpolate":
             table = interpolate_table(runs, task_order)
             figure = plots.interpolation_curves(load_curves(runs, curves), task_order)
-        written += write_table(table, tstem)
-        written += plots.save(figure, pstem)
+        else:
+            table, figure = findings_table(runs, pair_kinds, labels, task_order), None
+        written += write_table(table, Path(tables_dir) / table_stem, table_formats(topic))
+        if plot_stem is not None:
+            written += plots.save(figure, Path(plots_dir) / plot_stem)
     return written

@@ -34,7 +34,7 @@ one solve job per kernel runs all its solvers): the shared keys (``stage="kernel
 ``method="kernel"``, task, k, seed, model, metric, dev_metric, test_metric, test_ece,
 ``wall_time_s`` of loading the kernels and running this solver, ``peak_mem_mb`` of the job) plus ``formula``,
 ``prompt``, ``solver``, ``reg_name``, ``reg``, ``grid``, ``dev_scores``, ``dev_ece``, ``f0_scaling``,
-``lam`` (asym), ``num_logits``, ``n_train``/``n_dev``/``n_test``, ``kernel_source`` (computed or
+``lam`` (asym), ``num_logits``, ``n_train``/``n_dev``/``n_test``, ``test_majority``, ``kernel_source`` (computed or
 published) and ``kernel`` (the settings the kernel was computed with; for a computed kernel also
 ``head_init``, :data:`HEAD_INIT` of its prompt setting).
 """
@@ -360,6 +360,7 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
                    "lam": spec.get("lam", 0.5) if solver == "asym" else None,
                    "num_logits": int(sets["train"].kernel.shape[-1]), "n_train": int(sets["train"].labels.shape[0]),
                    "n_dev": int(sets["dev"].labels.shape[0]), "n_test": int(sets["test"].labels.shape[0]),
+                   "test_majority": sets["test"].labels.bincount().max().item() / sets["test"].labels.numel(),
                    "kernel_source": source, "kernel": made,
                    "wall_time_s": loaded + time.perf_counter() - began,
                    "peak_mem_mb": peak_mem_mb(torch.device("cpu"))}

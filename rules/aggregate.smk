@@ -1,14 +1,15 @@
-# Last stage: every registered run's metrics.json -> runs.parquet, paper tables and plots (HTML
-# tables and PNG plots go into `snakemake --report`). Include this file after every stage's rules
-# file: it reads what they registered in METRICS (rules/common.smk).
+# Last stage: every registered run's metrics.json -> runs.parquet, paper tables, the findings (each
+# paper's claims against this run) and plots (HTML tables and PNG plots go into `snakemake --report`).
+# Include this file after every stage's rules file: it reads what they registered in METRICS (rules/common.smk).
 from lmft.aggregate import TOPIC_FILES, output_files, topics_for
+from lmft.findings import pair_kinds
 
 AGG_TOPICS = topics_for(s for s, files in METRICS.items() if files)
 AGG_TABLES = f"{RESULTS}/tables"
 AGG_PLOTS = f"{RESULTS}/plots"
 # category of each topic in the report, and its caption (workflow/report/{topic}.rst)
 AGG_CATEGORY = {"main": "Main results", "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
-                "interpolate": "Mode connectivity"}
+                "interpolate": "Mode connectivity", "findings": "Findings"}
 AGG_FILES = {"runs": f"{AGG_TABLES}/runs.parquet", **output_files(AGG_TABLES, AGG_PLOTS, AGG_TOPICS)}
 
 
@@ -42,6 +43,8 @@ rule aggregate:
         plots_dir=AGG_PLOTS,
         labels=(config.get("aggregate") or {}).get("labels", {}),
         task_order=TASKS,
+        # which interpolate pairs are pre-trained -> fine-tuned and seed -> seed: their metrics do not say
+        pair_kinds=pair_kinds(config),
     log:
         "logs/aggregate.log",
     benchmark:

@@ -232,9 +232,10 @@ def test_duplicate_runs_and_grid_without_dev_are_errors(tmp_path):
 
 
 def test_topics_follow_registered_stages(tmp_path):
-    assert agg.topics_for(["finetune"]) == ["main"]
-    assert agg.topics_for(["interpolate", "kernel", "finetune"]) == ["main", "kernel", "interpolate"]
+    assert agg.topics_for(["finetune"]) == ["main", "findings"]
+    assert agg.topics_for(["interpolate", "kernel", "finetune"]) == ["main", "kernel", "interpolate", "findings"]
     with pytest.raises(LmftError, match="kernels"):
         agg.topics_for(["kernels"])
     files = agg.output_files("t", "p", ["graft"])
     assert files["graft_md"] == "t/graft.md" and files["graft_plot_png"] == "p/graft_sparsity.png"
+    assert agg.output_files("t", "p", ["findings"]) == {f"findings_{f}": f"t/findings.{f}" for f in ("csv", "md", "html")}

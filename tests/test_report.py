@@ -179,7 +179,7 @@ def test_report_embeds_tables_and_plots(report):
     results = report_results(report)
     by_name = {Path(k).name: v for k, v in results.items()}
     assert set(by_name) == {"main.html", "accuracy_vs_k.png", "kernel_vs_ft.html", "kernel_vs_ft.png",
-                            "interpolate.html", "interpolate_curves.png"}
+                            "interpolate.html", "interpolate_curves.png", "findings.html"}
     table = base64.b64decode(by_name["main.html"]["data_uri"].split(",", 1)[1]).decode()
     assert table == (report / "results" / "tables" / "main.html").read_text()
     assert by_name["interpolate_curves.png"]["mime_type"] == "image/png"
