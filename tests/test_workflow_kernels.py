@@ -17,7 +17,7 @@ FORMULAS = ["sgd", "asymmetric-signgd"]
 COMMON_KEYS = {"stage", "task", "k", "seed", "model", "method", "formula", "prompt", "solver", "metric", "dev_metric",
                "test_metric", "test_ece", "reg", "wall_time_s", "peak_mem_mb"}
 WORDS = ["great", "good", "fun", "terrible", "bad", "boring"]
-SOLVES = ["asymmetric-signgd-prompt/asym", "asymmetric-signgd-prompt/logistic", "sgd-prompt/logistic"]
+SOLVES = ["asymmetric-signgd-prompt/asym", "asymmetric-signgd-prompt/logistic-dev", "sgd-prompt/logistic-dev"]
 
 
 def write_task(tmp_path, n=40):
@@ -109,10 +109,10 @@ def test_solve_metrics_have_the_common_keys(sharded_run):
     tmp, _ = sharded_run
     solve = tmp / "results/kernel_solve/tiny/alpha/4-13"
     assert sorted(p.relative_to(solve).parent.as_posix() for p in solve.glob("*/*/metrics.json")) == SOLVES
-    m = json.loads((solve / "sgd-prompt/logistic/metrics.json").read_text())
+    m = json.loads((solve / "sgd-prompt/logistic-dev/metrics.json").read_text())
     assert COMMON_KEYS <= set(m)
     assert (m["stage"], m["method"], m["formula"], m["prompt"], m["solver"], m["metric"]) == \
-        ("kernel", "kernel", "sgd", "prompt", "logistic", "acc")
+        ("kernel", "kernel", "sgd", "prompt", "logistic-dev", "acc")
     assert (m["n_train"], m["n_dev"], m["n_test"], m["num_logits"], m["f0_scaling"]) == (8, 8, 6, 1, 1.0)
     assert 0.0 <= m["test_metric"] <= 1.0 and m["reg"] in m["grid"]
     assert m["kernel"]["source"] == "computed"
@@ -124,7 +124,7 @@ def test_published_kernels_are_solved_without_shard_jobs(sharded_run):
     write_config(tmp, cfg)
     jobs = planned_jobs(tmp)
     assert {r for r, _ in jobs} == {"kernel_solve", "kernel_solve_asym", "aggregate"}
-    solve = "kernel_solve/tiny/alpha/4-13/asymmetric-signgd-prompt/logistic/metrics.json"
+    solve = "kernel_solve/tiny/alpha/4-13/asymmetric-signgd-prompt/logistic-dev/metrics.json"
     snakemake(tmp, f"pub/{solve}")
     pub = json.loads((tmp / "pub" / solve).read_text())
     computed = json.loads((tmp / "results" / solve).read_text())
