@@ -17,7 +17,6 @@ def default():
 def test_default_config_is_valid(default):
     validate_schema(default)
     check_config(default)
-    assert default["kshot"]["test_cap"] == 1000
 
 
 def test_unknown_key_is_named(default):
