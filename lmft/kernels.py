@@ -632,7 +632,8 @@ def _shared_rows(rows: tuple[Tensor, Tensor, Tensor], cols: tuple[Tensor, Tensor
     p, q = (rid[:, None] == cid[None, :]).nonzero(as_tuple=True)  # p, then q, ascending: ascending ids per pair
     if p.numel():
         ops = {"x": rval[p], "y": cval[q]}
-        ops.update(sx=ops["x"].sign(), sy=ops["y"].sign())
+        for name in {n for product in products for n in product} - ops.keys():
+            ops[name] = ops[name[1]].sign()
         pair = rslot[p] * TILE + cslot[q]
         for o, (left, right) in enumerate(products):
             out[o].index_add_(0, pair, torch.bmm(ops[left], ops[right].transpose(1, 2)))
