@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "mode": "all",
     "freeze_embeddings": False,
     "binary": False,
-    "method": "vmap",
+    "method": "tiled",
     "row_batch": 8,
     "col_batch": 8,
     "row_shards": 1,
@@ -181,12 +181,14 @@ def shard_mem_mb(n_params: int, n_trainable: int, logits: int, row_batch: int, c
 
     The float32 weights (4 bytes per parameter), and the Jacobians (4 bytes per trainable
     parameter and logit) of a block of ``row_batch`` rows and one of ``col_batch`` columns held at
-    once plus one example's for jacrev's working set; add 1500 MB for Python, torch, transformers,
-    activations and the float64 staging slices of the contraction. On a GPU the Jacobians live in
-    GPU memory, so the same figure bounds both.
+    once, each rounded up to whole tiles of ``kernels.TILE`` examples (the tiled method's unit),
+    plus one example's for the backward passes' working set; add 1500 MB for Python, torch,
+    transformers, activations and the float64 staging slices of the contraction. On a GPU the
+    Jacobians live in GPU memory, so the same figure bounds both.
     """
     mb = 4 / 2**20
-    return int(1500 + mb * n_params + mb * n_trainable * logits * (row_batch + col_batch + 1))
+    tiles = sum(-(-b // kernels.TILE) * kernels.TILE for b in (row_batch, col_batch))
+    return int(1500 + mb * n_params + mb * n_trainable * logits * (tiles + 1))
 
 
 def trainable_estimate(manifest: Mapping[str, Any], mode: str, freeze_embeddings: bool) -> int:

@@ -16,13 +16,24 @@ paper's released files are). ``binary=True`` replaces the two logits by the one 
 
 Computation. A kernel is computed in shards (rows ``[r0, r1)`` x columns ``[c0, c1)``,
 :func:`compute_shard`; :func:`compute_shards` makes the shards of several formulas from one pass of
-Jacobians) that :func:`merge_shards` assembles. Inside a shard, rows are taken in
-blocks of ``row_batch`` examples whose Jacobians are kept while every column block of
-``col_batch`` examples is computed and contracted against them (column Jacobians are recomputed
-once per row block, so a large ``row_batch`` saves work). Jacobians come from ``torch.func``
-(``method="vmap"``: ``vmap`` over examples of ``jacrev`` of one example's logits, through
-``functional_call``), or from one ``torch.autograd.grad`` per (example, logit) (``method="naive"``,
-the reference).
+Jacobians) that :func:`merge_shards` assembles. Three methods:
+
+- ``tiled`` (the default). Examples fall into tiles of ``TILE`` on a grid fixed by the global
+  example index. Each example's Jacobian comes from one forward and one backward per logit,
+  alone at its own length; embedding tables (``nn.Embedding`` weights, with their tied decoders)
+  are cut out of the graph and kept as the rows the example touches (its tokens, positions and
+  the decoder's label words), the other tensors as dense gradients. A (row tile, column tile)
+  pair is contracted with one float64 GEMM ``[TILE*C, w] @ [w, TILE*C]`` per ``SLICE``-wide slice
+  of the dense coordinates (slots outside the shard are zero rows), plus, for the tables, the
+  products of the rows two examples share. Jacobians are held for blocks of ``row_batch`` rows
+  and ``col_batch`` columns rounded up to whole tiles; those of a side that forms one block are
+  computed once.
+- ``vmap`` and ``naive``, the per-pair reference: rows in blocks of ``row_batch`` examples whose
+  dense Jacobians are kept while every column block of ``col_batch`` examples is computed and
+  contracted against them (column Jacobians are recomputed once per row block). Jacobians come
+  from ``torch.func`` (``vmap`` over examples of ``jacrev`` of one example's logits, through
+  ``functional_call``) or from one ``torch.autograd.grad`` per (example, logit) (``naive``); the
+  contraction multiplies each (row, column) pair on its own (:func:`kernel_blocks`).
 
 vmap and transformers 5.x. Attention masks cannot be batched under ``vmap``: the mask builders of
 transformers 5 (``masking_utils``) test ``padding_mask.all()`` to skip the mask, a data-dependent
@@ -41,12 +52,16 @@ takes as long per example in a vmap of 8 as alone), and it would make the float3
 on which examples share a call (MKL's GEMM results change with the matrix shape). On a GPU,
 batching is the point, and cuBLAS promises no bit-stability across shapes anyway.
 
-Reproducibility. On the CPU (``vmap_chunk=1`` or ``method="naive"``) the result is bit-identical
-whatever the shard layout and the batch sizes, with any thread count: every example's Jacobian is
-computed alone at its own length, and the float64 contraction multiplies each pair of examples on
-its own, ``[C, k] @ [k, C]`` over fixed ``CHUNK``-wide slices of each parameter tensor, summed in a
-fixed order (tensor by tensor, slice by slice), so no block size changes any entry's rounding (a
-plain ``A @ B.T`` over a block would: a BLAS GEMM rounds an entry by its position in the output).
+Reproducibility. On the CPU the result is bit-identical whatever the shard layout and the batch
+sizes: every example's Jacobian is computed alone at its own length, and no entry's rounding
+depends on which other examples share a product. ``tiled``: an entry is always produced at the
+same place (fixed by its examples' global indices) of GEMMs of the same shapes, and the table
+rows of a pair are summed in ascending row id; it runs on one thread, whose count would change
+the rounding of MKL's inner-dimension splits and of LayerNorm's backward. ``vmap``/``naive``
+(``vmap_chunk=1``), with any thread count: the float64 contraction multiplies each pair of
+examples on its own, ``[C, k] @ [k, C]`` over fixed ``CHUNK``-wide slices of each parameter
+tensor, summed in a fixed order (a plain ``A @ B.T`` over a block would not do: a BLAS GEMM
+rounds an entry by its position in the output).
 
 Gradients that are zero in exact arithmetic but not in floating point, such as those of the
 attention key biases (softmax ignores a shift of all scores), are rounding noise whose signs the
@@ -64,11 +79,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.func import functional_call, jacrev, vmap
 
 from lmft.io import ArtifactError, LmftError, PathLike, torch_load, torch_save
@@ -76,8 +93,10 @@ from lmft.io import ArtifactError, LmftError, PathLike, torch_load, torch_save
 log = logging.getLogger(__name__)
 
 FORMULAS = ("sgd", "signgd", "asymmetric-signgd")
-METHODS = ("vmap", "naive")
-CHUNK = 1 << 16  # parameter coordinates per float64 slice
+METHODS = ("tiled", "vmap", "naive")  # of compute_shards; jacobians takes the last two
+CHUNK = 1 << 16  # parameter coordinates per float64 slice of the per-pair contraction
+TILE = 8  # examples per side of a tile of the tiled contraction, on a grid fixed by the global example index
+SLICE = 1 << 15  # dense coordinates per float64 slice of the tiled contraction (measured best of 2^13..2^17)
 Batch = Mapping[str, Tensor]
 
 
@@ -197,8 +216,8 @@ def jacobians(model: nn.Module, batch: Batch, *, binary: bool = False, method: s
     inside; default 1 on the CPU, unlimited on CUDA) or ``naive`` (one ``torch.autograd.grad``
     per example and logit).
     """
-    if method not in METHODS:
-        raise LmftError(f"unknown Jacobian method {method!r}; one of {', '.join(METHODS)}")
+    if method not in METHODS[1:]:
+        raise LmftError(f"unknown Jacobian method {method!r}; one of {', '.join(METHODS[1:])}")
     if vmap_chunk is not None and vmap_chunk < 1:
         raise LmftError(f"vmap_chunk must be >= 1 (or None for the default), got {vmap_chunk}")
     n = check_batch(batch, "jacobians")
@@ -304,7 +323,7 @@ def kernel_blocks(rows: Sequence[Tensor], cols: Sequence[Tensor], formulas: Sequ
             raise LmftError(f"kernel_block: row Jacobian {tuple(jr.shape)} and column Jacobian {tuple(jc.shape)} do not match")
         a, b = jr.reshape(r, c, -1), jc.reshape(s, c, -1)
         for k in range(0, a.shape[2], CHUNK):
-            ops = {"x": _stage(a[:, :, k:k + CHUNK], bufs["x"]), "y": _stage(b[:, :, k:k + CHUNK], bufs["y"])}
+            ops = {"x": _as_float64(a[:, :, k:k + CHUNK], bufs["x"]), "y": _as_float64(b[:, :, k:k + CHUNK], bufs["y"])}
             for name in names - {"x", "y"}:
                 ops[name] = torch.sign(ops[name[1]], out=bufs[name][: ops[name[1]].numel()].view(ops[name[1]].shape))
             for o, (left, right) in enumerate(products):
@@ -320,9 +339,318 @@ def kernel_blocks(rows: Sequence[Tensor], cols: Sequence[Tensor], formulas: Sequ
     return blocks
 
 
-def _stage(m: Tensor, buf: Tensor) -> Tensor:
+def _as_float64(m: Tensor, buf: Tensor) -> Tensor:
     """``m`` as a contiguous float64 tensor in the storage of ``buf``."""
     return buf[: m.numel()].view(m.shape).copy_(m)
+
+
+# --- the tiled path: the default ---------------------------------------------------------------
+
+
+@dataclass
+class _Table:
+    """An embedding table of the tiled path, kept as rows: its ``nn.Embedding`` modules (``lookups``)
+    and the ``nn.Linear`` modules that use it as their weight (``decoders``, a tied MLM/LM decoder)."""
+
+    weight: Tensor
+    lookups: list[nn.Embedding]
+    decoders: list[nn.Linear]
+
+
+@dataclass
+class _Layout:
+    """How the tiled path splits a model's trainable tensors (``named_parameters`` order): ``dense``
+    ones, and ``tables`` kept as rows. ``slices`` cut the dense tensors, flattened one after the
+    other, into slices of at most ``SLICE`` coordinates: per slice, its pieces ``(tensor index, start, stop)``."""
+
+    dense: list[Tensor]
+    tables: list[_Table]
+    slices: list[list[tuple[int, int, int]]]
+
+
+def _layout(model: nn.Module) -> _Layout:
+    params = trainable(model)
+    tables: dict[int, _Table] = {}
+    for module in model.modules():
+        # max_norm renormalises rows in the forward, scale_grad_by_freq rescales the gradient: those stay dense
+        if (isinstance(module, nn.Embedding) and module.weight.requires_grad and module.max_norm is None
+                and not module.scale_grad_by_freq):
+            tables.setdefault(id(module.weight), _Table(module.weight, [], [])).lookups.append(module)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and id(module.weight) in tables:
+            tables[id(module.weight)].decoders.append(module)
+    dense = [p for p in params.values() if id(p) not in tables]
+    slices: list[list[tuple[int, int, int]]] = [[]]
+    room = SLICE
+    for i, p in enumerate(dense):
+        start = 0
+        while start < p.numel():
+            if room == 0:
+                slices.append([])
+                room = SLICE
+            stop = min(p.numel(), start + room)
+            slices[-1].append((i, start, stop))
+            room -= stop - start
+            start = stop
+    return _Layout(dense, [tables[id(p)] for p in params.values() if id(p) in tables],
+                   [piece for piece in slices if piece])
+
+
+@dataclass
+class _Tile:
+    """The Jacobians of tile ``index`` of the global grid, examples ``TILE * index + s`` for slots ``s < TILE``.
+
+    ``slots`` [TILE]: each slot's global example index, -1 for a slot outside the shard (its
+    Jacobians are zero). ``dense[s][a]``: slot s's gradients of logit a, one per dense tensor (None
+    where zero), as the backward pass gave them (None for a slot outside the shard): a copy into one
+    ``[TILE, C, P]`` tensor would cost as much memory traffic as the contraction's staging. ``tables``:
+    per table, ``(ids [K], owner [K], values [K, C, H] float64)``, the rows of every slot's Jacobian
+    that can be nonzero, slot by slot (``owner``), ascending ids within a slot.
+    """
+
+    index: int
+    slots: Tensor
+    dense: list[list[list[Tensor | None]] | None]
+    tables: list[tuple[Tensor, Tensor, Tensor]]
+
+    @property
+    def num_logits(self) -> int:
+        return next(len(d) for d in self.dense if d is not None)
+
+
+def _tile_jacobians(model: nn.Module, layout: _Layout, batch: Batch, index: int, lo: int, hi: int,
+                    binary: bool) -> _Tile:
+    """Tile ``index`` with the examples of ``lo..hi-1`` that fall into it, each computed alone at its own length."""
+    slots = _slots(index, lo, hi)
+    dense: list[list[list[Tensor | None]] | None] = [None] * TILE
+    rows: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in layout.tables]
+    for s, g in enumerate(slots.tolist()):
+        if g >= 0:
+            dense[s], tables = _example_jacobian(model, layout, _take(batch, torch.tensor([g])), binary)
+            for t, (ids, values) in enumerate(tables):
+                rows[t].append((ids, torch.full_like(ids, s), values.transpose(0, 1)))
+    return _Tile(index, slots, dense, [tuple(torch.cat(part) for part in zip(*r)) for r in rows])
+
+
+class _Decode(torch.autograd.Function):
+    """A tied decoder ``u @ W.T + b`` ([*, H] -> [*, V]) with W held constant. Its backward hands on
+    ``g @ W`` over the columns where the output gradient g is nonzero only (a few label words:
+    the full product would read all of W per logit), and records ``(u, g)`` in ``record``."""
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, weight: Tensor, bias: Tensor | None, record: list) -> Tensor:
+        ctx.save_for_backward(u, weight)
+        ctx.record = record
+        ctx.has_bias = bias is not None
+        return F.linear(u, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, Tensor | None, None]:
+        u, weight = ctx.saved_tensors
+        ctx.record.append((u.detach(), g))
+        hit = g.reshape(-1, g.shape[-1]).any(0).nonzero().flatten()
+        grad_u = g[..., hit] @ weight[hit] if ctx.needs_input_grad[0] else None
+        grad_b = g.reshape(-1, g.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_u, None, grad_b, None
+
+
+def _example_jacobian(model: nn.Module, layout: _Layout, part: Mapping[str, Tensor | None], binary: bool
+                      ) -> tuple[list[list[Tensor | None]], list[tuple[Tensor, Tensor]]]:
+    """One example's Jacobian: per logit, the gradients of the dense tensors (None where unused), and
+    per table the rows that can be nonzero, ``(ids [k] ascending, values [C, k, H] float64)``.
+
+    One forward, then one backward per logit (batching the C backward passes with
+    ``is_grads_batched`` was slower on the CPU). The tables are cut out of the graph, so that no
+    backward pass writes a dense ``[V, H]`` gradient: a forward hook hands on each lookup's output
+    as a leaf, whose gradient the rows of its tokens gather; each tied decoder runs as
+    :class:`_Decode` for the pass (its ``forward`` swapped), whose output gradient ``g`` [n, V] gives
+    the rows ``g.T @ input`` of its nonzero columns. What else reads a table still reaches its
+    weight, and that gradient's nonzero rows join.
+    """
+    device = _device(model)
+    width = int(part["attention_mask"][0].nonzero().max()) + 1
+    lookups: list[list[tuple[Tensor, Tensor]]] = [[] for _ in layout.tables]  # per table: (ids, output leaf)
+    decoded: list[list[tuple[Tensor, Tensor]]] = [[] for _ in layout.tables]  # per table: (input, output grad)
+
+    def cut(t: int) -> Callable[..., Tensor]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
+            leaf = out.detach().requires_grad_()
+            lookups[t].append((args[0] if args else kwargs["input"], leaf))
+            return leaf
+        return hook
+
+    def decode(module: nn.Linear, record: list) -> Callable[[Tensor], Tensor]:
+        return lambda u: _Decode.apply(u, module.weight.detach(), module.bias, record)
+
+    handles = [m.register_forward_hook(cut(t), with_kwargs=True)
+               for t, table in enumerate(layout.tables) for m in table.lookups]
+    decoders = [m for table in layout.tables for m in table.decoders]
+    for t, table in enumerate(layout.tables):
+        for m in table.decoders:
+            m.forward = decode(m, decoded[t])  # an instance attribute, deleted below
+    try:
+        with torch.enable_grad():
+            y = _forward(model, part, width, device)[0]
+            y = _binary(y) if binary else y
+    finally:
+        for h in handles:
+            h.remove()
+        for m in decoders:
+            del m.forward
+    leaves = [leaf for looked in lookups for _, leaf in looked]
+    c, d, w = y.shape[0], len(layout.dense), len(layout.tables)
+    inputs = layout.dense + [table.weight for table in layout.tables] + leaves
+    dense: list[list[Tensor | None]] = []
+    weight_grads, leaf_grads, decoder_grads = [], [], []  # per logit
+    for a in range(c):
+        grads = torch.autograd.grad(y[a], inputs, retain_graph=a + 1 < c, allow_unused=True)
+        dense.append([None if g is None else g.reshape(-1) for g in grads[:d]])
+        weight_grads.append(grads[d:d + w])
+        leaf_grads.append(grads[d + w:])
+        decoder_grads.append([list(record) for record in decoded])  # what this backward recorded
+        for record in decoded:
+            record.clear()
+    tables, first = [], 0
+    for t, table in enumerate(layout.tables):
+        stop = first + len(lookups[t])
+        tables.append(_table_rows(table, [g[t] for g in weight_grads],
+                                  [list(zip((ids for ids, _ in lookups[t]), g[first:stop])) for g in leaf_grads],
+                                  [g[t] for g in decoder_grads]))
+        first = stop
+    return dense, tables
+
+
+def _table_rows(table: _Table, weight_grads: list[Tensor | None],
+                lookups: list[list[tuple[Tensor, Tensor | None]]],
+                decoders: list[list[tuple[Tensor, Tensor | None]]]) -> tuple[Tensor, Tensor]:
+    """A table's Jacobian rows that can be nonzero, ``(ids [k] ascending, values [C, k, H] float64)``, per
+    logit from the gradient that reached the weight (``[V, H]`` or None), the lookups' ``(ids,
+    gradient [*ids.shape, H] or None)`` and the decoders' ``(input [*, H], output gradient [*, V] or None)``."""
+    h = table.weight.shape[1]
+    pad = table.lookups[0].padding_idx if table.lookups else None
+    parts: list[list[tuple[Tensor, Tensor]]] = []  # per logit: (row ids [n], rows [n, H] float64)
+    for g_w, looked, decoded in zip(weight_grads, lookups, decoders):
+        mine = []
+        for ids, g in looked:
+            if g is not None:
+                ids, g = ids.flatten(), g.reshape(-1, h)
+                if pad is not None:  # the padding row gets no gradient from a lookup
+                    ids, g = ids[ids != pad], g[ids != pad]
+                mine.append((ids, g.double()))
+        for u, g in decoded:
+            if g is not None:
+                g = g.reshape(-1, g.shape[-1])
+                hit = g.any(0).nonzero().flatten()
+                mine.append((hit, g[:, hit].double().T @ u.reshape(-1, h).double()))
+        if g_w is not None:
+            hit = g_w.any(1).nonzero().flatten()
+            mine.append((hit, g_w[hit].double()))
+        parts.append(mine)
+    ids = [i for mine in parts for i, _ in mine]
+    rows = torch.unique(torch.cat(ids)) if ids else torch.zeros(0, dtype=torch.long, device=table.weight.device)
+    values = torch.zeros(len(parts), rows.numel(), h, dtype=torch.float64, device=table.weight.device)
+    for a, mine in enumerate(parts):
+        for i, v in mine:
+            values[a].index_add_(0, torch.searchsorted(rows, i), v)
+    return rows, values
+
+
+def _tile_blocks(layout: _Layout, row_tiles: Sequence[_Tile], col_tiles: Sequence[_Tile],
+                 formulas: Sequence[str]) -> dict[str, Tensor]:
+    """Contract row tiles with column tiles into a float64 ``[R, C, S, C]`` block per formula
+    (``[2, R, C, S, C]`` for asymmetric-signgd; R = TILE * len(row_tiles), S likewise, slots outside
+    the shard included).
+
+    Dense tensors: per (row tile, column tile) pair and slice of the layout, one
+    ``[TILE*C, w] @ [w, TILE*C]`` float64 GEMM, accumulated slice by slice. Each pair's GEMM of a
+    slice has the same shape whatever the shard, and an entry's place in it is fixed by its
+    examples' global indices (a slot outside the shard is a zero row), so an entry's bits depend
+    neither on the shard layout nor on the batch sizes.
+    Embedding tables: each pair of examples sums the products of the rows both hold, ascending in
+    row id (one ``[C, H] @ [H, C]`` per shared row), added after the dense sum, table by table.
+    """
+    products = [p for f in formulas for p in _PRODUCTS[f]]
+    signed = {name for p in products for name in p if name.startswith("s")}
+    nr, ns = len(row_tiles), len(col_tiles)
+    c = row_tiles[0].num_logits
+    device = row_tiles[0].slots.device if not layout.dense else layout.dense[0].device
+    acc = torch.zeros(len(products), nr, ns, TILE * c, TILE * c, dtype=torch.float64, device=device)
+    # float64 staging, allocated once: fresh multi-MB tensors per slice cost page faults
+    bufs = {side: torch.empty(len(tiles), 2 if "s" + side in signed else 1, TILE * c, SLICE, dtype=torch.float64,
+                              device=device) for side, tiles in (("x", row_tiles), ("y", col_tiles))}
+    for pieces in layout.slices:
+        w = sum(stop - start for _, start, stop in pieces)
+        ops: dict[str, list[Tensor]] = {}
+        for side, tiles in (("x", row_tiles), ("y", col_tiles)):
+            ops[side] = [_stage(tile, pieces, buf[0, :, :w]) for tile, buf in zip(tiles, bufs[side])]
+            if "s" + side in signed:
+                ops["s" + side] = [torch.sign(u, out=buf[1, :, :w]) for u, buf in zip(ops[side], bufs[side])]
+        for o, (left, right) in enumerate(products):
+            for i, u in enumerate(ops[left]):
+                for j, v in enumerate(ops[right]):
+                    acc[o, i, j].addmm_(u, v.T)
+    out = acc.view(len(products), nr, ns, TILE, c, TILE, c).permute(0, 1, 3, 4, 2, 5, 6)
+    out = out.reshape(len(products), nr * TILE, c, ns * TILE, c)
+    for t in range(len(layout.tables)):
+        for i, rt in enumerate(row_tiles):
+            for j, ct in enumerate(col_tiles):
+                out[:, i * TILE:(i + 1) * TILE, :, j * TILE:(j + 1) * TILE, :] += \
+                    _shared_rows(rt.tables[t], ct.tables[t], products)
+    blocks, o = {}, 0
+    for formula in formulas:
+        n = len(_PRODUCTS[formula])
+        blocks[formula] = (out[o:o + n] if n == 2 else out[o]).clone()  # own storage, not a view of all formulas
+        o += n
+    return blocks
+
+
+def _stage(tile: _Tile, pieces: Sequence[tuple[int, int, int]], buf: Tensor) -> Tensor:
+    """``buf`` ``[TILE*C, w]`` float64 filled with one slice of ``tile``'s dense Jacobians, row ``s*C + a``
+    for slot s and logit a (zero for a slot outside the shard and a tensor without gradient)."""
+    c = buf.shape[0] // TILE
+    for s, grads in enumerate(tile.dense):
+        if grads is None:
+            buf[s * c:(s + 1) * c].zero_()
+            continue
+        for a, per_tensor in enumerate(grads):
+            row, offset = buf[s * c + a], 0
+            for i, start, stop in pieces:
+                dst = row[offset:offset + stop - start]
+                g = per_tensor[i]
+                dst.zero_() if g is None else dst.copy_(g[start:stop])
+                offset += stop - start
+    return buf
+
+
+def _shared_rows(rows: tuple[Tensor, Tensor, Tensor], cols: tuple[Tensor, Tensor, Tensor],
+                 products: Sequence[tuple[str, str]]) -> Tensor:
+    """``[P, TILE, C, TILE, C]``: for each product and pair of slots, the sum over the table rows that
+    both slots hold of row Jacobian ``[C, H]`` times column Jacobian ``[H, C]``, in ascending row id."""
+    (rid, rslot, rval), (cid, cslot, cval) = rows, cols
+    c = rval.shape[1]
+    out = torch.zeros(len(products), TILE * TILE, c, c, dtype=torch.float64, device=rval.device)
+    p, q = (rid[:, None] == cid[None, :]).nonzero(as_tuple=True)  # p, then q, ascending: ascending ids per pair
+    if p.numel():
+        ops = {"x": rval[p], "y": cval[q]}
+        for name in {n for product in products for n in product} - ops.keys():
+            ops[name] = ops[name[1]].sign()
+        pair = rslot[p] * TILE + cslot[q]
+        for o, (left, right) in enumerate(products):
+            out[o].index_add_(0, pair, torch.bmm(ops[left], ops[right].transpose(1, 2)))
+    return out.view(len(products), TILE, TILE, c, c).permute(0, 1, 3, 2, 4)
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """torch on one CPU thread for the block (nothing changes for a CUDA device), then the previous count."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if device.type == "cpu":
+            torch.set_num_threads(threads)
 
 
 @dataclass
@@ -368,16 +696,19 @@ def compute_shard(model: nn.Module, rows: Batch, cols: Batch, formula: str, **kw
 
 def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequence[str], *,
                    row_range: tuple[int, int] | None = None, col_range: tuple[int, int] | None = None,
-                   row_batch: int = 8, col_batch: int = 8, binary: bool = False, method: str = "vmap",
+                   row_batch: int = 8, col_batch: int = 8, binary: bool = False, method: str = "tiled",
                    vmap_chunk: int | None = None) -> dict[str, KernelShard]:
     """The kernels of several formulas between ``rows[r0:r1]`` and ``cols[c0:c1]`` from one pass of
     Jacobians: formula -> :class:`KernelShard` (each bit-identical to computing it alone).
 
     ``rows``/``cols`` are whole splits as one batch each (see :func:`check_batch`); the ranges
-    default to everything. Row Jacobians are computed once per block of ``row_batch`` examples
-    and reused for every block of ``col_batch`` columns, and as the column Jacobians of a block
-    with the same examples when ``cols is rows``; ``method`` and ``vmap_chunk`` are those of
-    :func:`jacobians`. Runs where the model is (CPU or CUDA); the shards come back on the CPU.
+    default to everything. ``method`` ``tiled`` (the default) holds the Jacobians of blocks of
+    ``row_batch`` rows and ``col_batch`` columns, rounded up to whole tiles of the global grid, and
+    contracts them with :func:`_tile_blocks`. ``vmap`` and ``naive`` (the per-pair reference) take
+    :func:`jacobians` of blocks of ``row_batch`` rows, reused for every block of ``col_batch``
+    columns (and as the column Jacobians of a block with the same examples when ``cols is rows``),
+    and contract them with :func:`kernel_blocks`; ``vmap_chunk`` is :func:`jacobians`'.
+    Runs where the model is (CPU or CUDA); the shards come back on the CPU.
     """
     formulas = list(dict.fromkeys(formulas))
     if not formulas:
@@ -385,16 +716,44 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
     for formula in formulas:
         if formula not in FORMULAS:
             raise LmftError(f"unknown kernel formula {formula!r}; one of {', '.join(FORMULAS)}")
+    if method not in METHODS:
+        raise LmftError(f"unknown kernel method {method!r}; one of {', '.join(METHODS)}")
     if row_batch < 1 or col_batch < 1:
         raise LmftError(f"row_batch and col_batch must be >= 1, got {row_batch} and {col_batch}")
     n, m = check_batch(rows, "rows"), check_batch(cols, "cols")
     r0, r1 = _range(row_range, n, "row range")
     c0, c1 = _range(col_range, m, "column range")
-    row_blocks = _blocks(rows["attention_mask"], r0, r1, row_batch)
-    col_blocks = _blocks(cols["attention_mask"], c0, c1, col_batch)
     kernels: dict[str, Tensor] = {}
+
+    def put(block: Tensor, formula: str, ridx: Tensor, cidx: Tensor) -> None:
+        """kernel[..., i, :, j, :] = block[..., i', :, j', :] for the block's examples ``ridx``, ``cidx`` (-1: none)."""
+        block = block.cpu()
+        if formula not in kernels:
+            c = block.shape[-1]
+            lead = (2,) if formula == "asymmetric-signgd" else ()
+            kernels[formula] = torch.zeros(*lead, r1 - r0, c, c1 - c0, c, dtype=torch.float64)
+        ri, ci = (ridx >= 0).nonzero().flatten(), (cidx >= 0).nonzero().flatten()
+        kernels[formula].transpose(-3, -2)[..., (ridx[ri] - r0)[:, None], (cidx[ci] - c0)[None, :], :, :] = \
+            block.transpose(-3, -2)[..., ri[:, None], ci[None, :], :, :]
+
+    if method == "tiled":
+        _tiled(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, put)
+    else:
+        _per_pair(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, method,
+                  vmap_chunk, put)
+    return {f: KernelShard(kernels[f], (r0, r1), (c0, c1), n, m, f) for f in formulas}
+
+
+Put = Callable[[Tensor, str, Tensor, Tensor], None]
+
+
+def _per_pair(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
+              crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, method: str,
+              vmap_chunk: int | None, put: Put) -> None:
+    row_blocks = _blocks(rows["attention_mask"], *rng, row_batch)
+    col_blocks = _blocks(cols["attention_mask"], *crng, col_batch)
     for bi, ridx in enumerate(row_blocks):
-        log.info("kernel %s rows %d:%d cols %d:%d: row block %d/%d", "+".join(formulas), r0, r1, c0, c1, bi + 1,
+        log.info("kernel %s rows %d:%d cols %d:%d: row block %d/%d", "+".join(formulas), *rng, *crng, bi + 1,
                  len(row_blocks))
         jr = jacobians(model, _take(rows, ridx), binary=binary, method=method, vmap_chunk=vmap_chunk)
         for cidx in col_blocks:
@@ -403,17 +762,67 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
             else:
                 jc = jacobians(model, _take(cols, cidx), binary=binary, method=method, vmap_chunk=vmap_chunk)
             for formula, block in kernel_blocks(jr, jc, formulas).items():  # [(2,) R, C, S, C]
-                block = block.cpu()
-                if formula not in kernels:
-                    c = block.shape[-1]
-                    lead = (2,) if formula == "asymmetric-signgd" else ()
-                    kernels[formula] = torch.zeros(*lead, r1 - r0, c, c1 - c0, c, dtype=torch.float64)
-                # kernel[..., i, :, j, :] = block[..., i', :, j', :] for the blocks' (sorted) indices
-                kernels[formula].transpose(-3, -2)[..., (ridx - r0)[:, None], (cidx - c0)[None, :], :, :] = \
-                    block.transpose(-3, -2)
+                put(block, formula, ridx, cidx)
             del jc
         del jr
-    return {f: KernelShard(kernels[f], (r0, r1), (c0, c1), n, m, f) for f in formulas}
+
+
+def _tiled(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
+           crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, put: Put) -> None:
+    """The tiled path of :func:`compute_shards`. One side's blocks of tiles are the outer loop, the
+    other's the inner; the inner side's Jacobians are computed once per outer block, or once in all
+    where they form one block (kept). The outer side is the one that computes fewer tiles.
+
+    On the CPU it runs on one thread: the thread count changes the rounding of MKL's GEMMs (which
+    split the inner dimension among threads) and of LayerNorm's backward, and so the bits. Shards
+    are the unit of parallel work.
+    """
+    with _one_thread(_device(model)):
+        _tiled_on_one_thread(model, rows, cols, formulas, rng, crng, row_batch, col_batch, binary, put)
+
+
+def _tiled_on_one_thread(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
+                         crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, put: Put) -> None:
+    layout = _layout(model)
+    sides = []
+    for batch, (lo, hi), size in ((rows, rng, row_batch), (cols, crng, col_batch)):
+        tiles = list(range(lo // TILE, -(-hi // TILE)))
+        per = -(-size // TILE)
+        sides.append((batch, lo, hi, [tiles[i:i + per] for i in range(0, len(tiles), per)]))
+
+    def work(outer: int) -> int:
+        """Tiles computed with side ``outer`` outside."""
+        o, i = sides[outer][3], sides[1 - outer][3]
+        return sum(map(len, o)) + sum(map(len, i)) * (1 if len(i) == 1 else len(o))
+
+    outer = 1 if work(1) < work(0) else 0
+    (obatch, olo, ohi, oblocks), (ibatch, ilo, ihi, iblocks) = sides[outer], sides[1 - outer]
+    kept: list[_Tile] = []
+    for bi, ob in enumerate(oblocks):
+        log.info("kernel %s rows %d:%d cols %d:%d: %s block %d/%d (%d tiles of %d)", "+".join(formulas), *rng, *crng,
+                 ("row", "column")[outer], bi + 1, len(oblocks), len(ob), TILE)
+        otiles = [_tile_jacobians(model, layout, obatch, t, olo, ohi, binary) for t in ob]
+        for ib in iblocks:
+            if not kept:
+                same = {t.index: t for t in otiles} if cols is rows else {}  # train x train: reuse equal tiles
+                itiles = [same[t] if t in same and torch.equal(same[t].slots, _slots(t, ilo, ihi))
+                          else _tile_jacobians(model, layout, ibatch, t, ilo, ihi, binary) for t in ib]
+                if len(iblocks) == 1:
+                    kept = itiles
+            else:
+                itiles = kept
+            rt, ct = (otiles, itiles) if outer == 0 else (itiles, otiles)
+            ridx, cidx = torch.cat([t.slots for t in rt]), torch.cat([t.slots for t in ct])
+            for formula, block in _tile_blocks(layout, rt, ct, formulas).items():
+                put(block, formula, ridx, cidx)
+            del itiles
+        del otiles
+
+
+def _slots(index: int, lo: int, hi: int) -> Tensor:
+    """``[TILE]``: the global example indices of tile ``index``'s slots, -1 outside ``lo..hi-1``."""
+    slots = torch.arange(TILE * index, TILE * (index + 1))
+    return torch.where((slots >= lo) & (slots < hi), slots, -1)
 
 
 def split_range(n: int, parts: int) -> list[tuple[int, int]]:

@@ -109,20 +109,70 @@ def test_signgd_self_entry_counts_nonzero_gradient_coordinates():
         assert 0 < nonzero.min() < sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", ["tiled", "vmap"])
 @pytest.mark.parametrize("formula", ["sgd", "asymmetric-signgd"])  # signgd sums integers: exact in any order
-def test_shards_and_batch_sizes_give_the_same_bits(formula):
+def test_shards_and_batch_sizes_give_the_same_bits(formula, method):
     model = TinyClassifier("mlm")  # float32 Jacobians, float64 contraction
     x, y = make_batch(7, seed=3), make_batch(5, seed=4)
-    whole = kernels.compute_shard(model, x, y, formula, row_batch=7, col_batch=5).kernel
+    whole = kernels.compute_shard(model, x, y, formula, row_batch=7, col_batch=5, method=method).kernel
 
     def sharded(row_parts, col_parts, row_batch, col_batch):
         return kernels.merge_shards([
-            kernels.compute_shard(model, x, y, formula, row_range=r, col_range=c, row_batch=row_batch, col_batch=col_batch)
+            kernels.compute_shard(model, x, y, formula, row_range=r, col_range=c, row_batch=row_batch, col_batch=col_batch,
+                                  method=method)
             for r in kernels.split_range(7, row_parts) for c in kernels.split_range(5, col_parts)])
 
     assert torch.equal(whole, sharded(3, 2, 2, 1))
     assert torch.equal(whole, sharded(2, 3, 1, 4))
     assert whole.abs().sum() > 0
+
+
+@pytest.mark.parametrize("head", ["cls", "mlm"])
+def test_tiled_default_equals_the_per_pair_reference(head):
+    """More examples than a tile on each side, row and column tiles cut by the shard, a tied decoder (mlm)."""
+    model = TinyClassifier(head, dtype=torch.float64)
+    freeze_key_biases(model)
+    x, y = make_batch(kernels.TILE + 3, seed=1), make_batch(2 * kernels.TILE + 1, seed=2)
+    formulas = list(kernels.FORMULAS)
+    tiled = kernels.compute_shards(model, x, y, formulas, row_range=(2, kernels.TILE + 3), col_range=(1, 2 * kernels.TILE),
+                                   row_batch=3, col_batch=5)
+    ref = kernels.compute_shards(model, x, y, formulas, row_range=(2, kernels.TILE + 3), col_range=(1, 2 * kernels.TILE),
+                                 method="naive")
+    for formula in formulas:
+        got, want = tiled[formula].kernel, ref[formula].kernel
+        assert got.shape == want.shape and got.abs().sum() > 0
+        if formula == "signgd":
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+    decoder = model.lm.cls.predictions.decoder
+    assert "forward" not in vars(decoder)  # the swapped forward is gone
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("formula", ["sgd", "asymmetric-signgd"])
+def test_tiled_shards_across_tiles_threads_and_train_x_train_give_the_same_bits(formula):
+    model = TinyClassifier("mlm")  # float32 Jacobians, float64 contraction
+    n, m = 2 * kernels.TILE + 3, kernels.TILE + 3
+    x, y = make_batch(n, seed=3), make_batch(m, seed=4)
+    whole = kernels.compute_shard(model, x, y, formula, row_batch=n, col_batch=m).kernel
+    for row_parts, col_parts, row_batch, col_batch in ((3, 2, 2, 1), (5, 3, 9, 4), (1, 4, 17, 3)):
+        parts = [kernels.compute_shard(model, x, y, formula, row_range=r, col_range=c, row_batch=row_batch,
+                                       col_batch=col_batch)
+                 for r in kernels.split_range(n, row_parts) for c in kernels.split_range(m, col_parts)]
+        assert torch.equal(whole, kernels.merge_shards(parts))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(whole, kernels.compute_shard(model, x, y, formula, row_batch=5, col_batch=20).kernel)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    xx = kernels.compute_shard(model, x, x, formula, row_batch=8, col_batch=8).kernel  # diagonal tiles reused
+    assert torch.equal(xx, kernels.merge_shards([kernels.compute_shard(model, x, x, formula, row_range=r, col_range=c)
+                                                 for r in kernels.split_range(n, 4) for c in kernels.split_range(n, 3)]))
+    ref = kernels.compute_shard(model, x, y, formula, method="naive").kernel
+    torch.testing.assert_close(whole, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_formulas_from_one_pass_equal_each_formula_alone():
@@ -232,6 +282,10 @@ def test_bad_input_raises_clear_errors():
         kernels.jacobians(model, {k: v for k, v in x.items() if k != "attention_mask"})
     with pytest.raises(LmftError, match="unknown Jacobian method"):
         kernels.jacobians(model, x, method="jvp")
+    with pytest.raises(LmftError, match="unknown Jacobian method 'tiled'; one of vmap, naive"):
+        kernels.jacobians(model, x, method="tiled")
+    with pytest.raises(LmftError, match="unknown kernel method 'jvp'; one of tiled, vmap, naive"):
+        kernels.compute_shard(model, x, x, "sgd", method="jvp")
     with pytest.raises(LmftError, match="vmap_chunk must be >= 1"):
         kernels.jacobians(model, x, vmap_chunk=0)
     with pytest.raises(LmftError, match="cannot cut 3 examples into 4 shards"):
@@ -268,6 +322,10 @@ def test_vmap_runs_through_the_shared_classifier_of_each_architecture(arch, attn
     x = make_batch(5, labels=2)  # examples 1 and 3 share a mask: one vmap call with vmap_chunk=4
     for a, b in zip(kernels.jacobians(clf, x, vmap_chunk=4), kernels.jacobians(clf, x, method="naive")):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # the tiled path: embedding tables as rows (RoBERTa's padding row, GPT-2's tied lm_head)
+    tiled = kernels.compute_shard(clf, x, x, "sgd").kernel
+    ref = kernels.compute_shard(clf, x, x, "sgd", method="naive").kernel
+    torch.testing.assert_close(tiled, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
 
 
 def test_pretrained_logits_do_not_depend_on_the_slice():
