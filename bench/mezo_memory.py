@@ -19,8 +19,9 @@ Each method runs in its own fresh subprocess so that peaks do not mix:
   forward passes), eval mode;
 - ``adamw``: ``torch.optim.AdamW`` steps on every parameter (forward, backward, update), train
   mode (dropout on);
-- ``mezo-lora``, ``adamw-lora``: the same on rank ``--lora-rank`` LoRA adapters
-  (:func:`lmft.params.select_trainable`, ``lora:R``: query/value, q_proj/v_proj) and the head.
+- ``inference-lora``, ``mezo-lora``, ``adamw-lora``: the same with rank ``--lora-rank`` LoRA
+  adapters (:func:`lmft.params.select_trainable`, ``lora:R``: query/value, q_proj/v_proj), which
+  with the head are the tuned parameters; ``inference-lora`` is the forward pass of that model.
 
 Memory is the peak above what the process holds once the model and batch are built and one
 warm-up forward pass (no grad) has run: on CUDA
@@ -29,8 +30,8 @@ warm-up forward pass (no grad) has run: on CUDA
 then also counts the build). The workers fix glibc's mmap threshold so that freed tensors go back
 to the system and the next peak is seen. "total" adds the model's own bytes (LoRA adapters
 included). Step time is the mean (and the min, less disturbed by other processes) over the
-steps after the first (the first allocates AdamW's state). The last line sets a MeZO step
-beside the two forward passes it needs (mean times; MeZO issue 10's target is at most 1.5x).
+steps after the first (the first allocates AdamW's state). The last line sets a full-parameter
+MeZO step beside the two forward passes it needs (mean times; issue 10's target: at most 1.5x).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from torch import Tensor, nn
 from lmft import benchmarks
 from lmft.heads import Classifier
 
-METHODS = ("inference", "mezo", "adamw", "mezo-lora", "adamw-lora")
+METHODS = ("inference", "mezo", "adamw", "inference-lora", "mezo-lora", "adamw-lora")
 SHAPES = {  # BertConfig / LlamaConfig keywords
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
     "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -202,11 +203,11 @@ def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:
     first = next(iter(rows.values()))
     lines = [f"model {args.model}: {first['n_params'] / 1e6:.2f}M parameters, batch {args.batch} x seq {args.seq}, "
              f"{args.steps} steps, {args.device}, {args.threads} thread(s); memory: {first['memory_measure']}",
-             f"{'method':<11} {'trained':>9} {'peak over model MB':>19} {'total MB':>9} {'step s (mean)':>14} "
+             f"{'method':<14} {'trained':>9} {'peak over model MB':>19} {'total MB':>9} {'step s (mean)':>14} "
              f"{'(min)':>7}"]
     total = {m: r["model_mb"] + r["peak_over_model_mb"] for m, r in rows.items()}
     for m, r in rows.items():
-        lines.append(f"{m:<11} {r['n_trainable'] / 1e6:>8.3f}M {r['peak_over_model_mb']:>19.1f} {total[m]:>9.1f} "
+        lines.append(f"{m:<14} {r['n_trainable'] / 1e6:>8.3f}M {r['peak_over_model_mb']:>19.1f} {total[m]:>9.1f} "
                      f"{r['step_s']:>14.3f} {r['step_min_s']:>7.3f}")
     for lora in ("", "-lora"):
         mezo, adamw = "mezo" + lora, "adamw" + lora
@@ -214,11 +215,12 @@ def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{adamw} / {mezo}: memory (total) {total[adamw] / total[mezo]:.2f}x, step time (mean) "
                          f"{rows[adamw]['step_s'] / rows[mezo]['step_s']:.2f}x")
     mezos = [m for m in ("mezo-lora", "mezo") if m in rows]  # full-parameter MeZO last: the closing line
-    if "inference" in rows:
-        forward = rows["inference"]
-        for m in mezos:
-            lines.append(f"{m} / inference memory (total): {total[m] / total['inference']:.2f}x;  {m} step / 2 forward "
-                         f"passes (min): {rows[m]['step_min_s'] / (2 * forward['step_min_s']):.2f}x")
+    for m in mezos:
+        forward = m.replace("mezo", "inference")
+        if forward in rows:
+            lines.append(f"{m} / {forward} memory (total): {total[m] / total[forward]:.2f}x;  {m} step / 2 forward "
+                         f"passes: {rows[m]['step_s'] / (2 * rows[forward]['step_s']):.2f}x (mean), "
+                         f"{rows[m]['step_min_s'] / (2 * rows[forward]['step_min_s']):.2f}x (min)")
     for m in mezos:
         lines.append(f"{m} elements kept for the exact restore: {100 * rows[m]['kept_fraction']:.1f}% "
                      "(largest share in one excursion, mean over steps)")
