@@ -330,11 +330,16 @@ def kernel_blocks(rows: Sequence[Tensor], cols: Sequence[Tensor], formulas: Sequ
                 u, vt = ops[left], ops[right].transpose(1, 2)  # [R, C, w], [S, w, C]
                 for i in range(r):
                     acc[o, i] += torch.bmm(u[i].expand(s, c, u.shape[2]), vt)  # [S, C, C]
-    out = acc.permute(0, 1, 3, 2, 4)  # [P, R, C, S, C]
+    return _per_formula(acc.permute(0, 1, 3, 2, 4), formulas)  # [P, R, C, S, C]
+
+
+def _per_formula(out: Tensor, formulas: Sequence[str]) -> dict[str, Tensor]:
+    """Split ``out`` ``[P, R, C, S, C]`` (the products of ``formulas`` in order) into each formula's block:
+    ``[R, C, S, C]``, or ``[2, R, C, S, C]`` for a formula of two products; each in its own storage."""
     blocks, o = {}, 0
     for formula in formulas:
         n = len(_PRODUCTS[formula])
-        blocks[formula] = (out[o:o + n] if n == 2 else out[o]).contiguous()  # own storage, not a view of all formulas
+        blocks[formula] = (out[o:o + n] if n == 2 else out[o]).clone(memory_format=torch.contiguous_format)
         o += n
     return blocks
 
@@ -596,12 +601,7 @@ def _tile_blocks(layout: _Layout, row_tiles: Sequence[_Tile], col_tiles: Sequenc
             for j, ct in enumerate(col_tiles):
                 out[:, i * TILE:(i + 1) * TILE, :, j * TILE:(j + 1) * TILE, :] += \
                     _shared_rows(rt.tables[t], ct.tables[t], products)
-    blocks, o = {}, 0
-    for formula in formulas:
-        n = len(_PRODUCTS[formula])
-        blocks[formula] = (out[o:o + n] if n == 2 else out[o]).clone()  # own storage, not a view of all formulas
-        o += n
-    return blocks
+    return _per_formula(out, formulas)
 
 
 def _stage(tile: _Tile, pieces: Sequence[tuple[int, int, int]], buf: Tensor) -> Tensor:

@@ -91,21 +91,16 @@ def test_pair_texts_normalised_and_empty_text_named(tmp_path):
         load_raw(get_task("pairs", cfg), tmp_path, cfg)
 
 
-def test_empty_text_in_csv_named_with_its_file_row(tmp_path):
-    path = write_csv(tmp_path / "holes.csv", [(f"t{i}", "neg" if i % 2 else "pos") for i in range(20)])
+@pytest.mark.parametrize("name,row,column,value,message", [
+    ("holes.csv", 13, "text", "", r"holes.csv: row 13 .* empty 'text'"),
+    ("labels.csv", 17, "label", "meh", r"labels.csv: row 17 has label 'meh'"),  # before the holdout split
+])
+def test_bad_csv_cell_named_with_its_file_row(tmp_path, name, row, column, value, message):
+    path = write_csv(tmp_path / name, [(f"t{i}", "neg" if i % 2 else "pos") for i in range(20)])
     df = pd.read_csv(path)
-    df.loc[13, "text"] = ""
+    df.loc[row, column] = value
     df.to_csv(path, index=False)
-    with pytest.raises(LmftError, match=r"holes.csv: row 13 .* empty 'text'"):
-        load_raw(get_task("toy", c := user_config(path)), tmp_path, c)
-
-
-def test_bad_label_named_with_its_file_row_before_holdout(tmp_path):
-    path = write_csv(tmp_path / "labels.csv", [(f"t{i}", "neg" if i % 2 else "pos") for i in range(20)])
-    df = pd.read_csv(path)
-    df.loc[17, "label"] = "meh"
-    df.to_csv(path, index=False)
-    with pytest.raises(LmftError, match=r"labels.csv: row 17 has label 'meh'"):
+    with pytest.raises(LmftError, match=message):
         load_raw(get_task("toy", c := user_config(path)), tmp_path, c)
 
 
