@@ -74,6 +74,7 @@ from lmft.checkpoint import apply_state
 from lmft.evaluate import Evaluation, Split, evaluate
 from lmft.io import (ArtifactError, LmftError, load_tensor_metadata, load_tensors, read_parquet, save_tensors,
                      write_json)
+from lmft.runs import build_for_run, cap_rows, encode_split, load_run, peak_mem_mb, resolve_device
 from lmft.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -450,8 +451,6 @@ def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _load_frame(path: str | Path, eval_cap: int | None = None) -> pd.DataFrame:
-    from lmft.finetune import cap_rows
-
     df = read_parquet(path, ["text_a", "label"])
     return df.iloc[cap_rows(len(df), eval_cap)].reset_index(drop=True)
 
@@ -466,8 +465,6 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
     (task, test parquet) of tasks with the same label words. Test sets are capped at ``eval_cap``
     rows as the finetune stage caps them. Returns the metrics (see the module docstring).
     """
-    from lmft.finetune import build_for_run, encode_split, load_run, peak_mem_mb, resolve_device  # heavy: lazily
-
     started = time.perf_counter()
     opts = resolve_options(options)
     dev_ = resolve_device(device)
