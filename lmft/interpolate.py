@@ -49,9 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from lmft.evaluate import Split, evaluate
-from lmft.graft import Substituted
 from lmft.io import LmftError, atomic_path, read_parquet, write_json, write_parquet
 from lmft.runs import LoadedRun, build_for_run, cap_rows, encode_split, load_run, peak_mem_mb, resolve_device
+from lmft.substitute import Substituted
 from lmft.tasks import Task
 
 log = logging.getLogger(__name__)

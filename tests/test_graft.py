@@ -13,7 +13,6 @@ from lmft.checkpoint import apply_state
 from lmft.evaluate import evaluate, predict
 from lmft.graft import (
     DEFAULT_EXCLUDE,
-    Substituted,
     base_patch,
     graft,
     graft_dir,
@@ -28,13 +27,13 @@ from lmft.graft import (
     select_graftable,
     soft_graft,
     split_state,
-    substitute,
     top_k_mask,
 )
 from lmft.finetune import run_finetune
 from lmft.heads import build_classifier
 from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_parquet
 from lmft.overlap import mask_overlap, overlap_groups, overlap_path
+from lmft.substitute import Substituted, substitute
 from lmft.tasks import get_task
 
 

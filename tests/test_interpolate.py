@@ -13,7 +13,6 @@ from torch.func import functional_call
 
 from lmft.evaluate import evaluate, predict
 from lmft.finetune import run_finetune
-from lmft.graft import Substituted
 from lmft.interpolate import (
     Endpoint,
     alphas,
@@ -31,6 +30,7 @@ from lmft.interpolate import (
     run_interpolate,
 )
 from lmft.io import LmftError, read_json
+from lmft.substitute import Substituted
 from lmft.tasks import get_task
 
 
