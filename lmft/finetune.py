@@ -38,7 +38,8 @@ Grids: ``lr``, ``batch_size``, ``eps``, ``steps`` and ``weight_decay`` may each 
 lists expand into trials, one job each, named ``{method}~{key}-{value}...`` (e.g.
 ``ft~lr-1e-05~bs-8``; :mod:`lmft.grid` defines the scheme). A method without lists keeps its name.
 
-Run directory ``results/finetune/{model}/{task}/{k}-{seed}/{run}/``, ``{run}`` the method's or the trial's name:
+Run directory ``results/finetune/{model}/{task}/{k}-{seed}/{run}/`` (:func:`lmft.paths.finetune_run`), ``{run}``
+the method's or the trial's name:
 
 ``metrics.json``
     the shared keys (``stage="finetune"``, task, k, seed, model, method, metric, dev_metric,
@@ -97,6 +98,7 @@ from lmft.icl import icl_encode
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
 from lmft.models import read_manifest
 from lmft.params import count_trainable
+from lmft.paths import finetune_run
 from lmft.probe import C_GRID, extract_features, fit_probe
 from lmft.runs import FORMAT, build_for_run, cap_rows, encode_split, peak_mem_mb, resolve_device, uses_prompt
 from lmft.tasks import Task
@@ -162,7 +164,7 @@ def finetune_targets(config: Mapping[str, Any]) -> list[str]:
     results = config.get("results_dir", "results")
     methods = (config.get("finetune") or {}).get("methods") or {}
     kshot = config.get("kshot") or {}
-    return [f"{results}/finetune/{model}/{task}/{k}-{seed}/{run}/metrics.json"
+    return [f"{finetune_run(results, model, task, k, seed, run)}/metrics.json"
             for run, spec in expand_methods(methods).items()
             for model in (spec.get("models") or list(config.get("models") or {}))
             for task in spec.get("tasks") or config.get("tasks") or []

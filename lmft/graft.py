@@ -551,8 +551,3 @@ def graft_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                  for s in section.get("sparsities", [1e-4, 1e-3, 1e-2])]
     return jobs
 
-
-def graft_dir(results: str, job: Mapping[str, Any]) -> str:
-    """``{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{s:g}``: the job's output folder."""
-    return (f"{results}/graft/{job['model']}/{job['task']}/{job['k']}-{job['seed']}/{job['method']}/"
-            f"sparsity-{job['sparsity']:g}")

@@ -372,12 +372,3 @@ def interpolate_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 jobs.append({"model": model, "task": task, "pair": pair, "k": k, "seed": seed, **resolved})
     return jobs
 
-
-def interpolate_dir(results: str, job: Mapping[str, Any]) -> str:
-    """``{results}/interpolate/{model}/{task}/{pair}``: the job's output folder."""
-    return f"{results}/interpolate/{job['model']}/{job['task']}/{job['pair']}"
-
-
-def endpoint_run_dir(results: str, model: str, end: Mapping[str, Any]) -> str:
-    """The fine-tuning run directory an endpoint reads."""
-    return f"{results}/finetune/{model}/{end['task']}/{end['k']}-{end['seed']}/{end['method']}"

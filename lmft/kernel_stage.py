@@ -56,6 +56,7 @@ from lmft.batching import collate, encode_frame, label_ids, pad_id
 from lmft.heads import Classifier, build_classifier, fit_linear_head
 from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json
 from lmft.params import count_trainable, select_trainable
+from lmft.paths import kernel_solve_dir, kernel_solve_metrics
 from lmft.runs import cap_rows, peak_mem_mb, resolve_device
 from lmft.tasks import Task, get_task
 
@@ -386,8 +387,8 @@ def solve_targets(config: Mapping[str, Any], cfg: Mapping[str, Any] | None = Non
                         for prompt in cfg["prompt"]:
                             for solver in cfg["solvers"]:
                                 if solver_applies(solver, formula, task, cfg["binary"]):
-                                    out.append(f"{results}/kernel_solve/{model}/{name}/{k}-{seed}/"
-                                               f"{formula}-{prompt}/{solver}/metrics.json")
+                                    out.append(kernel_solve_metrics(kernel_solve_dir(results, model, name, k, seed),
+                                                                    formula, prompt, solver))
     return out
 
 
