@@ -38,7 +38,8 @@ Grids: ``lr``, ``batch_size``, ``eps``, ``steps`` and ``weight_decay`` may each 
 lists expand into trials, one job each, named ``{method}~{key}-{value}...`` (e.g.
 ``ft~lr-1e-05~bs-8``; :mod:`lmft.grid` defines the scheme). A method without lists keeps its name.
 
-Run directory ``results/finetune/{model}/{task}/{k}-{seed}/{run}/``, ``{run}`` the method's or the trial's name:
+Run directory ``results/finetune/{model}/{task}/{k}-{seed}/{run}/`` (:func:`lmft.paths.finetune_run`), ``{run}``
+the method's or the trial's name:
 
 ``metrics.json``
     the shared keys (``stage="finetune"``, task, k, seed, model, method, metric, dev_metric,
@@ -60,7 +61,7 @@ Run directory ``results/finetune/{model}/{task}/{k}-{seed}/{run}/``, ``{run}`` t
     test predictions: ``index`` (row of ``test.parquet``), ``label``, ``pred``, ``probs`` (list).
 ``model.safetensors``
     the trainable tensors at the best step (nothing for ``zeroshot``/``icl``), with the run's
-    settings as JSON in the metadata key ``lmft``: :func:`load_finetuned` rebuilds the classifier
+    settings as JSON in the metadata key ``lmft``: :func:`lmft.runs.load_finetuned` rebuilds the classifier
     from them.
 ``steps/step-{n}.safetensors``
     the trainable tensors after step n for each n of ``save_steps`` (the folder is empty without).
@@ -78,12 +79,9 @@ import hashlib
 import json
 import logging
 import math
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,26 +89,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lmft.batching import encode_frame, label_ids, pad_id
-from lmft.checkpoint import load_trainable, save_trainable
+from lmft.batching import label_ids, pad_id
+from lmft.checkpoint import save_trainable
 from lmft.evaluate import Evaluation, Split, evaluate
 from lmft.grid import expand_methods, grid_keys, split_run, trial_fields
-from lmft.heads import Classifier, build_classifier
+from lmft.heads import Classifier
 from lmft.icl import icl_encode
-from lmft.io import (ArtifactError, LmftError, load_tensor_metadata, read_parquet, save_tensors, write_json,
-                     write_parquet)
+from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
 from lmft.models import read_manifest
-from lmft.params import count_trainable, select_trainable
-from lmft.probe import C_GRID, attach_linear, extract_features, fit_probe
+from lmft.params import count_trainable
+from lmft.paths import finetune_run
+from lmft.probe import C_GRID, extract_features, fit_probe
+from lmft.runs import FORMAT, build_for_run, cap_rows, encode_split, peak_mem_mb, resolve_device, uses_prompt
 from lmft.tasks import Task
-from lmft.templates import Encoded
 from lmft.train import FirstOrder, LoopConfig, ZerothOrder, train_loop
 
 log = logging.getLogger(__name__)
 
 TYPES = ("ft", "mezo", "linear-probe", "zeroshot", "icl")
-EVAL_SEED = 42  # the fixed test subset of eval_cap
-FORMAT = 2  # version of the checkpoint metadata (2: the cls head's pooling)
 
 _WORKFLOW_KEYS = frozenset({"models", "tasks", "k", "seeds", "resources", "threads", "eval_cap"})
 _COMMON = {"type": None, "head": None, "model_seed": None, "prompt": None, "pooling": None, "max_length": None,
@@ -168,7 +164,7 @@ def finetune_targets(config: Mapping[str, Any]) -> list[str]:
     results = config.get("results_dir", "results")
     methods = (config.get("finetune") or {}).get("methods") or {}
     kshot = config.get("kshot") or {}
-    return [f"{results}/finetune/{model}/{task}/{k}-{seed}/{run}/metrics.json"
+    return [f"{finetune_run(results, model, task, k, seed, run)}/metrics.json"
             for run, spec in expand_methods(methods).items()
             for model in (spec.get("models") or list(config.get("models") or {}))
             for task in spec.get("tasks") or config.get("tasks") or []
@@ -178,56 +174,6 @@ def finetune_targets(config: Mapping[str, Any]) -> list[str]:
 
 def default_head(model_json: Path | str) -> str:
     return "causal" if read_manifest(model_json)["kind"] == "causal" else "prompt"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LmftError(f"device {device!r} requested but torch sees no CUDA GPU")
-    return torch.device(device)
-
-
-def encode_plain(df: pd.DataFrame, tokenizer: Any, max_length: int) -> list[Encoded]:
-    """No-prompt input ``[CLS] a [SEP] (b [SEP])`` (the tokenizer's own pair format), truncated longest first.
-
-    ``mask_pos`` is 0: the ``cls`` head of an encoder reads the first token.
-    """
-    text_b = df["text_b"].tolist() if "text_b" in df.columns else [None] * len(df)
-    out = []
-    for a, b in zip(df["text_a"].tolist(), text_b):
-        b = None if b is None or (isinstance(b, float) and math.isnan(b)) else str(b)
-        enc = tokenizer(str(a), b, truncation=True, max_length=max_length)
-        types = enc.get("token_type_ids") or [0] * len(enc["input_ids"])
-        out.append(Encoded(list(enc["input_ids"]), list(types), 0))
-    return out
-
-
-def uses_prompt(clf: Classifier, prompt: bool | None) -> bool:
-    """Whether inputs are rendered with the task's template (always, except a cls head on an encoder)."""
-    if clf.head != "cls" or clf.causal:
-        return True
-    return bool(prompt)
-
-
-def encode_split(df: pd.DataFrame, task: Task, tokenizer: Any, clf: Classifier, *, prompt: bool | None = None,
-                 max_length: int | None = None, name: str = "split") -> Split:
-    """Tokenise a k-shot table for ``clf`` the way the fine-tuning stage does (see module doc)."""
-    max_length = max_length or task.max_length
-    if clf.causal:
-        items = encode_frame(df, task, tokenizer, causal=True, max_length=max_length)
-    elif uses_prompt(clf, prompt):
-        items = encode_frame(df, task, tokenizer, max_length=max_length)
-    else:
-        items = encode_plain(df, tokenizer, max_length)
-    return Split(items, label_ids(df, task), pad_id(tokenizer), name)
-
-
-def cap_rows(n: int, cap: int | None) -> list[int]:
-    """Rows kept under ``eval_cap``: all, or ``cap`` drawn with ``RandomState(42)``, in file order."""
-    if cap is None or n <= cap:
-        return list(range(n))
-    return sorted(np.random.RandomState(EVAL_SEED).permutation(n)[:cap].tolist())
 
 
 def model_max_length(clf: Classifier, tokenizer: Any) -> int:
@@ -242,75 +188,8 @@ def model_max_length(clf: Classifier, tokenizer: Any) -> int:
     return int(n)
 
 
-def peak_mem_mb(device: torch.device) -> float:
-    """Peak memory of the job: CUDA memory allocated on a GPU, else the process's peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
-
 def _select_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: cfg[k] for k in ("freeze_embeddings", "lora_targets", "lora_alpha", "lora_dropout")}
-
-
-def build_for_run(model_json: Path | str, task: Task, info: Mapping[str, Any]) -> tuple[Classifier, Any]:
-    """Build the classifier of a run from its settings (``info``: type, head, mode, select, model_seed).
-
-    The cls head and LoRA's A matrices initialise from ``model_seed``, so a training run starts
-    from the same weights as this rebuild.
-    """
-    clf, tokenizer = build_classifier(model_json, task, info["head"], seed=info["model_seed"], pooling=info["pooling"])
-    kind = info["type"]
-    if kind in ("ft", "mezo"):
-        with torch.random.fork_rng(devices=[]):  # LoRA draws from the global RNG; leave the caller's untouched
-            torch.manual_seed(info["model_seed"])
-            select_trainable(clf, info["mode"], **info["select"])
-    elif kind == "linear-probe":
-        attach_linear(clf)
-    else:
-        for p in clf.parameters():
-            p.requires_grad_(False)
-    return clf, tokenizer
-
-
-@dataclass
-class LoadedRun:
-    """A finished run rebuilt: the classifier (eval mode, tuned tensors loaded), its tokenizer and settings."""
-
-    clf: Classifier
-    tokenizer: Any
-    info: dict[str, Any]
-
-    def split(self, df: pd.DataFrame, task: Task, name: str = "split") -> Split:
-        """Tokenise ``df`` as the run did (not for ``icl`` runs, whose prompts depend on demonstrations)."""
-        return encode_split(df, task, self.tokenizer, self.clf, prompt=self.info["prompt"],
-                            max_length=self.info["max_length"], name=name)
-
-
-def load_run(model_json: Path | str, task: Task, run_dir: Path | str, step: int | None = None) -> LoadedRun:
-    """Rebuild a run of :func:`run_finetune` from ``run_dir`` (its best checkpoint, or ``steps/step-{step}``)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "model.safetensors" if step is None else run_dir / "steps" / f"step-{step}.safetensors"
-    meta = load_tensor_metadata(path)
-    if "lmft" not in meta:
-        raise ArtifactError(f"{path}: no 'lmft' metadata; not a checkpoint of the finetune stage")
-    info = json.loads(meta["lmft"])
-    if info.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: checkpoint format {info.get('format')!r}, expected {FORMAT}; rerun the job")
-    if info["task"] != task.name:
-        raise LmftError(f"{path}: a checkpoint of task {info['task']!r}, not {task.name!r}")
-    clf, tokenizer = build_for_run(model_json, task, info)
-    load_trainable(clf, path)
-    return LoadedRun(clf.eval(), tokenizer, info)
-
-
-def load_finetuned(model_json: Path | str, task: Task, run_dir: Path | str, step: int | None = None) -> Classifier:
-    """The classifier of a finished run (eval mode); ``step`` picks a ``save_steps`` checkpoint instead of the best.
-
-    For ``zeroshot`` and ``icl`` runs this is the untouched pre-trained classifier.
-    """
-    return load_run(model_json, task, run_dir, step).clf
 
 
 def _fingerprint(**kw: Any) -> str:

@@ -23,7 +23,7 @@ Finding the mask, for a sparsity ``s`` (fraction of graftable entries kept) and 
    on the cross-entropy of the k-shot training set (full batch, split in mini-batches whose
    gradients are averaged; no optimizer, no sparsity penalty; the model frozen in eval mode;
    the gradient reaches ``S`` through a functional forward with the soft graft
-   ``lerp(theta_0, theta_ft, gamma)`` in place of the grafted tensors, see :func:`substitute`);
+   ``lerp(theta_0, theta_ft, gamma)`` in place of the grafted tensors, see :func:`lmft.substitute.substitute`);
 3. rounding: the released code rounds ``gamma`` at 0.5, which lets the count drift; here the
    mask is the top ``k`` entries of ``u`` (the same order as ``gamma``), so every mask keeps
    exactly ``k`` entries. With ``select`` given (the workflow passes train + dev metric, as the
@@ -74,6 +74,8 @@ from lmft.checkpoint import apply_state
 from lmft.evaluate import Evaluation, Split, evaluate
 from lmft.io import (ArtifactError, LmftError, load_tensor_metadata, load_tensors, read_parquet, save_tensors,
                      write_json)
+from lmft.runs import build_for_run, cap_rows, encode_split, load_run, peak_mem_mb, resolve_device
+from lmft.substitute import Substituted, substitute
 from lmft.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -253,57 +255,6 @@ def soft_graft(scores: Tensor, theta0: Tensor, ft: Tensor, base: Tensor, bias: f
     return _SoftGraft.apply(scores, theta0, ft, base, bias)
 
 
-@contextlib.contextmanager
-def substitute(model: nn.Module, params: Mapping[str, Tensor]) -> Iterator[None]:
-    """Within the block the parameters named in ``params`` are those tensors; restored after.
-
-    This is ``torch.func.functional_call``'s reparametrisation done by hand, because that one
-    swaps a slot once per *name*: a module registered under two names (the Classifier's
-    ``lm_head`` is also ``backbone.<head>``) is swapped twice and left holding the new tensor.
-    Here every module is visited once and every slot holding a replaced parameter (tied
-    weights included) gets the new tensor, so gradients reach ``params`` through all uses.
-    """
-    named = dict(model.named_parameters(remove_duplicate=False))
-    unknown = [n for n in params if n not in named]
-    if unknown:
-        raise LmftError(f"{unknown[:5]} are not parameters of the model")
-    new: dict[int, Tensor] = {}
-    for name, tensor in params.items():
-        if new.setdefault(id(named[name]), tensor) is not tensor:
-            raise LmftError(f"two different tensors given for the tied parameter {name!r}")
-    swapped: list[tuple[nn.Module, str, Tensor]] = []
-    try:
-        for module in model.modules():
-            for attr, old in module._parameters.items():
-                if old is not None and id(old) in new:
-                    swapped.append((module, attr, old))
-        for module, attr, old in swapped:
-            module._parameters[attr] = new[id(old)]
-        yield
-    finally:
-        for module, attr, old in swapped:
-            module._parameters[attr] = old
-
-
-class Substituted(nn.Module):
-    """A Classifier whose named parameters are replaced by ``params`` during each forward.
-
-    The wrapped model's own tensors are never modified, so a model holding ``theta_0`` can be
-    evaluated at a graft or along an interpolation path without a second copy of it.
-    """
-
-    def __init__(self, model: nn.Module, params: Mapping[str, Tensor]):
-        super().__init__()
-        self.model = model
-        self.params = dict(params)
-        self.train(model.training)  # a new Module says training=True; mirror the model instead
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
-                mask_pos: Tensor | None = None) -> Tensor:
-        with substitute(self.model, self.params):
-            return self.model(input_ids, attention_mask, token_type_ids=token_type_ids, mask_pos=mask_pos)
-
-
 def _inputs(batch: Batch, device: torch.device) -> dict[str, Tensor | None]:
     keys = ("input_ids", "attention_mask", "token_type_ids", "mask_pos")
     return {k: (batch[k].to(device) if batch.get(k) is not None else None) for k in keys}
@@ -450,8 +401,6 @@ def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _load_frame(path: str | Path, eval_cap: int | None = None) -> pd.DataFrame:
-    from lmft.finetune import cap_rows
-
     df = read_parquet(path, ["text_a", "label"])
     return df.iloc[cap_rows(len(df), eval_cap)].reset_index(drop=True)
 
@@ -466,8 +415,6 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
     (task, test parquet) of tasks with the same label words. Test sets are capped at ``eval_cap``
     rows as the finetune stage caps them. Returns the metrics (see the module docstring).
     """
-    from lmft.finetune import build_for_run, encode_split, load_run, peak_mem_mb, resolve_device  # heavy: lazily
-
     started = time.perf_counter()
     opts = resolve_options(options)
     dev_ = resolve_device(device)
@@ -604,8 +551,3 @@ def graft_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                  for s in section.get("sparsities", [1e-4, 1e-3, 1e-2])]
     return jobs
 
-
-def graft_dir(results: str, job: Mapping[str, Any]) -> str:
-    """``{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{s:g}``: the job's output folder."""
-    return (f"{results}/graft/{job['model']}/{job['task']}/{job['k']}-{job['seed']}/{job['method']}/"
-            f"sparsity-{job['sparsity']:g}")

@@ -49,8 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from lmft.evaluate import Split, evaluate
-from lmft.graft import Substituted
 from lmft.io import LmftError, atomic_path, read_parquet, write_json, write_parquet
+from lmft.runs import LoadedRun, build_for_run, cap_rows, encode_split, load_run, peak_mem_mb, resolve_device
+from lmft.substitute import Substituted
 from lmft.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -229,11 +230,10 @@ class Endpoint:
         return f"{where}{self.run_dir}{step}"
 
 
-def _load_endpoints(model_json: str | Path, ends: Sequence[Endpoint]) -> tuple[list[dict[str, Tensor]], list[Any]]:
+def _load_endpoints(model_json: str | Path,
+                    ends: Sequence[Endpoint]) -> tuple[list[dict[str, Tensor]], list[LoadedRun]]:
     """The tuned tensors of each endpoint, and the loaded runs (each run dir and step loaded once)."""
-    from lmft.finetune import build_for_run, load_run  # heavy: lazily
-
-    runs: dict[tuple[Path, int | None], Any] = {}
+    runs: dict[tuple[Path, int | None], LoadedRun] = {}
     states, loaded = [], []
     for ep in ends:
         key = (Path(ep.run_dir), ep.step)
@@ -261,8 +261,6 @@ def run_interpolate(model_json: str | Path, task: Task, a: Endpoint, b: Endpoint
     correct on the training split; empty without ``track_train``), ``plot.png`` and
     ``metrics.json`` into ``out_dir``; returns the metrics (see the module docstring).
     """
-    from lmft.finetune import cap_rows, encode_split, peak_mem_mb, resolve_device
-
     started = time.perf_counter()
     dev_ = resolve_device(device)
     if dev_.type == "cuda":
@@ -374,12 +372,3 @@ def interpolate_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 jobs.append({"model": model, "task": task, "pair": pair, "k": k, "seed": seed, **resolved})
     return jobs
 
-
-def interpolate_dir(results: str, job: Mapping[str, Any]) -> str:
-    """``{results}/interpolate/{model}/{task}/{pair}``: the job's output folder."""
-    return f"{results}/interpolate/{job['model']}/{job['task']}/{job['pair']}"
-
-
-def endpoint_run_dir(results: str, model: str, end: Mapping[str, Any]) -> str:
-    """The fine-tuning run directory an endpoint reads."""
-    return f"{results}/finetune/{model}/{end['task']}/{end['k']}-{end['seed']}/{end['method']}"

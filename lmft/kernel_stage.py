@@ -27,7 +27,7 @@ training split (:func:`fit_head`) before the eNTK and f0 are taken. ``binary`` m
 the logit difference (C = 1) for two-class tasks; tasks with more classes keep their C logits. ``mode`` and
 ``freeze_embeddings`` select the differentiated parameters (:func:`lmft.params.select_trainable`).
 ``test_cap`` keeps that many test examples, the same fixed subset as the fine-tuning stage's
-``eval_cap`` (:func:`lmft.finetune.cap_rows`).
+``eval_cap`` (:func:`lmft.runs.cap_rows`).
 
 Solve ``metrics.json`` (``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/``,
 one solve job per kernel runs all its solvers): the shared keys (``stage="kernel"``,
@@ -53,10 +53,11 @@ import torch
 
 from lmft import kernels, solvers
 from lmft.batching import collate, encode_frame, label_ids, pad_id
-from lmft.finetune import cap_rows, peak_mem_mb, resolve_device
 from lmft.heads import Classifier, build_classifier, fit_linear_head
 from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json
 from lmft.params import count_trainable, select_trainable
+from lmft.paths import kernel_solve_dir, kernel_solve_metrics
+from lmft.runs import cap_rows, peak_mem_mb, resolve_device
 from lmft.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -386,8 +387,8 @@ def solve_targets(config: Mapping[str, Any], cfg: Mapping[str, Any] | None = Non
                         for prompt in cfg["prompt"]:
                             for solver in cfg["solvers"]:
                                 if solver_applies(solver, formula, task, cfg["binary"]):
-                                    out.append(f"{results}/kernel_solve/{model}/{name}/{k}-{seed}/"
-                                               f"{formula}-{prompt}/{solver}/metrics.json")
+                                    out.append(kernel_solve_metrics(kernel_solve_dir(results, model, name, k, seed),
+                                                                    formula, prompt, solver))
     return out
 
 

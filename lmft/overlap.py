@@ -16,6 +16,7 @@ import pandas as pd
 from torch import Tensor
 
 from lmft.io import LmftError
+from lmft.paths import overlap_seeds, overlap_tasks
 
 COLUMNS = ["a", "b", "count_a", "count_b", "intersection", "union", "jaccard", "frac_a_in_b", "frac_b_in_a",
            "expected_intersection", "n"]
@@ -73,7 +74,7 @@ def overlap_groups(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def overlap_path(results: str, group: Mapping[str, Any]) -> str:
     """Where a group's overlap table goes (one pattern per ``by``, so the two rules never collide)."""
-    tail = f"{group['method']}/sparsity-{group['sparsity']:g}.parquet"
+    shared = {key: group[key] for key in ("model", "k", "method", "sparsity")}
     if group["by"] == "tasks":
-        return f"{results}/graft/{group['model']}/overlap-tasks/{group['k']}-{group['seed']}/{tail}"
-    return f"{results}/graft/{group['model']}/overlap-seeds/{group['task']}/{group['k']}/{tail}"
+        return overlap_tasks(results, seed=group["seed"], **shared)
+    return overlap_seeds(results, task=group["task"], **shared)

@@ -3,10 +3,11 @@
 # Include this file after every stage's rules file: it reads what they registered in METRICS (rules/common.smk).
 from lmft.aggregate import TOPIC_FILES, output_files, topics_for
 from lmft.findings import pair_kinds
+from lmft.paths import plots_dir, tables_dir
 
 AGG_TOPICS = topics_for(s for s, files in METRICS.items() if files)
-AGG_TABLES = f"{RESULTS}/tables"
-AGG_PLOTS = f"{RESULTS}/plots"
+AGG_TABLES = tables_dir(RESULTS)
+AGG_PLOTS = plots_dir(RESULTS)
 # category of each topic in the report, and its caption (workflow/report/{topic}.rst)
 AGG_CATEGORY = {"main": "Main results", "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
                 "interpolate": "Mode connectivity", "findings": "Findings"}

@@ -1,6 +1,7 @@
 # Stage 1-2: raw data of each task, then LM-BFF k-shot splits.
 from lmft.data import RAW_FORMAT, source_files
 from lmft.kshot import balances_test
+from lmft.paths import kshot_files
 
 
 rule download_lmbff:
@@ -45,10 +46,7 @@ rule kshot:
         test=rules.download.output.test,
         source=rules.download.output.source,
     output:
-        train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
-        dev=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/dev.parquet",
-        test=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/test.parquet",
-        info=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/info.json",
+        **kshot_files(DATA, "{task}", "{k}", "{seed}"),
     params:
         test_cap=config["kshot"]["test_cap"],
         # a per-task bool, so that changing test_balance reruns only the tasks it flips
@@ -63,9 +61,4 @@ rule kshot:
         "../workflow/scripts/kshot.py"
 
 
-def kshot_files(task, k, seed):
-    return expand(f"{DATA}/kshot/{task}/{k}-{seed}/{{split}}.parquet", split=["train", "dev", "test"]) + [
-        f"{DATA}/kshot/{task}/{k}-{seed}/info.json"]
-
-
-TARGETS.extend(f for t in TASKS for k in KS for s in SEEDS for f in kshot_files(t, k, s))
+TARGETS.extend(f for t in TASKS for k in KS for s in SEEDS for f in kshot_files(DATA, t, k, s).values())

@@ -16,6 +16,7 @@ import re
 
 from lmft.finetune import finetune_targets, job_spec
 from lmft.grid import expand_methods
+from lmft.paths import finetune_run, kshot_splits
 
 FINETUNE = config.get("finetune") or {}
 FT_RUNS = expand_methods(FINETUNE.get("methods") or {})  # run name -> settings (a grid's trials apart)
@@ -31,15 +32,13 @@ def ft_resource(w, key, default):
     return own.get(key, (FINETUNE.get("resources") or {}).get(key, default))
 
 
-FT_RUN = f"{RESULTS}/finetune/{{model}}/{{task}}/{{k}}-{{seed}}/{{method}}"
+FT_RUN = finetune_run(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}")
 
 
 rule finetune:
     input:
-        train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
-        dev=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/dev.parquet",
-        test=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/test.parquet",
-        model=f"{RESULTS}/models/{{model}}/model.json",
+        **kshot_splits(DATA, "{task}", "{k}", "{seed}"),
+        model=model_json("{model}"),
     output:
         metrics=f"{FT_RUN}/metrics.json",
         model=f"{FT_RUN}/model.safetensors",

@@ -1,8 +1,10 @@
 # Grafting (Panigrahi et al. 2023): a sparse mask per fine-tuning run and sparsity, and how the
 # masks of several tasks (or seeds) overlap. Runs only when the config has a `graft:` section.
-from lmft.graft import graft_dir, graft_jobs, graft_options
+# Reads the runs at FT_RUN of rules/finetune.smk (include it first).
+from lmft.graft import graft_jobs, graft_options
 from lmft.grid import check_pinned
 from lmft.overlap import overlap_groups, overlap_path
+from lmft.paths import graft_dir, kshot_split, kshot_splits, overlap_seeds, overlap_tasks
 
 GRAFT = config.get("graft") or {}
 GRAFT_JOBS = graft_jobs(config) if GRAFT else []
@@ -10,6 +12,7 @@ GRAFT_JOBS = graft_jobs(config) if GRAFT else []
 GRAFT_KEY = "graft.methods" if GRAFT.get("methods") is not None else "graft.methods (unset: every ft and mezo method)"
 check_pinned(config, [(GRAFT_KEY, job["method"]) for job in GRAFT_JOBS])
 GRAFT_RESOURCES = GRAFT.get("resources") or {}
+GRAFT_RUN = graft_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}", "{sparsity}")
 
 wildcard_constraints:
     sparsity=r"[0-9.eE+\-]+",
@@ -28,10 +31,6 @@ def graft_ood(task):
     return list((GRAFT.get("ood") or {}).get(task, []))
 
 
-def finetune_run(model, task, k, seed, method):
-    return f"{RESULTS}/finetune/{model}/{task}/{k}-{seed}/{method}"
-
-
 def finetune_eval_cap(method):
     """The test cap the fine-tuning runs of ``method`` used, so the scores compare with theirs."""
     section = config.get("finetune") or {}
@@ -41,15 +40,13 @@ def finetune_eval_cap(method):
 rule graft:
     input:
         model_json=lambda w: model_json(w.model),
-        run_metrics=lambda w: finetune_run(w.model, w.task, w.k, w.seed, w.method) + "/metrics.json",
-        checkpoint=lambda w: finetune_run(w.model, w.task, w.k, w.seed, w.method) + "/model.safetensors",
-        train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
-        dev=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/dev.parquet",
-        test=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/test.parquet",
-        ood=lambda w: [f"{DATA}/kshot/{t}/{w.k}-{w.seed}/test.parquet" for t in graft_ood(w.task)],
+        run_metrics=f"{FT_RUN}/metrics.json",
+        checkpoint=f"{FT_RUN}/model.safetensors",
+        **kshot_splits(DATA, "{task}", "{k}", "{seed}"),
+        ood=lambda w: [kshot_split(DATA, t, w.k, w.seed, "test") for t in graft_ood(w.task)],
     output:
-        mask=f"{RESULTS}/graft/{{model}}/{{task}}/{{k}}-{{seed}}/{{method}}/sparsity-{{sparsity}}/mask.safetensors",
-        metrics=f"{RESULTS}/graft/{{model}}/{{task}}/{{k}}-{{seed}}/{{method}}/sparsity-{{sparsity}}/metrics.json",
+        mask=f"{GRAFT_RUN}/mask.safetensors",
+        metrics=f"{GRAFT_RUN}/metrics.json",
     params:
         options=lambda w: graft_options(config, w.method),
         ood=lambda w: graft_ood(w.task),
@@ -70,8 +67,8 @@ rule graft:
 
 
 OVERLAP_GROUPS = {overlap_path(RESULTS, g): g for g in overlap_groups(GRAFT_JOBS)} if GRAFT.get("overlap", True) else {}
-OVERLAP_TASKS = f"{RESULTS}/graft/{{model}}/overlap-tasks/{{k}}-{{seed}}/{{method}}/sparsity-{{sparsity}}.parquet"
-OVERLAP_SEEDS = f"{RESULTS}/graft/{{model}}/overlap-seeds/{{task}}/{{k}}/{{method}}/sparsity-{{sparsity}}.parquet"
+OVERLAP_TASKS = overlap_tasks(RESULTS, "{model}", "{k}", "{seed}", "{method}", "{sparsity}")
+OVERLAP_SEEDS = overlap_seeds(RESULTS, "{model}", "{task}", "{k}", "{method}", "{sparsity}")
 
 
 def overlap_group(pattern, w):
@@ -80,7 +77,7 @@ def overlap_group(pattern, w):
     if path not in OVERLAP_GROUPS:
         raise ValueError(f"{path}: not an overlap table of the configured graft jobs")
     group = OVERLAP_GROUPS[path]
-    return {"masks": [graft_dir(RESULTS, m) + "/mask.safetensors" for m in group["members"]],
+    return {"masks": [graft_dir(RESULTS, **m) + "/mask.safetensors" for m in group["members"]],
             "labels": [str(m[group["by"][:-1]]) for m in group["members"]],  # each member's task or seed
             "context": {key: value for key, value in group.items() if key != "members"}}
 
@@ -121,7 +118,7 @@ rule mask_overlap_seeds:
         "../workflow/scripts/mask_overlap.py"
 
 
-GRAFT_METRICS = [graft_dir(RESULTS, job) + "/metrics.json" for job in GRAFT_JOBS]
+GRAFT_METRICS = [graft_dir(RESULTS, **job) + "/metrics.json" for job in GRAFT_JOBS]
 register_metrics("graft", GRAFT_METRICS)
 TARGETS.extend(GRAFT_METRICS)
 TARGETS.extend(OVERLAP_GROUPS)

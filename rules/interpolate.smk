@@ -2,20 +2,23 @@
 # checkpoints, per configured pair. Runs only when the config has an `interpolate:` section.
 # Uses tasks_config and finetune_eval_cap from rules/graft.smk (include both).
 from lmft.grid import check_pinned
-from lmft.interpolate import endpoint_run_dir, interpolate_dir, interpolate_jobs
+from lmft.interpolate import interpolate_jobs
+from lmft.paths import finetune_run, interpolate_dir, kshot_splits
 
 INTERP = config.get("interpolate") or {}
-INTERP_JOBS = {interpolate_dir(RESULTS, job): job for job in (interpolate_jobs(config) if INTERP else [])}
+INTERP_JOBS = {interpolate_dir(RESULTS, job["model"], job["task"], job["pair"]): job
+               for job in (interpolate_jobs(config) if INTERP else [])}
 check_pinned(config, [(f"interpolate.pairs.{job['pair']}.{end}", job[end]["method"])  # one run per endpoint
                       for job in INTERP_JOBS.values() for end in ("a", "b")])
 INTERP_RESOURCES = INTERP.get("resources") or {}
+INTERP_DIR = interpolate_dir(RESULTS, "{model}", "{task}", "{pair}")
 
 wildcard_constraints:
     pair=r"[A-Za-z0-9_.\-]+",
 
 
 def interp_job(w):
-    path = interpolate_dir(RESULTS, dict(w.items()))
+    path = interpolate_dir(RESULTS, w.model, w.task, w.pair)
     if path not in INTERP_JOBS:
         raise ValueError(f"{path}: not a pair of interpolate.pairs for this model and task")
     return INTERP_JOBS[path]
@@ -24,13 +27,13 @@ def interp_job(w):
 def interp_inputs(w):
     """The model, the evaluation task's k-shot files and both endpoints' run files."""
     job = interp_job(w)
-    kshot = f"{DATA}/kshot/{w.task}/{job['k']}-{job['seed']}"
-    out = {"model_json": model_json(w.model), **{s: f"{kshot}/{s}.parquet" for s in ("train", "dev", "test")}}
+    out = {"model_json": model_json(w.model), **kshot_splits(DATA, w.task, job["k"], job["seed"])}
     for end in ("a", "b"):
-        run = endpoint_run_dir(RESULTS, w.model, job[end])
+        e = job[end]
+        run = finetune_run(RESULTS, w.model, e["task"], e["k"], e["seed"], e["method"])
         out[f"{end}_metrics"] = f"{run}/metrics.json"
         out[f"{end}_checkpoint"] = f"{run}/model.safetensors"
-        if job[end]["step"] is not None:
+        if e["step"] is not None:
             out[f"{end}_steps"] = f"{run}/steps"
     return out
 
@@ -39,10 +42,10 @@ rule interpolate:
     input:
         unpack(interp_inputs),
     output:
-        curve=f"{RESULTS}/interpolate/{{model}}/{{task}}/{{pair}}/curve.parquet",
-        examples=f"{RESULTS}/interpolate/{{model}}/{{task}}/{{pair}}/examples.parquet",
-        plot=f"{RESULTS}/interpolate/{{model}}/{{task}}/{{pair}}/plot.png",
-        metrics=f"{RESULTS}/interpolate/{{model}}/{{task}}/{{pair}}/metrics.json",
+        curve=f"{INTERP_DIR}/curve.parquet",
+        examples=f"{INTERP_DIR}/examples.parquet",
+        plot=f"{INTERP_DIR}/plot.png",
+        metrics=f"{INTERP_DIR}/metrics.json",
     params:
         job=interp_job,
         tasks=lambda w: tasks_config(sorted({w.task, interp_job(w)["a"]["task"], interp_job(w)["b"]["task"]})),

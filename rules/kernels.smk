@@ -17,11 +17,12 @@
 # With `published_dir` the solve jobs read kernels (and f0, for solvers with f0_scaling) from that
 # directory, in the same layout as results/kernels; no shard or merge job is planned.
 from lmft.kernel_stage import KERNEL_KEYS, SPLITS, col_shards, kernel_info, settings, shard_mem_mb_for, solve_targets
+from lmft.paths import kernel_dir, kernel_file, kernel_shard, kernel_solve_dir, kernel_solve_metrics, kshot_split
 
 KCFG = settings(config)
-KDIR = f"{RESULTS}/kernels/{{model}}/{{task}}/{{k}}-{{seed}}"
-KSRC = f"{KCFG['published_dir']}/{{model}}/{{task}}/{{k}}-{{seed}}" if KCFG["published_dir"] else KDIR
-KSHARD = f"{KDIR}/shards-{{prompt}}/{{split}}/{{row}}-{{col}}"
+KDIR = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
+KSRC = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}", KCFG["published_dir"])  # what the solves read
+KSHARD = kernel_shard(KDIR, "{prompt}", "{split}", "{row}", "{col}")
 KFORMULAS = KCFG["formulas"]
 
 # per rule, not global: other stages may use {split} or {prompt} for other things
@@ -43,8 +44,8 @@ if not KCFG["published_dir"]:
 
     rule kernel_shard:
         input:
-            train=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/train.parquet",
-            split=f"{DATA}/kshot/{{task}}/{{k}}-{{seed}}/{{split}}.parquet",
+            train=kshot_split(DATA, "{task}", "{k}", "{seed}", "train"),
+            split=kshot_split(DATA, "{task}", "{k}", "{seed}", "{split}"),
             model=model_json("{model}"),
         output:
             shards=[f"{KSHARD}/{f}.pt" for f in KFORMULAS],
@@ -74,8 +75,8 @@ if not KCFG["published_dir"]:
             f0=lambda w: [KSHARD.format(**dict(w.items()), split=s, row=0, col=c) + "/f0.pt"
                           for s in SPLITS for c in range(col_shards(KCFG, s))],
         output:
-            kernels=[f"{KDIR}/{f}-{{prompt}}/{s}.pt" for s in SPLITS for f in KFORMULAS],
-            f0=[f"{KDIR}/f0-{{prompt}}/{s}.pt" for s in SPLITS],
+            kernels=[kernel_file(KDIR, f, "{prompt}", s) for s in SPLITS for f in KFORMULAS],
+            f0=[kernel_file(KDIR, "f0", "{prompt}", s) for s in SPLITS],
         wildcard_constraints:
             **KWILDCARDS,
         params:
@@ -91,7 +92,7 @@ if not KCFG["published_dir"]:
             "../workflow/scripts/kernel_merge.py"
 
 
-KSOLVE = f"{RESULTS}/kernel_solve/{{model}}/{{task}}/{{k}}-{{seed}}"
+KSOLVE = kernel_solve_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
 KSOLVERS = [s for s in KCFG["solvers"] if s != "asym"]  # asym has a rule of its own: it applies to fewer kernels
 
 
@@ -99,9 +100,9 @@ def kernel_solve_input(w, solvers):
     """The kernel files of every split (and f0 when one of ``solvers`` adjusts for it) of ``w``'s kernel."""
     fill = dict(w.items())
     formula = fill.get("formula", "asymmetric-signgd")
-    files = {s: f"{KSRC}/{formula}-{{prompt}}/{s}.pt".format(**fill) for s in SPLITS}
+    files = {s: kernel_file(KSRC, formula, "{prompt}", s).format(**fill) for s in SPLITS}
     if any(KCFG["solvers"][s]["f0_scaling"] is not None for s in solvers):
-        files |= {f"f0_{s}": f"{KSRC}/f0-{{prompt}}/{s}.pt".format(**fill) for s in SPLITS}
+        files |= {f"f0_{s}": kernel_file(KSRC, "f0", "{prompt}", s).format(**fill) for s in SPLITS}
     return files
 
 
@@ -111,7 +112,7 @@ if KSOLVERS:
         input:
             unpack(lambda w: kernel_solve_input(w, KSOLVERS)),
         output:
-            metrics=[f"{KSOLVE}/{{formula}}-{{prompt}}/{s}/metrics.json" for s in KSOLVERS],
+            metrics=[kernel_solve_metrics(KSOLVE, "{formula}", "{prompt}", s) for s in KSOLVERS],
         wildcard_constraints:
             **KWILDCARDS,
         params:
@@ -135,7 +136,7 @@ if "asym" in KCFG["solvers"]:
         input:
             unpack(lambda w: kernel_solve_input(w, ["asym"])),
         output:
-            metrics=[f"{KSOLVE}/asymmetric-signgd-{{prompt}}/asym/metrics.json"],
+            metrics=[kernel_solve_metrics(KSOLVE, "asymmetric-signgd", "{prompt}", "asym")],
         wildcard_constraints:
             **KWILDCARDS,
         params:

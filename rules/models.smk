@@ -1,9 +1,15 @@
 # Stage 0: resolve each configured model once into a plain Hugging Face folder + results/models/{model}/model.json.
+from lmft.paths import model_manifest
+
+
+def model_json(model):
+    """The manifest of a configured model (the input of every job that loads it)."""
+    return model_manifest(RESULTS, model)
 
 
 rule prepare_model:
     output:
-        f"{RESULTS}/models/{{model}}/model.json",
+        model_json("{model}"),
     params:
         source=lambda w: config["models"][w.model]["source"],
     log:
@@ -14,8 +20,3 @@ rule prepare_model:
         mem_mb=4000,
     script:
         "../workflow/scripts/prepare_model.py"
-
-
-def model_json(model):
-    """The manifest of a configured model (the input of every job that loads it)."""
-    return f"{RESULTS}/models/{model}/model.json"

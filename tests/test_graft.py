@@ -13,10 +13,8 @@ from lmft.checkpoint import apply_state
 from lmft.evaluate import evaluate, predict
 from lmft.graft import (
     DEFAULT_EXCLUDE,
-    Substituted,
     base_patch,
     graft,
-    graft_dir,
     graft_jobs,
     graft_options,
     kept_fraction,
@@ -28,13 +26,14 @@ from lmft.graft import (
     select_graftable,
     soft_graft,
     split_state,
-    substitute,
     top_k_mask,
 )
 from lmft.finetune import run_finetune
 from lmft.heads import build_classifier
 from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_parquet
 from lmft.overlap import mask_overlap, overlap_groups, overlap_path
+from lmft.paths import graft_dir
+from lmft.substitute import Substituted, substitute
 from lmft.tasks import get_task
 
 
@@ -362,7 +361,7 @@ def test_graft_jobs_and_overlap_groups_from_the_config():
     jobs = graft_jobs(config)
     assert len(jobs) == 2 * 1 * 2 * 2 * 2  # methods ft, lora x m1 x tasks x seeds x sparsities
     assert graft_options(config, "ft") == {"lr": 7.0, "epochs": 3} and graft_options(config, "lora")["lr"] == 5.0
-    assert graft_dir("results", jobs[0]) == "results/graft/m1/t1/16-13/ft/sparsity-0.001"
+    assert graft_dir("results", **jobs[0]) == "results/graft/m1/t1/16-13/ft/sparsity-0.001"
     groups = overlap_groups(jobs)
     by_tasks = [g for g in groups if g["by"] == "tasks"]
     by_seeds = [g for g in groups if g["by"] == "seeds"]

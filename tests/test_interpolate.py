@@ -13,16 +13,13 @@ from torch.func import functional_call
 
 from lmft.evaluate import evaluate, predict
 from lmft.finetune import run_finetune
-from lmft.graft import Substituted
 from lmft.interpolate import (
     Endpoint,
     alphas,
     barrier,
     curve_metrics,
     endpoint_distance,
-    endpoint_run_dir,
     forgetting,
-    interpolate_dir,
     interpolate_jobs,
     interpolation_curve,
     lerp_state,
@@ -31,6 +28,8 @@ from lmft.interpolate import (
     run_interpolate,
 )
 from lmft.io import LmftError, read_json
+from lmft.paths import finetune_run, interpolate_dir
+from lmft.substitute import Substituted
 from lmft.tasks import get_task
 
 
@@ -213,8 +212,9 @@ def test_interpolate_jobs_from_the_config():
         ("m1", "t2", "lora")}
     job = next(j for j in jobs if j["pair"] == "tasks" and j["task"] == "t1" and j["model"] == "m1")
     assert job["a"]["task"] == "t1" and job["b"]["task"] == "t2" and (job["k"], job["seed"]) == (16, 13)
-    assert endpoint_run_dir("results", "m1", job["b"]) == "results/finetune/m1/t2/16-13/ft"
-    assert interpolate_dir("results", job) == "results/interpolate/m1/t1/tasks"
+    b = job["b"]
+    assert finetune_run("results", "m1", b["task"], b["k"], b["seed"], b["method"]) == "results/finetune/m1/t2/16-13/ft"
+    assert interpolate_dir("results", job["model"], job["task"], job["pair"]) == "results/interpolate/m1/t1/tasks"
     steps = next(j for j in jobs if j["pair"] == "steps")
     assert steps["a"]["step"] == 100 and steps["a"]["seed"] == 21 and steps["b"]["step"] is None
     bad = {"a": {"method": "ft", "step": 7}, "b": {"method": "ft"}}

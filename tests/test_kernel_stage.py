@@ -9,7 +9,7 @@ from tiny import make_tiny_model_dir, tiny_frame
 
 from lmft import kernel_stage as ks
 from lmft import kernels, solvers
-from lmft.finetune import cap_rows
+from lmft.runs import cap_rows
 from lmft.io import LmftError, write_parquet
 from lmft.tasks import get_task
 

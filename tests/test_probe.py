@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmft.evaluate import model_inputs
-from lmft.finetune import encode_split
+from lmft.runs import encode_split
 from lmft.heads import build_classifier
 from lmft.io import LmftError
 from lmft.params import count_trainable

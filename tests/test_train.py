@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmft.evaluate import Split, evaluate
-from lmft.finetune import encode_split
+from lmft.runs import encode_split
 from lmft.heads import build_classifier, fit_linear_head
 from lmft.io import LmftError
 from lmft.mezo import classifier_loss
