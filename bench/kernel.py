@@ -1,17 +1,26 @@
 """Time an N x M sgd eNTK: the default (tiled) path, torch.func, and a naive loop of per-(example, logit) backward passes.
 
-    python bench/kernel.py [--n 8] [--m 16] [--model tiny|minilm-size] [--length 32] [--fixed-length] [--classes 2]
-                           [--row-batch 8] [--col-batch 8] [--threads 1] [--seed 0] [--repeat 3]
+    python bench/kernel.py [--n 8] [--m 16] [--model tiny|minilm-size|smollm2-size] [--length 32] [--fixed-length]
+                           [--classes 2] [--row-batch 8] [--col-batch 8] [--threads 1] [--seed 0] [--repeat 3]
+                           [--mem-mb MB]
 
 The model is the pipeline's prompt Classifier (:class:`lmft.heads.Classifier`, the MLM scores of
 ``--classes`` label words at the mask position) on a random BERT: ``tiny`` (2 layers, 32 wide) or
 ``minilm-size`` (MiniLM-L6's shape: 6 layers, hidden 384, 12 heads, intermediate 1536,
-vocabulary 30522; 22.7M parameters plus the MLM transform). Every parameter is trainable. The
+vocabulary 30522; 22.7M parameters plus the MLM transform), or a random Llama of SmolLM2-135M's
+shape, ``smollm2-size`` (30 layers, hidden 576, 9 heads, 3 key-value heads, intermediate 1536,
+vocabulary 49152, tied embeddings; 134.5M parameters, 106.2M of them outside the embedding
+table), under the causal head (the LM scores of the label words at the last token). Every parameter is trainable. The
 data are random tokens, right-padded, lengths drawn uniformly from ``length/2 .. length`` (all
 ``length`` with ``--fixed-length``, the best case for batching); the mask position is the
 example's last token.
 
-The same shard (all N rows x all M columns) is computed with :func:`lmft.kernels.compute_shard`
+With ``--mem-mb`` only the default (tiled) path runs, once, under that memory budget
+(``kernels.mem_mb``: the dense tensors in blocks, each a pass of its own over the examples); it
+prints the wall and CPU time, the number of blocks and the process's peak resident set (which
+includes building the model and the data).
+
+Otherwise the same shard (all N rows x all M columns) is computed with :func:`lmft.kernels.compute_shard`
 four ways, on the CPU and, where CUDA is present, again on the GPU:
 
 - ``default``: ``method="tiled"``, one forward and C backward passes per example, embedding
@@ -35,29 +44,38 @@ CUDA).
 from __future__ import annotations
 
 import argparse
+import logging
+import resource
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmft import kernels  # noqa: E402
 from lmft.heads import Classifier  # noqa: E402
 
-SHAPES = {  # BertConfig keywords
+SHAPES = {  # BertConfig keywords, LlamaConfig keywords for a causal model
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
     "minilm-size": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                         intermediate_size=1536),
+    "smollm2-size": dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, tie_word_embeddings=True),
 }
+CAUSAL = {"smollm2-size"}
 
 
 def build(name: str, classes: int, seed: int) -> Classifier:
     torch.manual_seed(seed)
+    label_ids = list(range(10, 10 + classes))
+    if name in CAUSAL:
+        backbone = LlamaForCausalLM(LlamaConfig(**SHAPES[name], attn_implementation="eager"))
+        return Classifier(backbone, "causal", classes, True, label_ids=label_ids).eval()
     backbone = BertForMaskedLM(BertConfig(**SHAPES[name], attn_implementation="eager"))
-    return Classifier(backbone, "prompt", classes, False, label_ids=list(range(10, 10 + classes))).eval()
+    return Classifier(backbone, "prompt", classes, False, label_ids=label_ids).eval()
 
 
 def batch(n: int, length: int, vocab: int, gen: torch.Generator, fixed: bool) -> dict[str, torch.Tensor]:
@@ -135,6 +153,18 @@ def bench(model: Classifier, x: dict, y: dict, args: argparse.Namespace, device:
           flush=True)
 
 
+def bounded(model: Classifier, x: dict, y: dict, args: argparse.Namespace) -> None:
+    """The default path once under ``--mem-mb``: time and the process's peak resident set (the kernel's
+    log, with its dense blocks, goes to stderr)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    t, k = timed(lambda: kernels.compute_shard(model, x, y, "sgd", row_batch=args.row_batch, col_batch=args.col_batch,
+                                               mem_mb=args.mem_mb).kernel, torch.device("cpu"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"cpu  default (tiled) under mem_mb {args.mem_mb:.0f} MB: "
+          f"{_seconds(t)}; peak resident set {peak:.0f} MB; kernel {tuple(k.shape)}, "
+          f"max |K| {float(k.abs().max()):.3g}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="rows (training examples)")
@@ -148,6 +178,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each timing, the least counts")
+    parser.add_argument("--mem-mb", type=float, help="run only the default path, once, under this memory budget (MB)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -162,6 +193,9 @@ def main() -> None:
           f"N={args.n} x M={args.m}, lengths {shortest}..{args.length}, row_batch {args.row_batch}, "
           f"col_batch {args.col_batch}, distinct lengths {distinct[0]} and {distinct[1]}; torch {torch.__version__}, "
           f"{args.threads} thread(s)", flush=True)
+    if args.mem_mb is not None:
+        bounded(model, x, y, args)
+        return
     bench(model, x, y, args, torch.device("cpu"))
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}", flush=True)

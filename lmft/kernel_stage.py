@@ -85,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "method": "tiled",
     "row_batch": 8,
     "col_batch": 8,
+    "mem_mb": None,  # None: no memory budget; else the tiled path's dense blocks fit it (kernels.block_coords)
     "row_shards": 1,
     "col_shards": 1,
     "test_cap": None,
@@ -97,7 +98,8 @@ DEFAULTS: dict[str, Any] = {
 }
 # The settings a shard's numbers depend on, besides its grid and test_cap: the shard rule's params.
 # Batch sizes, device and threads change how it is computed, not what (bit for bit on the CPU), so
-# the shard script reads them from the config and changing them reruns nothing.
+# the shard script reads them from the config and changing them reruns nothing; so does mem_mb,
+# which changes the kernel by float64 rounding only (the dense blocks' partial sums).
 KERNEL_KEYS = ("formulas", "mode", "freeze_embeddings", "binary", "method")
 
 
@@ -210,12 +212,14 @@ def trainable_estimate(manifest: Mapping[str, Any], mode: str, freeze_embeddings
 
 
 def shard_mem_mb_for(model_json: PathLike, task: Task, cfg: Mapping[str, Any]) -> int:
-    """:func:`shard_mem_mb` of a prepared model (a plain read of ``model.json``: while it does not exist
-    yet the FileNotFoundError tells Snakemake the figure is not known until the model is prepared)."""
+    """:func:`shard_mem_mb` of a prepared model, capped by ``kernels.mem_mb`` where set (a plain read of
+    ``model.json``: while it does not exist yet the FileNotFoundError tells Snakemake the figure is not
+    known until the model is prepared)."""
     with open(model_json) as f:
         manifest = json.load(f)
-    return shard_mem_mb(int(manifest["n_params"]), trainable_estimate(manifest, cfg["mode"], cfg["freeze_embeddings"]),
+    need = shard_mem_mb(int(manifest["n_params"]), trainable_estimate(manifest, cfg["mode"], cfg["freeze_embeddings"]),
                         num_logits(task, cfg["binary"]), int(cfg["row_batch"]), int(cfg["col_batch"]))
+    return need if cfg.get("mem_mb") is None else min(need, math.ceil(cfg["mem_mb"]))
 
 
 def head_for(prompt: str, model_json: PathLike) -> str:
@@ -301,7 +305,7 @@ def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path
         log.info("classifier: %s", note)
     shards = kernels.compute_shards(clf, rows, cols, cfg["formulas"], row_range=(r0, r1), col_range=(c0, c1),
                                     row_batch=int(cfg["row_batch"]), col_batch=int(cfg["col_batch"]),
-                                    binary=binary, method=cfg["method"])
+                                    binary=binary, method=cfg["method"], mem_mb=cfg["mem_mb"])
     part = {k: v[c0:c1] for k, v in cols.items()}
     f0 = kernels.logits(clf, part, binary=binary)
     for formula, shard in shards.items():

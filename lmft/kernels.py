@@ -27,7 +27,11 @@ Jacobians) that :func:`merge_shards` assembles. Three methods:
   of the dense coordinates (slots outside the shard are zero rows), plus, for the tables, the
   products of the rows two examples share. Jacobians are held for blocks of ``row_batch`` rows
   and ``col_batch`` columns rounded up to whole tiles; those of a side that forms one block are
-  computed once.
+  computed once. A memory budget (``mem_mb``) bounds the dense coordinates held at once: past it,
+  the dense tensors go in blocks of whole tensors (:func:`block_coords`), each block a pass of its
+  own over every example (forward and backward again, only the block's gradients requested), and
+  the blocks' float64 partial kernels are summed. At SmolLM2-135M's size the dense Jacobian of one
+  example and logit is 0.4 GB (106M coordinates; the 28M of the embedding table are rows).
 - ``vmap`` and ``naive``, the per-pair reference: rows in blocks of ``row_batch`` examples whose
   dense Jacobians are kept while every column block of ``col_batch`` examples is computed and
   contracted against them (column Jacobians are recomputed once per row block). Jacobians come
@@ -97,6 +101,7 @@ METHODS = ("tiled", "vmap", "naive")  # of compute_shards; jacobians takes the l
 CHUNK = 1 << 16  # parameter coordinates per float64 slice of the per-pair contraction
 TILE = 8  # examples per side of a tile of the tiled contraction, on a grid fixed by the global example index
 SLICE = 1 << 15  # dense coordinates per float64 slice of the tiled contraction (measured best of 2^13..2^17)
+BASE_MB = 1024  # of a memory budget: Python, torch, transformers and the float64 staging of the tiled contraction
 Batch = Mapping[str, Tensor]
 
 
@@ -385,6 +390,11 @@ def _layout(model: nn.Module) -> _Layout:
         if isinstance(module, nn.Linear) and id(module.weight) in tables:
             tables[id(module.weight)].decoders.append(module)
     dense = [p for p in params.values() if id(p) not in tables]
+    return _Layout(dense, [tables[id(p)] for p in params.values() if id(p) in tables], _slice(dense))
+
+
+def _slice(dense: Sequence[Tensor]) -> list[list[tuple[int, int, int]]]:
+    """:attr:`_Layout.slices` of the dense tensors ``dense``."""
     slices: list[list[tuple[int, int, int]]] = [[]]
     room = SLICE
     for i, p in enumerate(dense):
@@ -397,8 +407,46 @@ def _layout(model: nn.Module) -> _Layout:
             slices[-1].append((i, start, stop))
             room -= stop - start
             start = stop
-    return _Layout(dense, [tables[id(p)] for p in params.values() if id(p) in tables],
-                   [piece for piece in slices if piece])
+    return [piece for piece in slices if piece]
+
+
+def _dense_blocks(layout: _Layout, coords: int | None) -> list[_Layout]:
+    """Cut ``layout`` into blocks of whole dense tensors of at most ``coords`` coordinates together
+    (None: one block), consecutive in ``named_parameters`` order; the tables go with the first block."""
+    if coords is None:
+        return [layout]
+    groups: list[list[Tensor]] = [[]]
+    size = 0
+    for p in layout.dense:
+        if p.numel() > coords:
+            raise LmftError(f"a dense tensor of {p.numel()} coordinates does not fit a block of {coords}")
+        if size + p.numel() > coords:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += p.numel()
+    return [_Layout(g, layout.tables if b == 0 else [], _slice(g)) for b, g in enumerate(groups)]
+
+
+def block_coords(model: nn.Module, mem_mb: float, held: int, logits: int) -> int:
+    """Dense coordinates per block of the tiled path under a memory budget of ``mem_mb`` MB, when
+    ``held`` examples' Jacobians of ``logits`` logits are kept at once.
+
+    The budget pays first for the process's fixed part, :data:`BASE_MB` plus three copies of the
+    weights (the weights, one backward pass's gradients, its graph's activations at most), the
+    rest for the held Jacobians in the model's dtype. Raises LmftError naming ``kernels.mem_mb``
+    when that does not hold the largest dense tensor.
+    """
+    layout = _layout(model)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    itemsize = layout.dense[0].element_size() if layout.dense else 4
+    coords = int((mem_mb * 2**20 - BASE_MB * 2**20 - 3 * weights) // (held * logits * itemsize))
+    need = max((p.numel() for p in layout.dense), default=0)
+    if coords < need:
+        least = BASE_MB + (3 * weights + need * held * logits * itemsize) / 2**20
+        raise LmftError(f"kernels.mem_mb = {mem_mb} MB is too small: {held} examples' Jacobians of the largest "
+                        f"dense tensor ({need} coordinates) need at least {least:.0f} MB")
+    return coords
 
 
 @dataclass
@@ -697,7 +745,7 @@ def compute_shard(model: nn.Module, rows: Batch, cols: Batch, formula: str, **kw
 def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequence[str], *,
                    row_range: tuple[int, int] | None = None, col_range: tuple[int, int] | None = None,
                    row_batch: int = 8, col_batch: int = 8, binary: bool = False, method: str = "tiled",
-                   vmap_chunk: int | None = None) -> dict[str, KernelShard]:
+                   vmap_chunk: int | None = None, mem_mb: float | None = None) -> dict[str, KernelShard]:
     """The kernels of several formulas between ``rows[r0:r1]`` and ``cols[c0:c1]`` from one pass of
     Jacobians: formula -> :class:`KernelShard` (each bit-identical to computing it alone).
 
@@ -708,6 +756,12 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
     :func:`jacobians` of blocks of ``row_batch`` rows, reused for every block of ``col_batch``
     columns (and as the column Jacobians of a block with the same examples when ``cols is rows``),
     and contract them with :func:`kernel_blocks`; ``vmap_chunk`` is :func:`jacobians`'.
+    ``mem_mb`` (tiled only; None: no bound) is a memory budget in MB: where the held Jacobians of
+    all dense tensors would not fit (:func:`block_coords`), the dense tensors are cut into blocks,
+    each one a pass of its own over every example (forward and backward again, only the block's
+    gradients kept), and the partial float64 kernels are summed. The result then differs from the
+    unblocked one by float64 rounding only; like the tile grid, the block layout (fixed by
+    ``mem_mb``, the batch sizes and C) is part of its bits.
     Runs where the model is (CPU or CUDA); the shards come back on the CPU.
     """
     formulas = list(dict.fromkeys(formulas))
@@ -718,6 +772,8 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
             raise LmftError(f"unknown kernel formula {formula!r}; one of {', '.join(FORMULAS)}")
     if method not in METHODS:
         raise LmftError(f"unknown kernel method {method!r}; one of {', '.join(METHODS)}")
+    if mem_mb is not None and method != "tiled":
+        raise LmftError(f"kernels.mem_mb bounds the tiled method only, not {method}")
     if row_batch < 1 or col_batch < 1:
         raise LmftError(f"row_batch and col_batch must be >= 1, got {row_batch} and {col_batch}")
     n, m = check_batch(rows, "rows"), check_batch(cols, "cols")
@@ -726,18 +782,18 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
     kernels: dict[str, Tensor] = {}
 
     def put(block: Tensor, formula: str, ridx: Tensor, cidx: Tensor) -> None:
-        """kernel[..., i, :, j, :] = block[..., i', :, j', :] for the block's examples ``ridx``, ``cidx`` (-1: none)."""
+        """kernel[..., i, :, j, :] += block[..., i', :, j', :] for the block's examples ``ridx``, ``cidx`` (-1: none)."""
         block = block.cpu()
         if formula not in kernels:
             c = block.shape[-1]
             lead = (2,) if formula == "asymmetric-signgd" else ()
             kernels[formula] = torch.zeros(*lead, r1 - r0, c, c1 - c0, c, dtype=torch.float64)
         ri, ci = (ridx >= 0).nonzero().flatten(), (cidx >= 0).nonzero().flatten()
-        kernels[formula].transpose(-3, -2)[..., (ridx[ri] - r0)[:, None], (cidx[ci] - c0)[None, :], :, :] = \
+        kernels[formula].transpose(-3, -2)[..., (ridx[ri] - r0)[:, None], (cidx[ci] - c0)[None, :], :, :] += \
             block.transpose(-3, -2)[..., ri[:, None], ci[None, :], :, :]
 
     if method == "tiled":
-        _tiled(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, put)
+        _tiled(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, mem_mb, put)
     else:
         _per_pair(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, method,
                   vmap_chunk, put)
@@ -768,7 +824,8 @@ def _per_pair(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], r
 
 
 def _tiled(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
-           crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, put: Put) -> None:
+           crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, mem_mb: float | None,
+           put: Put) -> None:
     """The tiled path of :func:`compute_shards`. One side's blocks of tiles are the outer loop, the
     other's the inner; the inner side's Jacobians are computed once per outer block, or once in all
     where they form one block (kept). The outer side is the one that computes fewer tiles.
@@ -778,12 +835,24 @@ def _tiled(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng:
     are the unit of parallel work.
     """
     with _one_thread(_device(model)):
-        _tiled_on_one_thread(model, rows, cols, formulas, rng, crng, row_batch, col_batch, binary, put)
+        layout = _layout(model)
+        coords = None
+        if mem_mb is not None:
+            held = sum(min(-(-size // TILE), -(-hi // TILE) - lo // TILE) * TILE
+                       for (lo, hi), size in ((rng, row_batch), (crng, col_batch)))
+            c = logits(model, _take(rows, torch.tensor([rng[0]])), binary=binary).shape[1]  # C, from one forward
+            coords = block_coords(model, mem_mb, held, c)
+        blocks = _dense_blocks(layout, coords)
+        for b, block in enumerate(blocks):
+            if len(blocks) > 1:
+                log.info("kernel %s: dense block %d/%d, %d coordinates", "+".join(formulas), b + 1, len(blocks),
+                         sum(p.numel() for p in block.dense))
+            _tiled_on_one_thread(model, block, rows, cols, formulas, rng, crng, row_batch, col_batch, binary, put)
 
 
-def _tiled_on_one_thread(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
-                         crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, put: Put) -> None:
-    layout = _layout(model)
+def _tiled_on_one_thread(model: nn.Module, layout: _Layout, rows: Batch, cols: Batch, formulas: list[str],
+                         rng: tuple[int, int], crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool,
+                         put: Put) -> None:
     sides = []
     for batch, (lo, hi), size in ((rows, rng, row_batch), (cols, crng, col_batch)):
         tiles = list(range(lo // TILE, -(-hi // TILE)))
@@ -815,7 +884,7 @@ def _tiled_on_one_thread(model: nn.Module, rows: Batch, cols: Batch, formulas: l
             ridx, cidx = torch.cat([t.slots for t in rt]), torch.cat([t.slots for t in ct])
             for formula, block in _tile_blocks(layout, rt, ct, formulas).items():
                 put(block, formula, ridx, cidx)
-            del itiles
+            del itiles, rt, ct  # before the next block's Jacobians: held Jacobians are the memory budget
         del otiles
 
 

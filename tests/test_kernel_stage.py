@@ -88,6 +88,8 @@ def test_memory_estimate_grows_with_parameters_logits_and_batches(tmp_path):
     task = get_task("three", CONFIG)
     cfg = ks.settings(CONFIG | {"kernels": {"mode": "last:3", "freeze_embeddings": True}})
     assert ks.shard_mem_mb_for(tmp_path / "model.json", task, cfg) == ks.shard_mem_mb(23_000_000, 7_000_000, 3, 8, 8)
+    budget = ks.settings(CONFIG | {"kernels": {"mode": "last:3", "freeze_embeddings": True, "mem_mb": 1800.5}})
+    assert ks.shard_mem_mb_for(tmp_path / "model.json", task, budget) == 1801  # a budget caps the estimate
     with pytest.raises(FileNotFoundError):  # what Snakemake reads as "known once the model is prepared"
         ks.shard_mem_mb_for(tmp_path / "missing.json", task, cfg)
 

@@ -335,3 +335,31 @@ def test_pretrained_logits_do_not_depend_on_the_slice():
     parts = [kernels.logits(model, kernels._take(x, torch.arange(a, b))) for a, b in kernels.split_range(7, 3)]
     assert whole.shape == (7, 3) and whole.dtype == torch.float64
     assert torch.equal(whole, torch.cat(parts))  # column shards of any size: the same f0 bits
+
+
+def test_a_memory_budget_cuts_the_dense_tensors_into_blocks_and_gives_the_same_kernel(monkeypatch):
+    """A budget with room for a few hundred coordinates (several blocks) against no budget; too small a budget."""
+    model = TinyClassifier("mlm", dtype=torch.float64)
+    x, y = make_batch(kernels.TILE + 3, seed=1), make_batch(kernels.TILE + 1, seed=2)
+    formulas = list(kernels.FORMULAS)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    held, c = 2 * kernels.TILE, len(WORDS)  # a tile of rows and one of columns (row_batch = col_batch = TILE)
+    largest = max(p.numel() for p in kernels._layout(model).dense)
+
+    def budget(coords: int) -> float:
+        return (kernels.BASE_MB * 2**20 + 3 * weights + coords * held * c * 8) / 2**20
+
+    blocks = []
+    real = kernels._dense_blocks
+    monkeypatch.setattr(kernels, "_dense_blocks", lambda *a: blocks.append(real(*a)) or blocks[-1])
+    want = kernels.compute_shards(model, x, y, formulas)
+    got = kernels.compute_shards(model, x, y, formulas, mem_mb=budget(2 * largest))
+    assert len(blocks[0]) == 1 and len(blocks[1]) >= 3
+    for formula in formulas:
+        assert got[formula].kernel.abs().sum() > 0
+        torch.testing.assert_close(got[formula].kernel, want[formula].kernel, rtol=1e-10,
+                                   atol=1e-10 * float(want[formula].kernel.abs().max()))
+    with pytest.raises(LmftError, match=r"kernels\.mem_mb = .* too small"):
+        kernels.compute_shards(model, x, y, formulas, mem_mb=budget(largest - 1))
+    with pytest.raises(LmftError, match=r"kernels\.mem_mb bounds the tiled method only"):
+        kernels.compute_shards(model, x, y, formulas, method="naive", mem_mb=budget(largest))
