@@ -12,7 +12,8 @@ One loop serves both methods; a *stepper* makes one update from one batch:
 
 Both minimise :func:`lmft.mezo.classifier_loss` with their ``loss``: ``label-words`` (the
 cross-entropy of the class logits) or ``lm`` (the full-vocabulary cross-entropy of the label
-word). Dev is always scored on the class logits (the label-word metric and loss).
+word), or a caller's ``objective`` (generation tasks: :func:`lmft.lm_targets.target_loss`). Dev
+is scored on the class logits (the label-word metric and loss) unless the caller passes ``score_dev``.
 
 Determinism. Batches come from :class:`EpochSampler`: each epoch is ``torch.randperm`` from a
 ``torch.Generator`` seeded with the run seed (the last batch of an epoch may be smaller). The
@@ -54,6 +55,10 @@ from lmft.mezo import MeZO, check_loss, classifier_loss
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
+# A training loss other than the classifier's: (model, batch) -> scalar (generation's target loss).
+Objective = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+# Scores a model on dev for the loop: (model, progress-bar label) -> (metric, loss); higher metric is better.
+DevScorer = Callable[[nn.Module, str], tuple[float, float]]
 SCHEDULES = ("linear", "constant")
 
 
@@ -113,14 +118,23 @@ def trainable_parameters(clf: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def _objective(clf: nn.Module, loss: str, objective: Objective | None) -> Objective:
+    """The caller's objective, else the classifier's ``loss`` (checked against ``clf``'s head)."""
+    if objective is not None:
+        return objective
+    check_loss(clf, loss)
+    return lambda model, batch: classifier_loss(model, batch, loss)
+
+
 class FirstOrder:
     """AdamW / SGD with a learning-rate schedule and gradient clipping (``max_grad_norm=0``: none) on ``loss``."""
 
     def __init__(self, clf: nn.Module, *, total_steps: int, optimizer: str = "adamw", lr: float = 1e-5,
                  weight_decay: float = 0.0, momentum: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, warmup_steps: int = 0, schedule: str = "linear",
-                 max_grad_norm: float = 1.0, loss: str = "label-words") -> None:
-        check_loss(clf, loss)
+                 max_grad_norm: float = 1.0, loss: str = "label-words",
+                 objective: Objective | None = None) -> None:
+        self.objective = _objective(clf, loss, objective)
         if optimizer not in OPTIMIZERS:
             raise LmftError(f"unknown optimizer {optimizer!r}; one of {', '.join(OPTIMIZERS)}")
         if schedule not in SCHEDULES:
@@ -139,7 +153,6 @@ class FirstOrder:
             self.opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
         self.base_lr, self.total, self.warmup, self.schedule = lr, total_steps, warmup_steps, schedule
         self.max_grad_norm = max_grad_norm
-        self.loss = loss
         self.updates = 0
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
@@ -147,7 +160,7 @@ class FirstOrder:
         factor = lr_factor(self.updates, self.total, self.warmup, self.schedule)
         for group in self.opt.param_groups:
             group["lr"] = self.base_lr * factor
-        loss = classifier_loss(self.clf, batch, self.loss)
+        loss = self.objective(self.clf, batch)
         if not torch.isfinite(loss):
             raise LmftError(f"training loss is {loss.item()} at update {self.updates + 1}; lower the learning rate")
         loss.backward()
@@ -171,12 +184,12 @@ class ZerothOrder:
 
     def __init__(self, clf: nn.Module, *, total_steps: int, lr: float, eps: float = 1e-3,
                  weight_decay: float = 0.0, n_perturbations: int = 1, seed: int = 0,
-                 warmup_steps: int = 0, schedule: str = "constant", loss: str = "label-words") -> None:
+                 warmup_steps: int = 0, schedule: str = "constant", loss: str = "label-words",
+                 objective: Objective | None = None) -> None:
         if schedule not in SCHEDULES:
             raise LmftError(f"unknown schedule {schedule!r}; one of {', '.join(SCHEDULES)}")
-        check_loss(clf, loss)
         self.clf = clf
-        self.loss = loss
+        self.objective = _objective(clf, loss, objective)
         self.opt = MeZO(trainable_parameters(clf), lr=lr, eps=eps, weight_decay=weight_decay,
                         n_perturbations=n_perturbations, seed=seed)
         self.base_lr, self.total, self.warmup, self.schedule = lr, total_steps, warmup_steps, schedule
@@ -184,7 +197,7 @@ class ZerothOrder:
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         self.clf.eval()
         self.opt.lr = self.base_lr * lr_factor(self.opt.steps, self.total, self.warmup, self.schedule)
-        return float(self.opt.step(lambda: classifier_loss(self.clf, batch, self.loss))["loss"])
+        return float(self.opt.step(lambda: self.objective(self.clf, batch))["loss"])
 
     def state_dict(self) -> dict[str, Any]:
         return self.opt.state_dict()
@@ -264,14 +277,19 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def train_loop(clf: nn.Module, stepper: Stepper, train: Split, dev: Split, metric_name: str, cfg: LoopConfig,
                seed: int, *, device: torch.device | str = "cpu", resume_path: Path | None = None,
                fingerprint: str = "", save_step: Callable[[int], None] | None = None,
-               on_step: Callable[[int], None] | None = None) -> LoopResult:
+               on_step: Callable[[int], None] | None = None, score_dev: DevScorer | None = None) -> LoopResult:
     """Train ``clf`` with ``stepper`` for ``cfg.steps`` steps and leave it holding its best-dev tensors.
 
     ``save_step(step)`` is called after the steps listed in ``cfg.save_steps`` (the model holds
     that step's tensors); ``on_step(step)`` after every step, once its resume state is written
-    (tests use it to simulate a kill).
+    (tests use it to simulate a kill). ``score_dev`` replaces the classifier's dev evaluation
+    (:func:`lmft.evaluate.evaluate` on ``dev`` with ``metric_name``).
     """
     device = torch.device(device)
+    if score_dev is None:
+        def score_dev(model: nn.Module, desc: str) -> tuple[float, float]:
+            ev = evaluate(model, dev, metric_name, cfg.eval_batch_size, device, desc=desc)
+            return ev.metric, ev.loss
     sampler = EpochSampler(len(train), cfg.batch_size, seed)
     start, elapsed, curve, best = 1, 0.0, [], None
     state = _load_resume(resume_path, fingerprint)
@@ -287,9 +305,9 @@ def train_loop(clf: nn.Module, stepper: Stepper, train: Split, dev: Split, metri
         log.info("resumed from %s at step %d", resume_path, start - 1)
     else:
         torch.manual_seed(seed)
-        ev = evaluate(clf, dev, metric_name, cfg.eval_batch_size, device, desc="dev step 0")
-        curve.append({"step": 0, "split": "dev", "loss": ev.loss, "metric": ev.metric})
-        log.info("step 0: dev loss %.4f %s %.4f", ev.loss, metric_name, ev.metric)
+        metric, dev_loss = score_dev(clf, "dev step 0")
+        curve.append({"step": 0, "split": "dev", "loss": dev_loss, "metric": metric})
+        log.info("step 0: dev loss %.4f %s %.4f", dev_loss, metric_name, metric)
 
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=start - 1, desc="train", disable=progress_disabled())
@@ -299,11 +317,11 @@ def train_loop(clf: nn.Module, stepper: Stepper, train: Split, dev: Split, metri
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if cfg.is_eval_step(step):
-            ev = evaluate(clf, dev, metric_name, cfg.eval_batch_size, device, desc=f"dev step {step}")
-            curve.append({"step": step, "split": "dev", "loss": ev.loss, "metric": ev.metric})
-            log.info("step %d: train loss %.4f, dev loss %.4f %s %.4f", step, loss, ev.loss, metric_name, ev.metric)
-            if best is None or best.beaten_by(ev.metric, ev.loss):
-                best = Best(step, ev.metric, ev.loss, _cpu_state(clf))
+            metric, dev_loss = score_dev(clf, f"dev step {step}")
+            curve.append({"step": step, "split": "dev", "loss": dev_loss, "metric": metric})
+            log.info("step %d: train loss %.4f, dev loss %.4f %s %.4f", step, loss, dev_loss, metric_name, metric)
+            if best is None or best.beaten_by(metric, dev_loss):
+                best = Best(step, metric, dev_loss, _cpu_state(clf))
         if step in cfg.save_steps and save_step is not None:
             save_step(step)
         if resume_path is not None and cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
