@@ -150,8 +150,9 @@ def generate_texts(model: nn.Module, tokenizer: Any, prompts: list[list[int]], *
                    device: torch.device | str | None = None, desc: str = "decode") -> list[str]:
     """Greedy continuations of ``prompts`` (N token id lists) as text, one string per prompt in order.
 
-    The text is the decoded generated part (special tokens skipped), cut before the first
-    occurrence of any ``stop`` string (e.g. ``"\\n"``); a row stops generating as soon as its text
+    The text is the decoded generated part (special tokens skipped) without leading whitespace,
+    cut before the first occurrence of any ``stop`` string (e.g. ``"\\n"``) after it: a model may
+    open its answer with a line break, which is not yet its end. A row stops generating as soon as its text
     holds one, so a batch ends once every row has a stop string or an EOS. ``eos_ids`` defaults to
     the tokenizer's EOS token; padding uses :func:`lmft.batching.pad_id`. The rest is
     :func:`greedy_decode`.
@@ -161,7 +162,7 @@ def generate_texts(model: nn.Module, tokenizer: Any, prompts: list[list[int]], *
     stop = [s for s in stop if s]
 
     def text(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
+        return tokenizer.decode(ids, skip_special_tokens=True).lstrip()
 
     def stopped(ids: list[int]) -> bool:  # decodes the whole continuation: a stop string may span tokens
         return any(s in text(ids) for s in stop)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import LlamaConfig
 from transformers import AutoModelForCausalLM
 
 from lmft.decode import cut_at_stop, generate_texts, greedy_decode, left_pad
@@ -123,7 +124,7 @@ def test_stop_string_cuts_text():
     prompts = prompts_of(tok, 4)
     ids = greedy_decode(model, prompts, max_new_tokens=16, pad_id=pad_of(tok), eos_ids=[tok.eos_token_id])
     full = generate_texts(model, tok, prompts, max_new_tokens=16)
-    assert full == [tok.decode(row, skip_special_tokens=True) for row in ids]
+    assert full == [tok.decode(row, skip_special_tokens=True).lstrip() for row in ids]
     stop, _ = _word_stop(tok, ids[0])
     cut = generate_texts(model, tok, prompts, max_new_tokens=16, stop=[stop, "@@never@@"], batch_size=2)
     assert cut == [text[:text.find(stop)] if stop in text else text for text in full]
@@ -142,8 +143,33 @@ def test_stop_string_ends_decoding_early():
     finally:
         hook.remove()
     assert len(calls) == k + 1 < 20  # the prefill gives token 0, each further pass one token
-    full = tok.decode(ids)
+    full = tok.decode(ids).lstrip()
     assert text == [full[:full.find(stop)]]
+
+
+def test_leading_whitespace_is_not_a_stop():
+    """A continuation that opens with a line break goes on to its first stop string after the text."""
+
+    class Tok:  # decodes ids as characters: 0 -> "\n", 1 -> "a", 2 -> "b"
+        eos_token_id, pad_token_id = None, 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join("\nab"[i] for i in ids)
+
+    class Scripted(torch.nn.Module):  # emits "\n", "a", "b", "\n", "a", ... as its greedy tokens
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.config = LlamaConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2, vocab_size=3)
+            self.n = 0
+
+        def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True):
+            logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], 3)
+            logits[:, -1, [0, 1, 2, 0][self.n % 4]] = 1.0
+            self.n += 1
+            return type("O", (), {"logits": logits})()
+
+    assert generate_texts(Scripted(), Tok(), [[1]], max_new_tokens=8, stop=["\n"]) == ["ab"]
 
 
 def test_cut_at_stop():
