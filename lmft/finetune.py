@@ -13,6 +13,10 @@ type              what the job does
 ``icl``           in-context demonstrations from the k-shot train set, no training (:mod:`lmft.icl`)
 ================  =================================================================================
 
+On a generation task (summarisation, QA) ``zeroshot``, ``icl``, ``ft`` and ``mezo`` decode text
+instead of scoring classes: :mod:`lmft.generation` runs the job (``icl`` then takes ``demos``
+demonstrations per prompt, ``demos_per_label`` being a classification setting).
+
 Shared keys: ``head`` (``prompt`` | ``cls`` | ``causal``; default ``causal`` for causal LMs,
 ``prompt`` otherwise), ``mode`` (trainable parameters, :func:`lmft.params.select_trainable`;
 ``ft``/``mezo`` only) with ``freeze_embeddings``/``lora_targets``/``lora_alpha``/``lora_dropout``,
@@ -101,7 +105,8 @@ from lmft.params import count_trainable
 from lmft.paths import finetune_run
 from lmft.probe import C_GRID, extract_features, fit_probe
 from lmft.runs import FORMAT, build_for_run, cap_rows, encode_split, peak_mem_mb, resolve_device, uses_prompt
-from lmft.tasks import Task
+from lmft.generation import run_generation
+from lmft.tasks import GenerationTask, Task
 from lmft.train import FirstOrder, LoopConfig, ZerothOrder, train_loop
 
 log = logging.getLogger(__name__)
@@ -124,7 +129,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                                           "warmup_steps": 0, "schedule": "constant"},
     "linear-probe": _COMMON | {"C_grid": list(C_GRID), "max_iter": 1000},
     "zeroshot": dict(_COMMON),
-    "icl": _COMMON | {"demos_per_label": 1},
+    "icl": _COMMON | {"demos_per_label": 1, "demos": 1},
 }
 
 
@@ -201,7 +206,7 @@ def _predictions(ev: Evaluation, rows: list[int]) -> pd.DataFrame:
                          "probs": [p for p in ev.probs.double().numpy()]})
 
 
-def run_finetune(model_json: Path | str, task: Task, splits: Mapping[str, Path | str], out_dir: Path | str, *,
+def run_finetune(model_json: Path | str, task: Task | GenerationTask, splits: Mapping[str, Path | str], out_dir: Path | str, *,
                  model: str, k: int, seed: int, method: str, spec: Mapping[str, Any], eval_cap: int | None = None,
                  device: str = "auto", on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run one fine-tuning job and write its run directory (see the module doc); returns the metrics.
@@ -219,6 +224,9 @@ def run_finetune(model_json: Path | str, task: Task, splits: Mapping[str, Path |
     dev_ = resolve_device(device)
     if dev_.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev_)
+    if task.kind == "generation":
+        return run_generation(model_json, task, splits, out, cfg=cfg, model=model, k=k, seed=seed, method=method,
+                              trial_fields=trial_fields(trial, cfg), eval_cap=eval_cap, device=dev_)
     head = cfg["head"] or default_head(model_json)
     if kind in ("zeroshot", "icl") and head == "cls":
         raise LmftError(f"finetune method {method!r}: {kind} needs the prompt or causal head (a cls head is untrained)")

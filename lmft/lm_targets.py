@@ -41,23 +41,19 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _format(task: GenerationTask, text_a: str, text_b: str | None) -> str:
-    return task.prompt.format(text_a=text_a, text_b=text_b if text_b is not None else "")
-
-
 def prompt_text(task: GenerationTask, tokenizer: Any, text_a: str, text_b: str | None = None,
                 max_length: int | None = None) -> str:
     """The task's prompt for one input, ``text_a`` cut (from its end) so the prompt has at most
     ``max_length`` tokens (default the task's); raises when the template alone does not fit."""
     budget = task.max_length if max_length is None else max_length
-    full = _format(task, text_a, text_b)
+    full = task.format_prompt(text_a, text_b)
     if len(_ids(tokenizer, full)) <= budget:
         return full
-    fixed = len(_ids(tokenizer, _format(task, "", text_b)))
+    fixed = len(_ids(tokenizer, task.format_prompt("", text_b)))
     keep = budget - fixed
     ids = _ids(tokenizer, text_a)
     while keep > 0:  # a cut can merge with its neighbours into other tokens: shrink until it fits
-        text = _format(task, tokenizer.decode(ids[:keep]).rstrip(), text_b)
+        text = task.format_prompt(tokenizer.decode(ids[:keep]).rstrip(), text_b)
         if len(_ids(tokenizer, text)) <= budget:
             return text
         keep -= max(1, (len(_ids(tokenizer, text)) - budget))
