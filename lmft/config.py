@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from lmft.io import LmftError
-from lmft.tasks import get_task
+from lmft.tasks import BUILTIN, get_task
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -27,13 +27,15 @@ def validate_schema(config: dict[str, Any], schema_path: Path = SCHEMA) -> None:
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Check that every task name resolves and every model a section names is declared."""
+    """Check that every task name resolves, that generation tasks are only where they can go, and
+    that every model a section names is declared."""
     for name in config.get("tasks", []):
         get_task(name, config)
     for name in config.get("user_tasks") or {}:
         get_task(name, config)
     for name in config.get("task_overrides") or {}:
         get_task(name, config)
+    _check_generation_tasks(config)
     models = set(config.get("models") or {})
     for section in ("finetune", "kernels", "graft", "interpolate"):
         sec = config.get(section) or {}
@@ -48,6 +50,45 @@ def check_config(config: dict[str, Any]) -> None:
 
         for name, spec in methods.items():
             resolve_spec(spec, name)  # the keys that the method's type takes
+
+
+def _classification_only(config: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
+    """(config key, task names, whether the key is unset) wherever a stage that only classification
+    tasks go through (kernels, graft, interpolate) takes tasks; an unset key takes every task of the
+    config, as the stages resolve it."""
+    every = list(config.get("tasks") or [])
+    out = []
+    if (kernels := config.get("kernels")) is not None:
+        unset = kernels.get("tasks") is None
+        out.append(("kernels.tasks", every if unset else kernels["tasks"], unset))
+    if (graft := config.get("graft")) is not None:
+        out.append(("graft.tasks", graft.get("tasks") or every, not graft.get("tasks")))
+        out += [(f"graft.ood.{task}", [task, *others], False) for task, others in (graft.get("ood") or {}).items()]
+    for pair, spec in ((config.get("interpolate") or {}).get("pairs") or {}).items():
+        ends = {end: e["task"] for end in ("a", "b") if isinstance(e := spec.get(end), dict) and e.get("task")}
+        out += [(f"interpolate.pairs.{pair}.{end}.task", [task], False) for end, task in ends.items()]
+        out.append((f"interpolate.pairs.{pair}.tasks", spec.get("tasks") or list(ends.values()) or every,
+                    not (spec.get("tasks") or ends)))
+    return out
+
+
+def _check_generation_tasks(config: dict[str, Any]) -> None:
+    """Generation tasks have no labels: no kernels, grafts, interpolations or balanced test sets."""
+    known = set(BUILTIN) | set(config.get("user_tasks") or {})  # unknown names are the stages' own errors
+
+    def generation(names: list[str]) -> list[str]:
+        return [n for n in names if n in known and get_task(n, config).kind == "generation"]
+
+    for key, names, unset in _classification_only(config):
+        if gen := generation(names):
+            where = f"{key} is unset, so it takes every task of the config, including" if unset else f"{key} names"
+            fix = f"set {key} to the classification tasks" if unset else "name classification tasks only"
+            raise LmftError(f"config: {where} the generation task(s) {gen}; kernels, grafts and interpolations are "
+                            f"for classification tasks only: {fix}")
+    balance = (config.get("kshot") or {}).get("test_balance")
+    if isinstance(balance, list) and (gen := generation(balance)):
+        raise LmftError(f"config: kshot.test_balance names the generation task(s) {gen}, which have no labels to "
+                        "balance; their capped test set is a fixed random subset (see lmft/kshot.py)")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lmft.io import LmftError, atomic_path
+from lmft.tasks import EMBEDDED_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,20 @@ AG_NEWS_URLS = {
     "test": "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/test.csv",
 }
 SNLI_URL = "https://nlp.stanford.edu/projects/snli/snli_1.0.zip"
+# Amazon reviews, 1-5 stars, in the CSV form of Zhang et al. (2015) (label, title, review), as the
+# fast.ai mirror of their archive serves it.
+AMAZON_URL = "https://s3.amazonaws.com/fast-ai-nlp/amazon_review_full_csv.tgz"
+# XSum (Narayan et al. 2018): the Hugging Face hub's parquet conversion of EdinburghNLP/xsum
+# (columns document, summary, id; the official train and test splits).
+XSUM_PARQUET = "https://huggingface.co/datasets/EdinburghNLP/xsum/resolve/refs%2Fconvert%2Fparquet/default"
+XSUM_URLS = {split: f"{XSUM_PARQUET}/{split}/0000.parquet" for split in ("train", "test")}
+# bAbI tasks v1.2 (Weston et al. 2015): the 20 tasks in English and Hindi, 1k and 10k examples each
+# (also at http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz).
+BABI_URL = "https://dl.fbaipublicfiles.com/babi/tasks_1-20_v1-2.tar.gz"
 # Published checksums, where the upstream publishes one. None: the download is hashed and the hash is
 # recorded in source.json (and logged) so that a later download can be compared with it.
-SHA256: dict[str, str | None] = {LMBFF_URL: None, SNLI_URL: None, **{u: None for u in AG_NEWS_URLS.values()}}
+SHA256: dict[str, str | None] = {LMBFF_URL: None, SNLI_URL: None, AMAZON_URL: None, BABI_URL: None,
+                                 **{u: None for u in AG_NEWS_URLS.values()}, **{u: None for u in XSUM_URLS.values()}}
 
 
 class NoNetworkError(LmftError):
@@ -65,7 +77,7 @@ def fetch(url: str, dest: Path, task: str, sha256: str | None = None, timeout: f
             raise
         raise NoNetworkError(
             f"task {task}: cannot download {url} ({e}). With no network, download it elsewhere and place it "
-            f"at {dest} (then rerun), or use an embedded task (tweets-2, tweets-3, rt-polarity, snli, bbc-5) "
+            f"at {dest} (then rerun), or use an embedded task ({', '.join(EMBEDDED_TASKS)}) "
             "or a user task from a local file."
         ) from e
     if not sha256:

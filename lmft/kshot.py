@@ -21,6 +21,13 @@ seeds' tasks keep their test sets as the papers have them; ``test_balance`` can 
 Each split also gets an ``info.json`` (:func:`split_info`): per-label counts of train, dev and
 test, how the test subset was drawn, and the test set's majority-class accuracy, the trivial
 baseline to read every test score against.
+
+Generation tasks have no labels: their split takes k examples, not k per label
+(:func:`kshot_examples`): per seed, ``np.random.RandomState(seed).permutation`` of the training
+rows, train = its first k rows, dev = the next k. Their capped test set (:func:`cap_test_examples`)
+is the first ``test_cap`` rows of one ``RandomState(42)`` permutation of the test rows, kept in
+file order, the same for every k-shot seed; balancing does not apply. Their ``info.json``
+(:func:`examples_info`) has the counts and how the test subset was drawn.
 """
 
 from __future__ import annotations
@@ -33,11 +40,16 @@ import numpy as np
 import pandas as pd
 
 from lmft.io import LmftError
-from lmft.tasks import EMBEDDED_TASKS, SEED_TASKS
+from lmft.tasks import BUILTIN, EMBEDDED_TASKS, SEED_TASKS
 
 TEST_SEED = 42
-# Embedded tasks whose test set is a holdout of package data; snli's is the official test set.
-BALANCED_BY_DEFAULT = tuple(t for t in EMBEDDED_TASKS if t not in SEED_TASKS)
+# Embedded classification tasks whose test set is a holdout of package data; snli's is the official
+# test set, and a generation task has no labels to balance.
+BALANCED_BY_DEFAULT = tuple(t for t in EMBEDDED_TASKS
+                            if t not in SEED_TASKS and BUILTIN[t].kind == "classification")
+# How cap_test_examples draws a generation task's test subset (recorded in info.json).
+EXAMPLES_TEST_DRAW = ("the first test_cap rows of np.random.RandomState(42).permutation(n_test_source), in file order "
+                      "(every row when test_cap is null or n_test_source is at most test_cap)")
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +84,42 @@ def kshot_split(train: pd.DataFrame, k: int, seed: int, task: str = "task") -> t
     for rows in groups.values():
         take["train"] += rows[:k]
         take["dev"] += rows[k:2 * k]
-    out = []
-    for split in ("train", "dev"):
-        df = train.iloc[take[split]].copy()
-        df.insert(0, "idx", take[split])
-        out.append(df.reset_index(drop=True))
-    return out[0], out[1]
+    return _rows(train, take["train"]), _rows(train, take["dev"])
+
+
+def _rows(df: pd.DataFrame, positions: Sequence[int]) -> pd.DataFrame:
+    """The rows at ``positions``, in that order, numbered by their position in an ``idx`` column."""
+    out = df.iloc[list(positions)].copy()
+    out.insert(0, "idx", list(positions))
+    return out.reset_index(drop=True)
+
+
+def kshot_examples(train: pd.DataFrame, k: int, seed: int, task: str = "task") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A generation task's (train, dev): k rows each (see the module doc); raises below 2k rows.
+
+    Rows keep their index in ``train`` in an ``idx`` column.
+    """
+    if k < 1:
+        raise LmftError(f"k must be at least 1, got {k}")
+    if len(train) < 2 * k:
+        raise LmftError(f"task {task}: k={k} needs {2 * k} training examples ({k} train + {k} dev), but the training "
+                        f"set has {len(train)}")
+    order = np.random.RandomState(seed).permutation(len(train)).tolist()
+    return _rows(train, order[:k]), _rows(train, order[k:2 * k])
+
+
+def cap_test_examples(test: pd.DataFrame, cap: int | None) -> pd.DataFrame:
+    """A generation task's fixed test subset (:data:`EXAMPLES_TEST_DRAW`), rows numbered in ``idx``."""
+    if cap is None or len(test) <= cap:
+        return _rows(test, range(len(test)))
+    return _rows(test, sorted(np.random.RandomState(TEST_SEED).permutation(len(test))[:cap].tolist()))
+
+
+def examples_info(splits: Mapping[str, pd.DataFrame], test_cap: int | None, n_test_source: int) -> dict[str, Any]:
+    """What a generation task's k-shot split holds: the rows of each split, how the test subset was
+    drawn (``test_cap`` rows of the ``n_test_source`` the task has)."""
+    return {"counts": {name: len(df) for name, df in splits.items()}, "test_cap": test_cap,
+            "n_test_source": n_test_source, "test_draw": EXAMPLES_TEST_DRAW}
 
 
 def cap_test(test: pd.DataFrame, cap: int | None, style: str = "glue",

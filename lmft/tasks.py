@@ -1,14 +1,20 @@
 """The task registry: LM-BFF's tasks, the embedded offline tasks, and users' own tasks.
 
-A task fixes its label set (in class-index order), the label word of each label, the prompt
-templates (masked-LM and causal), the metric and the maximum length. Where the data come from
-is the ``source`` (see :mod:`lmft.data`).
+Two kinds of task (``kind``):
+
+- :class:`Task` (``classification``) fixes its label set (in class-index order), the label word
+  of each label, the prompt templates (masked-LM and causal), the metric and the maximum length.
+- :class:`GenerationTask` (``generation``) fixes a ``str.format`` prompt whose continuation is
+  the target text, the metric (ROUGE or QA exact match / F1) and the decoding budget.
+
+Where the data come from is the ``source`` (see :mod:`lmft.data`).
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from lmft.io import LmftError
 from lmft.templates import parse, sentences_used
@@ -21,6 +27,8 @@ PARAPHRASE = "*cls**sent_0**mask*,*+sentl_1**sep+*"
 PARAPHRASE_CAUSAL = "*cls*Sentence_1:*+sent_0*_Sentence_2:*+sent_1*_Same_meaning?_Yes_or_No?_Answer:*mask*"
 TOPIC = "*cls**sent_0*_This_article_is_about*mask*_news.*sep+*"
 TOPIC_CAUSAL = "*cls**sent_0*_This_article_is_about*mask*"
+SUMMARY_PROMPT = "Article: {text_a}\nOne-sentence summary:"
+QA_PROMPT = "{text_a}\nQuestion: {text_b}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class Task:
     ``label_words[i]`` is the word that stands for ``labels[i]`` in the prompt.
     """
 
+    kind: ClassVar[str] = "classification"
     name: str
     labels: tuple[str, ...]
     label_words: tuple[str, ...]
@@ -67,6 +76,50 @@ class Task:
         raise LmftError(f"unknown head {head!r}; use prompt, cls or causal")
 
 
+PROMPT_FIELDS = ("text_a", "text_b")
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """A generation task: the model continues the formatted prompt with the target text.
+
+    ``prompt`` is a :meth:`str.format` template over ``{text_a}`` (and ``{text_b}`` for two-text
+    tasks); the target follows the formatted prompt after one space. ``metric`` is ``rouge``
+    (ROUGE-1/2/L) or ``qa`` (exact match and token F1). ``max_length`` is the prompt's token budget
+    (the runner truncates ``text_a`` to fit); decoding stops after ``max_new_tokens`` tokens or at
+    the first of the ``stop`` strings.
+    """
+
+    kind: ClassVar[str] = "generation"
+    name: str
+    prompt: str
+    source: dict[str, Any]
+    metric: str = "rouge"
+    max_length: int = 512
+    max_new_tokens: int = 48
+    stop: tuple[str, ...] = ("\n",)
+
+    @property
+    def pair(self) -> bool:
+        return "text_b" in prompt_fields(self.prompt)
+
+    def format_prompt(self, text_a: str, text_b: str | None = None) -> str:
+        """The prompt of one example (the target is to follow it after one space)."""
+        return self.prompt.format(text_a=text_a, text_b=text_b)
+
+
+AnyTask = Task | GenerationTask
+
+
+def prompt_fields(prompt: str) -> set[str]:
+    """The placeholders a ``str.format`` prompt names; raises :class:`LmftError` if it is malformed."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None}
+    except ValueError as e:
+        raise LmftError(f"prompt {prompt!r} is not a str.format template ({e}); "
+                        "write a literal brace as {{ or }}") from e
+
+
 def _words(mapping: dict[str, str]) -> dict[str, Any]:
     return {"labels": tuple(mapping), "label_words": tuple(mapping.values())}
 
@@ -86,7 +139,7 @@ def _seed(name: str, words: dict[str, Any], template: str, causal: str, src: dic
     return Task(name=name, template=template, causal_template=causal, source=src, **words, **kw)
 
 
-BUILTIN: dict[str, Task] = {
+BUILTIN: dict[str, AnyTask] = {
     t.name: t
     for t in [
         _seed("sst-2", _SENT2, SENTIMENT, SENTIMENT_CAUSAL,
@@ -133,16 +186,37 @@ BUILTIN: dict[str, Task] = {
         _seed("bbc-5", _words({"business": "business", "entertainment": "entertainment", "politics": "politics",
                                "sports": "sports", "tech": "tech"}), TOPIC, TOPIC_CAUSAL,
               {"kind": "bbc"}, max_length=256),
+        # Amazon reviews, 1-5 stars (Zhang et al. 2015), fetched from the network.
+        _seed("amazon-5", _words({"1": "terrible", "2": "bad", "3": "okay", "4": "good", "5": "great"}),
+              SENTIMENT, SENTIMENT_CAUSAL, {"kind": "amazon"}, max_length=256),
+        # Generation tasks. bbc-summary is XSum's construction on bbc-5's articles (embedded);
+        # xsum and babi (qa1, English, 1k) are fetched from the network.
+        GenerationTask("bbc-summary", SUMMARY_PROMPT, {"kind": "bbc_summary"}),
+        GenerationTask("xsum", SUMMARY_PROMPT, {"kind": "xsum"}),
+        GenerationTask("babi", QA_PROMPT, {"kind": "babi", "subtask": "qa1_single-supporting-fact", "lang": "en"},
+                       metric="qa", max_length=256, max_new_tokens=8),
     ]
 }
 
 SEED_TASKS = ("sst-2", "sst-5", "mr", "cr", "mpqa", "subj", "trec", "ag-news", "mnli", "snli", "qnli",
               "rte", "mrpc", "qqp")
-EMBEDDED_TASKS = ("tweets-2", "tweets-3", "rt-polarity", "snli", "bbc-5")
+EMBEDDED_TASKS = ("tweets-2", "tweets-3", "rt-polarity", "snli", "bbc-5", "bbc-summary")
 
 
-def user_task(name: str, spec: dict[str, Any]) -> Task:
-    """Build a task from a config entry of ``user_tasks`` (see the config schema)."""
+# Config keys (of user_tasks entries and task_overrides) that only one kind of task takes.
+CLASSIFICATION_KEYS = frozenset({"label_column", "label_words", "template", "causal_template"})
+GENERATION_KEYS = frozenset({"target_column", "prompt", "max_new_tokens", "stop"})
+GENERATION_METRICS = ("rouge", "qa")
+
+
+def user_task(name: str, spec: dict[str, Any]) -> AnyTask:
+    """Build a task from a config entry of ``user_tasks`` (see the config schema): a classification
+    task, or a generation task where the entry says ``kind: generation``."""
+    kind = spec.get("kind", "classification")
+    _check_keys(f"user task {name!r}", kind, spec,
+                " (`kind: generation` makes a user task a generation task)" if kind == "classification" else "")
+    if kind == "generation":
+        return _user_generation_task(name, spec)
     words = spec["label_words"]
     template = spec.get("template", SENTIMENT if len(spec["text_columns"]) == 1 else NLI)
     causal = spec.get("causal_template", SENTIMENT_CAUSAL if len(spec["text_columns"]) == 1 else NLI_CAUSAL)
@@ -159,6 +233,35 @@ def user_task(name: str, spec: dict[str, Any]) -> Task:
     return task
 
 
+def _user_generation_task(name: str, spec: dict[str, Any]) -> GenerationTask:
+    cols = list(spec["text_columns"])
+    src = {"kind": "user"} | {k: spec[k] for k in ("path", "test_path", "format", "text_columns", "target_column")
+                              if k in spec}
+    kw = {k: spec[k] for k in ("metric", "max_length", "max_new_tokens") if k in spec}
+    if "stop" in spec:
+        kw["stop"] = tuple(spec["stop"])
+    task = GenerationTask(name=name, prompt=spec["prompt"], source=src, **kw)
+    _check_generation(task)
+    if task.pair and len(cols) == 1:
+        raise LmftError(f"user task {name!r}: the prompt names {{text_b}}, but text_columns lists one column {cols} "
+                        "({text_a} is text_columns[0], {text_b} text_columns[1])")
+    if not task.pair and len(cols) == 2:
+        raise LmftError(f"user task {name!r}: text_columns lists two columns {cols}, but the prompt does not name "
+                        "{text_b} (text_columns[1])")
+    return task
+
+
+def _check_keys(where: str, kind: str, spec: dict[str, Any], hint: str = "") -> None:
+    """Raise if ``spec`` has keys that only the other kind of task takes."""
+    own, other = ((CLASSIFICATION_KEYS, GENERATION_KEYS) if kind == "classification"
+                  else (GENERATION_KEYS, CLASSIFICATION_KEYS))
+    foreign = sorted(set(spec) & other)
+    if foreign:
+        other_kind = "generation" if kind == "classification" else "classification"
+        raise LmftError(f"{where}: {foreign} apply to {other_kind} tasks only, and this is a {kind} task "
+                        f"(whose own keys are {sorted(own)}){hint}")
+
+
 def _check(task: Task) -> None:
     for t in (task.template, task.causal_template):
         parse(t)
@@ -170,11 +273,27 @@ def _check(task: Task) -> None:
         raise LmftError(f"task {task.name!r}: F1 needs a binary task, got {task.num_labels} labels")
 
 
-def get_task(name: str, config: dict[str, Any] | None = None) -> Task:
+def _check_generation(task: GenerationTask) -> None:
+    try:
+        used = prompt_fields(task.prompt)
+    except LmftError as e:
+        raise LmftError(f"task {task.name!r}: {e}") from e
+    unknown = sorted(used - set(PROMPT_FIELDS))
+    if unknown:
+        raise LmftError(f"task {task.name!r}: the prompt names {', '.join('{' + u + '}' for u in unknown)}; a prompt "
+                        "names only {text_a} (the first text column) and {text_b} (the second)")
+    if "text_a" not in used:
+        raise LmftError(f"task {task.name!r}: the prompt {task.prompt!r} does not name {{text_a}}, the input text")
+    if task.metric not in GENERATION_METRICS:
+        raise LmftError(f"task {task.name!r}: a generation task's metric is rouge or qa, got {task.metric!r}")
+
+
+def get_task(name: str, config: dict[str, Any] | None = None) -> AnyTask:
     """Look a task up: user tasks of the config first, then the built-in registry.
 
-    Config entries under ``task_overrides`` may replace a built-in task's ``template``,
-    ``causal_template``, ``label_words`` or ``max_length``.
+    Config entries under ``task_overrides`` may replace a built-in classification task's
+    ``template``, ``causal_template``, ``label_words`` or ``max_length``, and a generation task's
+    ``prompt`` (with the same texts), ``max_length``, ``max_new_tokens`` or ``stop``.
     """
     config = config or {}
     user = config.get("user_tasks") or {}
@@ -186,6 +305,9 @@ def get_task(name: str, config: dict[str, Any] | None = None) -> Task:
     task = BUILTIN[name]
     over = (config.get("task_overrides") or {}).get(name)
     if over:
+        _check_keys(f"task_overrides.{name}", task.kind, over)
+        if isinstance(task, GenerationTask):
+            return _override_generation(task, over)
         kw = {k: over[k] for k in ("template", "causal_template", "max_length") if k in over}
         if "label_words" in over:
             lw = {str(k): v for k, v in over["label_words"].items()}
@@ -196,3 +318,15 @@ def get_task(name: str, config: dict[str, Any] | None = None) -> Task:
         task = replace(task, **kw)
         _check(task)
     return task
+
+
+def _override_generation(task: GenerationTask, over: dict[str, Any]) -> GenerationTask:
+    kw = {k: over[k] for k in ("prompt", "max_length", "max_new_tokens") if k in over}
+    if "stop" in over:
+        kw["stop"] = tuple(over["stop"])
+    new = replace(task, **kw)
+    _check_generation(new)
+    if new.pair != task.pair:
+        raise LmftError(f"task_overrides.{task.name}.prompt: {task.name} has {2 if task.pair else 1} text(s), so its "
+                        f"prompt {'names' if task.pair else 'does not name'} {{text_b}}")
+    return new

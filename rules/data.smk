@@ -1,7 +1,15 @@
-# Stage 1-2: raw data of each task, then LM-BFF k-shot splits.
+# Stage 1-2: raw data of each task, then LM-BFF k-shot splits (k per label) of classification tasks
+# and k-example splits of generation tasks, in the same paths.
+import re
+
 from lmft.data import RAW_FORMAT, source_files
 from lmft.kshot import balances_test
 from lmft.paths import kshot_files
+from lmft.tasks import BUILTIN
+
+# Every generation task the config can name: their k-shot splits come from kshot_examples.
+GENERATION_TASKS = sorted(t for t in [*BUILTIN, *(config.get("user_tasks") or {})]
+                          if get_task(t, config).kind == "generation")
 
 
 rule download_lmbff:
@@ -59,6 +67,31 @@ rule kshot:
         mem_mb=2000,
     script:
         "../workflow/scripts/kshot.py"
+
+
+# A rule of its own, so that the classification rule (its params and script) stays as it is: for a
+# generation task both rules match, and the ruleorder picks this one.
+rule kshot_examples:
+    input:
+        train=rules.download.output.train,
+        test=rules.download.output.test,
+    output:
+        **kshot_files(DATA, "{task}", "{k}", "{seed}"),
+    wildcard_constraints:
+        task="|".join(re.escape(t) for t in GENERATION_TASKS),
+    params:
+        test_cap=config["kshot"]["test_cap"],
+    log:
+        "logs/kshot/{task}/{k}-{seed}.log",
+    benchmark:
+        "benchmarks/kshot/{task}/{k}-{seed}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow/scripts/kshot_examples.py"
+
+
+ruleorder: kshot_examples > kshot
 
 
 TARGETS.extend(f for t in TASKS for k in KS for s in SEEDS for f in kshot_files(DATA, t, k, s).values())

@@ -1,11 +1,12 @@
-"""k-shot splits: LM-BFF's algorithm, exactly."""
+"""k-shot splits: LM-BFF's algorithm, exactly; generation tasks' k-example splits."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from lmft.io import LmftError
-from lmft.kshot import balances_test, cap_test, kshot_split, split_info
+from lmft.kshot import (BALANCED_BY_DEFAULT, balances_test, cap_test, cap_test_examples, examples_info, kshot_examples,
+                        kshot_split, split_info)
 
 
 def frame(n_per_label: dict[str, int], seed: int = 0) -> pd.DataFrame:
@@ -110,3 +111,47 @@ def test_which_tasks_balance():
     assert not balances_test("sst-2", True) and not balances_test("snli", True)  # the papers' test sets
     assert not balances_test("tweets-2", False)
     assert balances_test("sst-2", ["sst-2"]) and not balances_test("tweets-2", ["sst-2"])
+
+
+def examples(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"text_a": [f"doc {i}" for i in range(n)], "text_b": None,
+                         "target": [f"summary {i}" for i in range(n)]})
+
+
+def test_generation_split_exact_rows():
+    train = examples(10)
+    tr, dev = kshot_examples(train, 2, 13)
+    # np.random.RandomState(13).permutation(10) = [3, 5, 6, 1, 4, 7, 8, 9, 0, 2]
+    assert tr["idx"].tolist() == [3, 5] and dev["idx"].tolist() == [6, 1]
+    assert tr.columns.tolist() == ["idx", "text_a", "text_b", "target"]
+    assert tr["target"].tolist() == ["summary 3", "summary 5"]
+    tr21, dev21 = kshot_examples(train, 3, 21)  # [1, 2, 7, 3, 5, 6, 0, 4, 8, 9]
+    assert tr21["idx"].tolist() == [1, 2, 7] and dev21["idx"].tolist() == [3, 5, 6]
+    assert kshot_examples(train, 2, 13)[0].equals(tr)
+
+
+def test_generation_split_errors_say_the_counts():
+    with pytest.raises(LmftError, match=r"task summ: k=4 needs 8 training examples \(4 train \+ 4 dev\), but the "
+                                         r"training set has 7"):
+        kshot_examples(examples(7), 4, 13, task="summ")
+    assert len(kshot_examples(examples(8), 4, 13)[1]) == 4
+    with pytest.raises(LmftError, match="k must be at least 1"):
+        kshot_examples(examples(8), 0, 13)
+
+
+def test_generation_test_subset_fixed_in_file_order():
+    test = examples(20)
+    capped = cap_test_examples(test, 5)
+    assert capped["idx"].tolist() == [0, 1, 8, 15, 17]  # sorted(RandomState(42).permutation(20)[:5])
+    assert capped["target"].tolist() == [f"summary {i}" for i in (0, 1, 8, 15, 17)]
+    assert set(cap_test_examples(test, 3)["idx"]) < set(capped["idx"])  # a smaller cap keeps a subset
+    assert cap_test_examples(test, None)["idx"].tolist() == list(range(20))
+    assert cap_test_examples(test, 20)["idx"].tolist() == list(range(20))
+    info = examples_info({"train": test.head(2), "dev": test.head(2), "test": capped}, 5, 20)
+    assert info["counts"] == {"train": 2, "dev": 2, "test": 5} and info["n_test_source"] == 20
+    assert info["test_cap"] == 5 and "RandomState(42)" in info["test_draw"] and "majority_baseline" not in info
+
+
+def test_generation_tasks_are_not_balanced():
+    assert BALANCED_BY_DEFAULT == ("tweets-2", "tweets-3", "rt-polarity", "bbc-5")
+    assert not balances_test("bbc-summary", True) and not balances_test("xsum", True)

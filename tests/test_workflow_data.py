@@ -1,7 +1,9 @@
-"""The data stages through Snakemake: planning, a real run on a user task, incremental reruns."""
+"""The data stages through Snakemake: planning, a real run on a user task, incremental reruns,
+generation tasks' k-example splits beside classification tasks' k-per-label ones."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -92,3 +94,37 @@ def test_k_too_large_fails_with_counts(tmp_path):
     log = (tmp_path / "logs/kshot/alpha/4-13.log").read_text()
     assert "k=4 needs 8" in log and "neg: 3, pos: 5" in log
     assert not (tmp_path / "data/kshot/alpha/4-13/train.parquet").exists()
+
+
+def test_generation_tasks_kshot_beside_a_classification_task(tmp_path):
+    write_task(tmp_path, "alpha")
+    pd.DataFrame({"doc": [f"Document  {i}." for i in range(30)],
+                  "summary": [f"Summary {i}." for i in range(30)]}).to_csv(tmp_path / "summ.csv", index=False)
+    cfg = tiny_config(tmp_path, ["alpha"])
+    cfg["tasks"] = ["alpha", "summ", "bbc-summary"]
+    cfg["user_tasks"]["summ"] = {"kind": "generation", "path": str(tmp_path / "summ.csv"), "text_columns": ["doc"],
+                                 "target_column": "summary", "prompt": "{text_a}\nSummary:"}
+    write_config(tmp_path, cfg)
+    draws = [f"k=4, seed={s}" for s in (13, 21)]
+    assert planned_jobs(tmp_path) == sorted(
+        [("download", f"task={t}") for t in cfg["tasks"]] + [("kshot", f"task=alpha, {d}") for d in draws]
+        + [("kshot_examples", f"task={t}, {d}") for t in ("summ", "bbc-summary") for d in draws])
+    snakemake(tmp_path)
+    for task in ("summ", "bbc-summary"):
+        raw = pd.read_parquet(tmp_path / f"data/raw/{task}/train.parquet")
+        kshot = tmp_path / f"data/kshot/{task}"
+        for seed in (13, 21):
+            train, dev = (pd.read_parquet(kshot / f"4-{seed}/{s}.parquet") for s in ("train", "dev"))
+            order = np.random.RandomState(seed).permutation(len(raw)).tolist()
+            assert train["idx"].tolist() == order[:4] and dev["idx"].tolist() == order[4:8]
+            assert train[["text_a", "target"]].equals(raw.loc[order[:4], ["text_a", "target"]].reset_index(drop=True))
+        test = pd.read_parquet(kshot / "4-13/test.parquet")
+        assert test.equals(pd.read_parquet(kshot / "4-21/test.parquet")) and test["idx"].is_monotonic_increasing
+        assert {"idx", "text_a", "text_b", "target"} <= set(test.columns) and len(test) == 5
+        info = json.loads((kshot / "4-13/info.json").read_text())
+        assert info["counts"] == {"train": 4, "dev": 4, "test": 5} and info["test_cap"] == 5
+    assert json.loads((tmp_path / "data/raw/summ/source.json").read_text())["task_kind"] == "generation"
+    summ = pd.read_parquet(tmp_path / "data/kshot/summ/4-13/train.parquet")
+    assert summ["text_a"].str.match(r"Document \d+\.$").all()  # whitespace normalised
+    assert "label_counts" in json.loads((tmp_path / "data/kshot/alpha/4-13/info.json").read_text())
+    assert planned_jobs(tmp_path) == []
