@@ -3,7 +3,8 @@
 The method types mean what they mean for classification, with text out instead of a class:
 
 ``zeroshot``  greedy decoding (:mod:`lmft.decode`) after the task's prompt
-``icl``       the same after ``demos`` demonstrations of the k-shot train set (:func:`lmft.lm_targets.icl_prompts`)
+``icl``       the same after ``demos`` demonstrations of the k-shot train set (:func:`lmft.lm_targets.icl_prompts`;
+              ``demos: null`` takes all k, the problem set's protocol)
 ``ft``        first-order fine-tuning on the target tokens (labels -100 on prompt and padding), in
               a parameter mode of :func:`lmft.params.select_trainable` (all, blocks, bias, norm,
               LoRA), then decoding; the best dev checkpoint is kept
@@ -16,7 +17,8 @@ classification runs' (:func:`lmft.runs.cap_rows`).
 
 Writes the same run directory as :func:`lmft.finetune.run_finetune`: ``metrics.json`` (``metric``
 is the task's primary score, ROUGE-L or token F1; ``dev_metric``/``test_metric`` those scores,
-``dev_scores``/``test_scores`` every score of the task metric, ``dev_loss`` the dev target loss,
+``test_se`` its standard error over the test examples, ``dev_scores``/``test_scores`` every score of
+the task metric, ``dev_loss`` the dev target loss, ``dev_token_acc`` its token accuracy,
 ``gen_tokens_mean`` the mean generated length), ``predictions.parquet`` (``index``, ``target``,
 ``prediction``, ``score``), ``curve.parquet``, ``model.safetensors`` (the trained tensors, else
 empty) and an empty ``steps/``.
@@ -26,11 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -134,7 +138,7 @@ def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping
         dev_acc, dev_loss = teacher_forced(clf, dev, bs, device)
         curve = [{"step": 0, "split": "dev", "loss": dev_loss, "metric": dev_acc}]
     if kind == "icl":
-        demos = int(cfg["demos"])
+        demos = len(frames["train"]) if cfg["demos"] is None else int(cfg["demos"])  # None: the whole support set
         inputs = {s: icl_prompts(frames[s], frames["train"], task, tokenizer, demos, seed + i)
                   for i, s in enumerate(("dev", "test"))}
         extra["demos"] = demos
@@ -145,6 +149,7 @@ def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping
     primary = PRIMARY[task.metric]
     each = {s: example_scores(outputs[s], list(frames[s]["target"]), task.metric) for s in ("dev", "test")}
     scores = {s: mean_scores(each[s]) for s in each}
+    test_se = float(np.std(each["test"][primary], ddof=1) / np.sqrt(len(test_rows))) if len(test_rows) > 1 else math.nan
     curve.append({"step": best_step, "split": "test", "loss": float("nan"), "metric": scores["test"][primary]})
     log.info("test %s: %s", primary, ", ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
 
@@ -164,7 +169,7 @@ def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping
     metrics = {"stage": "finetune", "task_kind": "generation", "task": task.name, "k": k, "seed": seed,
                "model": model, "method": method, "type": kind, "mode": info["mode"] or "none", "head": "generate",
                "metric": primary, "dev_metric": scores["dev"][primary], "test_metric": scores["test"][primary],
-               "dev_scores": scores["dev"], "test_scores": scores["test"], "dev_loss": dev_loss,
+               "test_se": test_se, "dev_scores": scores["dev"], "test_scores": scores["test"], "dev_loss": dev_loss,
                "dev_token_acc": dev_acc, "n_trainable": count_trainable(clf), "steps": steps,
                "best_step": best_step, "model_seed": model_seed, "n_train": len(frames["train"]),
                "n_dev": len(frames["dev"]), "n_test": len(frames["test"]), "device": str(device),
