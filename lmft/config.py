@@ -18,13 +18,7 @@ def validate_schema(config: dict[str, Any], schema_path: Path = SCHEMA) -> None:
     """Validate ``config`` with the workflow's schema (as Snakemake does), then each ``finetune.methods``
     entry with its type's schema (:mod:`lmft.methods`; plugins loaded)."""
     check_against(yaml.safe_load(schema_path.read_text()), config)
-    methods = (config.get("finetune") or {}).get("methods") or {}
-    if methods:
-        from lmft.methods import check_values, load_plugins  # heavy (torch): only where a finetune section needs it
-
-        load_plugins(config)
-        for name, spec in methods.items():
-            check_values(spec, name)
+    _check_methods(config, resolve=False)
 
 
 def check_against(schema: Mapping[str, Any], instance: Any, where: str = "") -> None:
@@ -59,13 +53,19 @@ def check_config(config: dict[str, Any]) -> None:
                 if m not in models:
                     raise LmftError(f"config: {section}.methods.{entry_name}.models names {m!r}, "
                                     f"not one of models: {sorted(models)}")
+    _check_methods(config, resolve=True)
+
+
+def _check_methods(config: Mapping[str, Any], resolve: bool) -> None:
+    """Check each ``finetune.methods`` entry against its type (the config's plugins loaded): its values,
+    or (``resolve``) its keys, values and grid lists (:func:`lmft.methods.resolve_spec`)."""
     methods = (config.get("finetune") or {}).get("methods") or {}
     if methods:
-        from lmft.methods import load_plugins, resolve_spec  # heavy (torch): only where a finetune section needs it
+        from lmft.methods import check_values, load_plugins, resolve_spec  # heavy (torch): only where needed
 
         load_plugins(config)
         for name, spec in methods.items():
-            resolve_spec(spec, name)  # the keys and values that the method's type takes
+            (resolve_spec if resolve else check_values)(spec, name)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

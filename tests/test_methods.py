@@ -54,7 +54,7 @@ def test_register_refuses_a_second_type_of_the_same_name() -> None:
     register(TYPES["zeroshot"])  # the same type again: nothing happens
     with pytest.raises(LmftError, match="a method type named 'zeroshot' is registered already"):
         register(MethodType("zeroshot", COMMON, zeroshot_run))
-    with pytest.raises(LmftError, match="method type 'toy' is not registered; .* finetune.plugins"):
+    with pytest.raises(LmftError, match="method type must be one of ft, .*, got 'toy' .* finetune.plugins"):
         get_type("toy")
 
 

@@ -32,10 +32,12 @@ def register(method: MethodType) -> MethodType:
     return method
 
 
-def get_type(name: str) -> MethodType:
+def get_type(name: Any, method: str | None = None) -> MethodType:
+    """The registered type ``name``; ``method``, the config entry that asks, is named in the error."""
     if name not in TYPES:
-        raise LmftError(f"method type {name!r} is not registered; known: {', '.join(TYPES)} (a type of your own: "
-                        "name its module in finetune.plugins)")
+        where = f"finetune method {method!r}: type" if method else "method type"
+        raise LmftError(f"{where} must be one of {', '.join(TYPES)}, got {name!r} (a type of your own: name its "
+                        "module in finetune.plugins)")
     return TYPES[name]
 
 
@@ -59,14 +61,6 @@ def load_plugins(config: Mapping[str, Any]) -> None:
         register(method)
 
 
-def _type_of(spec: Mapping[str, Any], method: str) -> MethodType:
-    kind = spec.get("type")
-    if kind not in TYPES:
-        raise LmftError(f"finetune method {method!r}: type must be one of {', '.join(TYPES)}, got {kind!r} (a type "
-                        "of your own: name its module in finetune.plugins)")
-    return TYPES[kind]
-
-
 def job_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A method's settings without the workflow's keys: what the job's results depend on (the rule's params)."""
     return {k: v for k, v in spec.items() if k not in WORKFLOW_KEYS}
@@ -74,7 +68,7 @@ def job_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_values(spec: Mapping[str, Any], method: str = "method") -> None:
     """Validate a method entry's values against its type's schema; the message names the method and the key."""
-    check_against(_type_of(spec, method).schema, job_spec(spec), f"finetune.methods.{method}")
+    check_against(get_type(spec.get("type"), method).schema, job_spec(spec), f"finetune.methods.{method}")
 
 
 def resolve_spec(spec: Mapping[str, Any], method: str = "method", *, grid: bool = True) -> dict[str, Any]:
@@ -83,7 +77,7 @@ def resolve_spec(spec: Mapping[str, Any], method: str = "method", *, grid: bool 
     A grid's lists (:mod:`lmft.grid`) are checked and stay lists; ``grid=False`` (a job's
     settings, which are one trial's) refuses them.
     """
-    t = _type_of(spec, method)
+    t = get_type(spec.get("type"), method)
     unknown = sorted(set(spec) - set(t.settings) - {"type"} - WORKFLOW_KEYS)
     if unknown:
         raise LmftError(f"finetune method {method!r} (type {t.name}): unknown key(s) {unknown}; "
