@@ -48,9 +48,10 @@ the method's or the trial's name:
 ``steps/step-{n}.safetensors``
     the trainable tensors after step n for each n of ``save_steps`` (the folder is empty without).
 ``resume.pt``
-    only while a training (``ft``/``mezo``) job with ``save_every`` runs (see :mod:`lmft.train`). It is not
-    a Snakemake output, so it survives a failed or killed job (Snakemake deletes only declared
-    outputs) and the rerun continues from it; it is deleted once ``metrics.json`` is written.
+    only while a job of a training type (``ft``, ``mezo``) with ``save_every`` runs (see
+    :mod:`lmft.train`). It is not a Snakemake output, so it survives a failed or killed job
+    (Snakemake deletes only declared outputs) and the rerun continues from it; it is deleted once
+    ``metrics.json`` is written.
     Step checkpoints wait in ``.pending-steps/{fingerprint}/`` for the same reason and move to
     ``steps/`` at the end (the fingerprint hashes the run's settings: files of other settings are dropped).
 """

@@ -46,6 +46,8 @@ def test_a_type_is_declared_with_documented_defaults() -> None:
         MethodType("toy", COMMON | {"alpha": {"type": "number"}}, zeroshot_run)
     with pytest.raises(LmftError, match=r"settings \['seeds'\] are the workflow's keys"):
         MethodType("toy", COMMON | {"seeds": setting([], "which seeds", type="array")}, zeroshot_run)
+    with pytest.raises(LmftError, match="a type that trains takes the mode keys"):
+        MethodType("toy", COMMON, zeroshot_run, trains=True)
     with pytest.raises(LmftError, match=r"unknown head\(s\) \['mlm'\]"):
         MethodType("toy", COMMON, zeroshot_run, heads=("mlm",))
 

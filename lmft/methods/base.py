@@ -38,6 +38,7 @@ from lmft.evaluate import Evaluation, Split, evaluate
 from lmft.grid import GRID_KEYS
 from lmft.heads import HEADS, Classifier
 from lmft.io import LmftError
+from lmft.methods.settings import SELECT
 from lmft.runs import encode_split
 from lmft.tasks import Task
 
@@ -128,6 +129,8 @@ class MethodType:
         undocumented = sorted(k for k, s in self.settings.items() if not {"default", "description"} <= set(s))
         if undocumented:
             raise LmftError(f"{where}: settings {undocumented} need a default and a description")
+        if self.trains and not set(SELECT) <= set(self.settings):
+            raise LmftError(f"{where}: a type that trains takes the mode keys (lmft.methods.settings.SELECT)")
         bad_heads = sorted(set(self.heads) - set(HEADS))
         if bad_heads:
             raise LmftError(f"{where}: unknown head(s) {bad_heads}; heads are {', '.join(HEADS)}")
