@@ -45,7 +45,7 @@ def load_plugins(config: Mapping[str, Any]) -> None:
     """Import each module of the config's ``finetune.plugins`` and register its ``METHOD``."""
     names = (config.get("finetune") or {}).get("plugins") or []
     if names and os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())  # a module beside the config imports as a script's neighbour would
+        sys.path.append(os.getcwd())  # the working directory's modules, as `python -m` finds them (jobs run there)
     for name in names:
         try:
             module = importlib.import_module(name)
