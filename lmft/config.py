@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,26 @@ SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "conf
 
 
 def validate_schema(config: dict[str, Any], schema_path: Path = SCHEMA) -> None:
-    """Validate (and fill defaults into) ``config`` with the workflow's schema, as Snakemake does."""
+    """Validate ``config`` with the workflow's schema (as Snakemake does), then each ``finetune.methods``
+    entry with its type's schema (:mod:`lmft.methods`; plugins loaded)."""
+    check_against(yaml.safe_load(schema_path.read_text()), config)
+    _check_methods(config, resolve=False)
+
+
+def check_against(schema: Mapping[str, Any], instance: Any, where: str = "") -> None:
+    """Raise the first error (by path) of ``instance`` under the JSON ``schema``, as ``config: {where}.{path}: ...``;
+    a value outside an ``enum`` is named as unknown, with the choices."""
     import jsonschema
 
-    schema = yaml.safe_load(schema_path.read_text())
-    validator_cls = jsonschema.validators.validator_for(schema)
-    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
-        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise LmftError(f"config: {where}: {e.message}")
+        path = ".".join(str(p) for p in e.absolute_path)
+        message = e.message
+        if e.validator == "enum":
+            message = f"unknown {path or 'value'} {e.instance!r}; one of {', '.join(map(str, e.validator_value))}"
+        raise LmftError(f"config: {'.'.join(p for p in (where, path) if p) or '(top level)'}: {message}")
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -44,12 +55,19 @@ def check_config(config: dict[str, Any]) -> None:
                 if m not in models:
                     raise LmftError(f"config: {section}.methods.{entry_name}.models names {m!r}, "
                                     f"not one of models: {sorted(models)}")
+    _check_methods(config, resolve=True)
+
+
+def _check_methods(config: Mapping[str, Any], resolve: bool) -> None:
+    """Check each ``finetune.methods`` entry against its type (the config's plugins loaded): its values,
+    or (``resolve``) its keys, values and grid lists (:func:`lmft.methods.resolve_spec`)."""
     methods = (config.get("finetune") or {}).get("methods") or {}
     if methods:
-        from lmft.finetune import resolve_spec  # heavy (torch): only where a finetune section needs it
+        from lmft.methods import check_values, load_plugins, resolve_spec  # heavy (torch): only where needed
 
+        load_plugins(config)
         for name, spec in methods.items():
-            resolve_spec(spec, name)  # the keys that the method's type takes
+            (resolve_spec if resolve else check_values)(spec, name)
 
 
 def _classification_only(config: dict[str, Any]) -> list[tuple[str, list[str], bool]]:

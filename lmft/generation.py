@@ -1,27 +1,29 @@
 """The fine-tuning stage's runner for generation tasks (summarisation, QA) on a causal LM.
 
-The method types mean what they mean for classification, with text out instead of a class:
+A method type takes part through its ``generate`` hook (:class:`lmft.methods.MethodType`):
 
-``zeroshot``  greedy decoding (:mod:`lmft.decode`) after the task's prompt
-``icl``       the same after ``demos`` demonstrations of the k-shot train set (:func:`lmft.lm_targets.icl_prompts`;
-              ``demos: null`` takes all k, the problem set's protocol)
-``ft``        first-order fine-tuning on the target tokens (labels -100 on prompt and padding), in
-              a parameter mode of :func:`lmft.params.select_trainable` (all, blocks, bias, norm,
-              LoRA), then decoding; the best dev checkpoint is kept
+``zeroshot``  the task's prompts as they are
+``icl``       prompts after ``demos`` demonstrations of the k-shot train set
+              (:func:`lmft.lm_targets.icl_prompts`; ``demos: null`` takes all k, the problem set's protocol)
+``ft``        first-order fine-tuning on the target tokens (labels -100 on prompt and padding), in a
+              parameter mode of :func:`lmft.params.select_trainable` (all, blocks, bias, norm, LoRA);
+              the best dev checkpoint kept
 ``mezo``      the same with MeZO's zeroth-order steps
 
-Dev selection is by teacher forcing: at each evaluation the target tokens' accuracy (argmax equals
-the reference token) ranks checkpoints, ties to the lower target loss, so no decoding runs inside
-the loop; the kept checkpoint then decodes dev and test once. Test rows are capped like the
-classification runs' (:func:`lmft.runs.cap_rows`).
+The hook returns the dev and test prompts; :func:`run_generation` decodes them greedily
+(:mod:`lmft.decode`), cuts at the task's stop strings and scores them against the targets
+(:mod:`lmft.textmetrics`). Dev selection inside a training loop is by teacher forcing: the target
+tokens' accuracy (argmax equals the reference token) ranks checkpoints, ties to the lower target
+loss, so no decoding runs in the loop. Test rows are capped like the classification runs'
+(:func:`lmft.runs.cap_rows`).
 
-Writes the same run directory as :func:`lmft.finetune.run_finetune`: ``metrics.json`` (``metric``
-is the task's primary score, ROUGE-L or token F1; ``dev_metric``/``test_metric`` those scores,
-``test_se`` its standard error over the test examples, ``dev_scores``/``test_scores`` every score of
-the task metric, ``dev_loss`` the dev target loss, ``dev_token_acc`` its token accuracy,
-``gen_tokens_mean`` the mean generated length), ``predictions.parquet`` (``index``, ``target``,
-``prediction``, ``score``), ``curve.parquet``, ``model.safetensors`` (the trained tensors, else
-empty) and an empty ``steps/``.
+Writes the same run directory as :func:`lmft.finetune.run_finetune`: ``metrics.json`` (with
+``task_kind: generation``; ``metric`` is the task's primary score, ROUGE-L or token F1, and
+``dev_metric``/``test_metric`` its values, ``test_se`` its standard error over the test examples,
+``dev_scores``/``test_scores`` every score of the task metric, ``dev_loss`` and ``dev_token_acc``
+the teacher-forced dev target loss and token accuracy, ``gen_tokens_mean`` the mean generated
+length), ``predictions.parquet`` (``index``, ``target``, ``prediction``, ``score``),
+``curve.parquet``, ``model.safetensors`` (the trained tensors, else empty) and an empty ``steps/``.
 """
 
 from __future__ import annotations
@@ -42,163 +44,105 @@ from lmft.checkpoint import save_trainable
 from lmft.decode import generate_texts
 from lmft.heads import Classifier
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
-from lmft.lm_targets import LMSplit, icl_prompts, lm_split, prompts, target_logits, target_loss
+from lmft.methods import GenerationJob, MethodType
+from lmft.methods.base import SPLITS, freeze
+from lmft.methods.training import selection
 from lmft.models import load
-from lmft.params import count_trainable, parse_mode, select_trainable
-from lmft.runs import FORMAT, cap_rows, peak_mem_mb
+from lmft.params import count_trainable, parse_mode
+from lmft.runs import FORMAT, cap_rows, checkpoint_metadata, peak_mem_mb
 from lmft.tasks import GenerationTask
 from lmft.textmetrics import PRIMARY, example_scores, mean_scores
-from lmft.train import FirstOrder, LoopConfig, ZerothOrder, train_loop
 
 log = logging.getLogger(__name__)
 
-TYPES = ("zeroshot", "icl", "ft", "mezo")
-_NO_GENERATION_MODES = ("prefix", "head")  # a prefix lives in the classifier's forward; the head is tied
+_NO_GENERATION_MODES = ("prefix", "head")  # a prefix lives in the classifier's forward; SmolLM2's head is tied
 
 
-def build_lm(model_json: Path | str, cfg: Mapping[str, Any], seed: int) -> tuple[Classifier, Any]:
-    """The causal LM of ``model_json`` inside a head-less :class:`Classifier` (what parameter modes
-    and checkpoints work on), its parameters selected by ``cfg``'s mode (frozen for zeroshot/icl)."""
-    with torch.random.fork_rng(devices=[]):  # loading and LoRA's A draw from the RNG; keep the caller's stream
-        torch.manual_seed(seed)
+def build_lm(model_json: Path | str, kind: MethodType, info: Mapping[str, Any]) -> tuple[Classifier, Any]:
+    """The causal LM of ``model_json`` in a head-less :class:`Classifier` (what parameter modes and
+    checkpoints work on), prepared by the type (``info``: mode, select, model_seed); eval mode."""
+    with torch.random.fork_rng(devices=[]):  # loading draws from the RNG; keep the caller's stream
         tokenizer, backbone, manifest = load(model_json, lm_head=True)
-        if manifest["kind"] != "causal":
-            raise LmftError(f"{model_json}: generation tasks need a causal LM, this model is {manifest['kind']}")
-        clf = Classifier(backbone, "causal", 0, causal=True, notes=[f"model {manifest['source']} "
-                                                                    f"({manifest['model_type']}), greedy decoding"])
-        if cfg["type"] in ("ft", "mezo"):
-            kind, _ = parse_mode(cfg["mode"])
-            if kind in _NO_GENERATION_MODES:
-                raise LmftError(f"mode {cfg['mode']!r} cannot decode text; use all, last/first/middle:N, bias, "
-                                "norm or lora:R for a generation task")
-            select_trainable(clf, cfg["mode"], **{k: cfg[k] for k in ("freeze_embeddings", "lora_targets",
-                                                                      "lora_alpha", "lora_dropout")})
-        else:
-            clf.requires_grad_(False)
+    if manifest["kind"] != "causal":
+        raise LmftError(f"{model_json}: generation tasks need a causal LM, this model is {manifest['kind']}")
+    clf = Classifier(backbone, "causal", 0, causal=True,
+                     notes=[f"model {manifest['source']} ({manifest['model_type']}), greedy decoding"])
+    if kind.trains:
+        mode, _ = parse_mode(info["mode"])
+        if mode in _NO_GENERATION_MODES:
+            raise LmftError(f"mode {info['mode']!r} cannot decode text; use all, last/first/middle:N, bias, norm or "
+                            "lora:R for a generation task")
+    (kind.prepare if kind.trains else freeze)(clf, info)
     return clf.eval(), tokenizer
 
 
-def teacher_forced(clf: Classifier, split: LMSplit, batch_size: int, device: torch.device,
-                   desc: str = "dev") -> tuple[float, float]:
-    """(target-token accuracy, mean target-token cross-entropy) of ``split``, in eval mode, no gradients."""
-    was_training = clf.training
-    clf.eval()
-    hits, total, loss_sum = 0, 0, 0.0
-    with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            batch = {k: v.to(device) for k, v in split.batch(range(start, min(start + batch_size, len(split)))).items()}
-            logits, targets = target_logits(clf.backbone, batch)
-            hits += int((logits.argmax(-1) == targets).sum())
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            total += targets.numel()
-    clf.train(was_training)
-    return hits / total, loss_sum / total
-
-
-def decode_split(clf: Classifier, tokenizer: Any, prompt_ids: list[list[int]], task: GenerationTask,
-                 batch_size: int, device: torch.device, desc: str) -> list[str]:
-    """Greedy continuations of ``prompt_ids``, cut at the task's stop strings, stripped."""
-    log.info("decoding %s: %d prompts, up to %d new tokens", desc, len(prompt_ids), task.max_new_tokens)
-    texts = generate_texts(clf.backbone, tokenizer, prompt_ids, max_new_tokens=task.max_new_tokens,
-                           stop=task.stop, batch_size=batch_size, device=device)
+def decode(job: GenerationJob, prompt_ids: list[list[int]], desc: str) -> list[str]:
+    """Greedy continuations of ``prompt_ids`` by the job's model, cut at the task's stop strings, stripped."""
+    log.info("decoding %s: %d prompts, up to %d new tokens", desc, len(prompt_ids), job.task.max_new_tokens)
+    texts = generate_texts(job.clf.backbone, job.tokenizer, prompt_ids, max_new_tokens=job.task.max_new_tokens,
+                           stop=job.task.stop, batch_size=int(job.cfg["eval_batch_size"]), device=job.device,
+                           desc=f"decode {desc}")
     return [t.strip() for t in texts]
 
 
 def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping[str, Path | str],
-                   out_dir: Path | str, *, cfg: Mapping[str, Any], model: str, k: int, seed: int, method: str,
-                   trial_fields: Mapping[str, Any], eval_cap: int | None, device: torch.device) -> dict[str, Any]:
+                   out_dir: Path | str, *, kind: MethodType, cfg: dict[str, Any], model: str, k: int, seed: int,
+                   method: str, trial_fields: Mapping[str, Any], eval_cap: int | None,
+                   device: torch.device) -> dict[str, Any]:
     """Run one job of a generation task and write its run directory (module doc); returns the metrics.
 
-    ``cfg`` is the method's resolved settings (:func:`lmft.finetune.resolve_spec`), ``trial_fields``
+    ``cfg`` is the method's resolved settings (:func:`lmft.methods.resolve_spec`), ``trial_fields``
     the grid trial's keys for ``metrics.json``.
     """
     started = time.perf_counter()
-    kind = cfg["type"]
-    if kind not in TYPES:
-        raise LmftError(f"finetune method {method!r}: type {kind} does not apply to the generation task "
-                        f"{task.name!r}; use one of {', '.join(TYPES)}")
+    if kind.generate is None:
+        raise LmftError(f"finetune method {method!r}: type {kind.name} does not apply to the generation task "
+                        f"{task.name!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_seed = seed if cfg["model_seed"] is None else int(cfg["model_seed"])
-    clf, tokenizer = build_lm(model_json, cfg, model_seed)
+    info = {"format": FORMAT, "model": model, "task": task.name, "k": k, "seed": seed, "method": method,
+            "type": kind.name, "head": "generate", "mode": cfg["mode"] if kind.trains else None,
+            "select": selection(cfg) if kind.trains else {}, "model_seed": model_seed}
+    clf, tokenizer = build_lm(model_json, kind, info)
     clf.to(device)
-    notes = list(clf.notes)
-    frames = {s: read_parquet(splits[s], ["text_a", "target"]) for s in ("train", "dev", "test")}
+    frames = {s: read_parquet(splits[s], ["text_a", "target"]) for s in SPLITS}
     test_rows = cap_rows(len(frames["test"]), eval_cap)
     frames["test"] = frames["test"].iloc[test_rows].reset_index(drop=True)
-    bs = int(cfg["eval_batch_size"])
-    dev = lm_split(frames["dev"], task, tokenizer, "dev")
-    steps = best_step = 0
-    extra: dict[str, Any] = {}
-    if kind in ("ft", "mezo"):
-        train = lm_split(frames["train"], task, tokenizer, "train")
-        curve, steps, best_step = _train(clf, cfg, train, dev, model_seed, device)
-        dev_acc, dev_loss = next((r["metric"], r["loss"]) for r in curve if r["step"] == best_step and r["split"] == "dev")
-    else:
-        dev_acc, dev_loss = teacher_forced(clf, dev, bs, device)
-        curve = [{"step": 0, "split": "dev", "loss": dev_loss, "metric": dev_acc}]
-    if kind == "icl":
-        demos = len(frames["train"]) if cfg["demos"] is None else int(cfg["demos"])  # None: the whole support set
-        inputs = {s: icl_prompts(frames[s], frames["train"], task, tokenizer, demos, seed + i)
-                  for i, s in enumerate(("dev", "test"))}
-        extra["demos"] = demos
-        notes.append(f"icl: {demos} demonstration(s) of the k-shot train set per prompt, in a seeded random order")
-    else:
-        inputs = {s: prompts(frames[s], task, tokenizer) for s in ("dev", "test")}
-    outputs = {s: decode_split(clf, tokenizer, inputs[s], task, bs, device, s) for s in ("dev", "test")}
-    primary = PRIMARY[task.metric]
-    each = {s: example_scores(outputs[s], list(frames[s]["target"]), task.metric) for s in ("dev", "test")}
-    scores = {s: mean_scores(each[s]) for s in each}
-    test_se = float(np.std(each["test"][primary], ddof=1) / np.sqrt(len(test_rows))) if len(test_rows) > 1 else math.nan
-    curve.append({"step": best_step, "split": "test", "loss": float("nan"), "metric": scores["test"][primary]})
-    log.info("test %s: %s", primary, ", ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
+    log.info("%s %s k=%d seed=%d %s (%s, generation): train %d, dev %d, test %d on %s", model, task.name, k, seed,
+             method, kind.name, *(len(f) for f in frames.values()), device)
+    job = GenerationJob(task, frames, clf, tokenizer, cfg, device, seed, model_seed)
+    outcome = kind.generate(job)
 
-    info = {"format": FORMAT, "model": model, "task": task.name, "k": k, "seed": seed, "method": method,
-            "type": kind, "head": "generate", "mode": cfg.get("mode") if kind in ("ft", "mezo") else None,
-            "model_seed": model_seed, "step": best_step}
-    meta = {"lmft": json.dumps(info, sort_keys=True), "task": task.name, "method": method}
+    primary = PRIMARY[task.metric]
+    texts = {s: decode(job, outcome.prompts[s], s) for s in ("dev", "test")}
+    each = {s: example_scores(texts[s], list(frames[s]["target"]), task.metric) for s in texts}
+    scores = {s: mean_scores(each[s]) for s in each}
+    test_se = float(np.std(each["test"][primary], ddof=1) / math.sqrt(len(test_rows))) if len(test_rows) > 1 else math.nan
+    curve = [*outcome.curve, {"step": outcome.best_step, "split": "test", "loss": math.nan,
+                              "metric": scores["test"][primary]}]
+    log.info("test: %s", ", ".join(f"{key} {v:.4f}" for key, v in scores["test"].items()))
+
+    meta = checkpoint_metadata(info | {"step": outcome.best_step})
     if count_trainable(clf):
         save_trainable(clf, out / "model.safetensors", meta)
     else:
         save_tensors({}, out / "model.safetensors", meta)
     (out / "steps").mkdir(exist_ok=True)
     write_parquet(pd.DataFrame({"index": test_rows, "target": list(frames["test"]["target"]),
-                                "prediction": outputs["test"], "score": each["test"][primary]}), out / "predictions.parquet")
+                                "prediction": texts["test"], "score": each["test"][primary]}),
+                  out / "predictions.parquet")
     write_parquet(pd.DataFrame(curve, columns=["step", "split", "loss", "metric"]), out / "curve.parquet")
-    gen_tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in outputs["test"]]
+    gen_tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts["test"]]
     metrics = {"stage": "finetune", "task_kind": "generation", "task": task.name, "k": k, "seed": seed,
-               "model": model, "method": method, "type": kind, "mode": info["mode"] or "none", "head": "generate",
-               "metric": primary, "dev_metric": scores["dev"][primary], "test_metric": scores["test"][primary],
-               "test_se": test_se, "dev_scores": scores["dev"], "test_scores": scores["test"], "dev_loss": dev_loss,
-               "dev_token_acc": dev_acc, "n_trainable": count_trainable(clf), "steps": steps,
-               "best_step": best_step, "model_seed": model_seed, "n_train": len(frames["train"]),
-               "n_dev": len(frames["dev"]), "n_test": len(frames["test"]), "device": str(device),
-               "gen_tokens_mean": sum(gen_tokens) / len(gen_tokens), "notes": notes,
-               "wall_time_s": time.perf_counter() - started, "peak_mem_mb": peak_mem_mb(device)} | extra
-    metrics |= dict(trial_fields)
+               "model": model, "method": method, "type": kind.name, "mode": info["mode"] or kind.tuned,
+               "head": "generate", "metric": primary, "dev_metric": scores["dev"][primary],
+               "test_metric": scores["test"][primary], "test_se": test_se, "dev_scores": scores["dev"],
+               "test_scores": scores["test"], "dev_loss": outcome.dev_loss, "dev_token_acc": outcome.dev_token_acc,
+               "n_trainable": count_trainable(clf), "steps": outcome.steps, "best_step": outcome.best_step,
+               "model_seed": model_seed, "n_train": len(frames["train"]), "n_dev": len(frames["dev"]),
+               "n_test": len(frames["test"]), "device": str(device), "gen_tokens_mean": float(np.mean(gen_tokens)),
+               "notes": [*clf.notes, *outcome.notes], "wall_time_s": time.perf_counter() - started,
+               "peak_mem_mb": peak_mem_mb(device)} | outcome.metrics | dict(trial_fields)
     write_json(metrics, out / "metrics.json")
     return metrics
-
-
-def _train(clf: Classifier, cfg: Mapping[str, Any], train: LMSplit, dev: LMSplit, seed: int,
-           device: torch.device) -> tuple[list[dict[str, Any]], int, int]:
-    """Fine-tune on the target loss with dev selection by teacher forcing; returns (curve, steps, best step)."""
-    if cfg["steps"] is None:
-        raise LmftError("a generation task's ft/mezo method needs steps")
-    loop = LoopConfig(steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), eval_every=int(cfg["eval_every"]),
-                      eval_batch_size=int(cfg["eval_batch_size"]), save_every=0, save_steps=())
-
-    def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return target_loss(model.backbone, batch)
-
-    common = {"total_steps": loop.steps, "lr": float(cfg["lr"]), "weight_decay": float(cfg["weight_decay"]),
-              "warmup_steps": int(cfg["warmup_steps"]), "schedule": cfg["schedule"], "objective": objective}
-    if cfg["type"] == "ft":
-        stepper: FirstOrder | ZerothOrder = FirstOrder(clf, optimizer=cfg["optimizer"], momentum=float(cfg["momentum"]),
-                                                       max_grad_norm=float(cfg["max_grad_norm"]), **common)
-    else:
-        stepper = ZerothOrder(clf, eps=float(cfg["eps"]), n_perturbations=int(cfg["n_perturbations"]), seed=seed,
-                              **common)
-    result = train_loop(clf, stepper, train, dev, "token_acc", loop, seed, device=device,
-                        score_dev=lambda m, desc: teacher_forced(m, dev, loop.eval_batch_size, device, desc))
-    return result.curve, result.steps, result.best_step

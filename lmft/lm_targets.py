@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tqdm.auto import tqdm
+
 from lmft.batching import pad_id
+from lmft.evaluate import progress_disabled
 from lmft.io import LmftError
 from lmft.tasks import GenerationTask
 from lmft.templates import causal_prefix
@@ -143,14 +146,20 @@ class LMSplit:
         return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
-def lm_split(df: pd.DataFrame, task: GenerationTask, tokenizer: Any, name: str = "split") -> LMSplit:
-    """The teacher-forcing split of a k-shot table: each row's prompt ids, then its target ids."""
+def with_targets(prompt_ids: list[list[int]], df: pd.DataFrame, task: GenerationTask, tokenizer: Any,
+                 name: str = "split") -> LMSplit:
+    """The teacher-forcing split of prompts (one per row of ``df``), each followed by its row's target ids."""
     ids, labels = [], []
-    for p, t in zip(prompts(df, task, tokenizer), df["target"]):
+    for p, t in zip(prompt_ids, df["target"]):
         tgt = target_ids(task, tokenizer, t)
         ids.append(p + tgt)
         labels.append([IGNORE] * len(p) + tgt)
     return LMSplit(ids, labels, pad_id(tokenizer), name)
+
+
+def lm_split(df: pd.DataFrame, task: GenerationTask, tokenizer: Any, name: str = "split") -> LMSplit:
+    """The teacher-forcing split of a k-shot table: each row's zero-shot prompt ids, then its target ids."""
+    return with_targets(prompts(df, task, tokenizer), df, task, tokenizer, name)
 
 
 def target_logits(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -173,3 +182,24 @@ def target_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Mean cross-entropy of the target tokens (labels -100 elsewhere), a scalar."""
     logits, targets = target_logits(model, batch)
     return F.cross_entropy(logits, targets)
+
+
+def teacher_forced(model: nn.Module, split: LMSplit, batch_size: int, device: torch.device | str,
+                   desc: str = "dev") -> tuple[float, float]:
+    """(target-token accuracy, mean target-token cross-entropy) of a causal LM on ``split``.
+
+    Accuracy counts the target tokens that are the argmax after their prefix. Eval mode, no
+    gradients; the model's training flag is restored.
+    """
+    was_training = model.training
+    model.eval()
+    hits, total, loss_sum = 0, 0, 0.0
+    with torch.no_grad():
+        for start in tqdm(range(0, len(split), batch_size), desc=desc, leave=False, disable=progress_disabled()):
+            rows = range(start, min(start + batch_size, len(split)))
+            logits, targets = target_logits(model, {k: v.to(device) for k, v in split.batch(rows).items()})
+            hits += int((logits.argmax(-1) == targets).sum())
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            total += targets.numel()
+    model.train(was_training)
+    return hits / total, loss_sum / total

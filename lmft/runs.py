@@ -25,8 +25,6 @@ from lmft.checkpoint import load_trainable
 from lmft.evaluate import Split
 from lmft.heads import Classifier, build_classifier
 from lmft.io import ArtifactError, LmftError, load_tensor_metadata
-from lmft.params import select_trainable
-from lmft.probe import attach_linear
 from lmft.tasks import Task
 from lmft.templates import Encoded
 
@@ -93,23 +91,24 @@ def encode_split(df: pd.DataFrame, task: Task, tokenizer: Any, clf: Classifier, 
 
 
 def build_for_run(model_json: Path | str, task: Task, info: Mapping[str, Any]) -> tuple[Classifier, Any]:
-    """Build the classifier of a run from its settings (``info``: type, head, mode, select, model_seed).
+    """Build the classifier of a run from its settings (``info``: type, head, mode, select, model_seed),
+    prepared as its method type prepares it (:mod:`lmft.methods`).
 
     The cls head and LoRA's A matrices initialise from ``model_seed``, so a training run starts
     from the same weights as this rebuild.
     """
+    from lmft.methods import get_type  # deferred: the method types build on this module
+
     clf, tokenizer = build_classifier(model_json, task, info["head"], seed=info["model_seed"], pooling=info["pooling"])
-    kind = info["type"]
-    if kind in ("ft", "mezo"):
-        with torch.random.fork_rng(devices=[]):  # LoRA draws from the global RNG; leave the caller's untouched
-            torch.manual_seed(info["model_seed"])
-            select_trainable(clf, info["mode"], **info["select"])
-    elif kind == "linear-probe":
-        attach_linear(clf)
-    else:
-        for p in clf.parameters():
-            p.requires_grad_(False)
+    get_type(info["type"]).prepare(clf, info)
     return clf, tokenizer
+
+
+def checkpoint_metadata(info: Mapping[str, Any]) -> dict[str, str]:
+    """The safetensors metadata of a run's checkpoint: ``info`` as JSON under ``lmft`` (what :func:`load_run`
+    rebuilds from) and a few keys readable at a glance."""
+    return {"lmft": json.dumps(info, sort_keys=True), "mode": str(info["mode"]), "head": info["head"],
+            "task": info["task"], "method": info["method"]}
 
 
 @dataclass

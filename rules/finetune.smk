@@ -14,8 +14,9 @@
 # shadow directory is thrown away with the resume file in it.
 import re
 
-from lmft.finetune import finetune_targets, job_spec
+from lmft.finetune import finetune_targets
 from lmft.grid import expand_methods
+from lmft.methods import job_spec
 from lmft.paths import finetune_run, kshot_splits
 
 FINETUNE = config.get("finetune") or {}
