@@ -1,9 +1,8 @@
 # Grafting (Panigrahi et al. 2023): a sparse mask per fine-tuning run and sparsity, and how the
 # masks of several tasks (or seeds) overlap. Runs only when the config has a `graft:` section.
 # Reads the runs at FT_RUN of rules/finetune.smk (include it first).
-from lmft.graft import graft_jobs, graft_options
+from lmft.graft_plan import graft_jobs, graft_options, overlap_groups, overlap_path
 from lmft.grid import check_pinned
-from lmft.overlap import overlap_groups, overlap_path
 from lmft.paths import graft_dir, kshot_split, kshot_splits, overlap_seeds, overlap_tasks
 
 GRAFT = config.get("graft") or {}
@@ -67,13 +66,11 @@ rule graft:
 
 
 OVERLAP_GROUPS = {overlap_path(RESULTS, g): g for g in overlap_groups(GRAFT_JOBS)} if GRAFT.get("overlap", True) else {}
-OVERLAP_TASKS = overlap_tasks(RESULTS, "{model}", "{k}", "{seed}", "{method}", "{sparsity}")
-OVERLAP_SEEDS = overlap_seeds(RESULTS, "{model}", "{task}", "{k}", "{method}", "{sparsity}")
 
 
-def overlap_group(pattern, w):
+def overlap_group(table, w):
     """The group of masks behind an overlap table (one of the configured graft jobs' groups)."""
-    path = pattern.format(**dict(w.items()))
+    path = table.format(**dict(w.items()))
     if path not in OVERLAP_GROUPS:
         raise ValueError(f"{path}: not an overlap table of the configured graft jobs")
     group = OVERLAP_GROUPS[path]
@@ -82,40 +79,31 @@ def overlap_group(pattern, w):
             "context": {key: value for key, value in group.items() if key != "members"}}
 
 
-rule mask_overlap_tasks:
-    input:
-        masks=lambda w: overlap_group(OVERLAP_TASKS, w)["masks"],
-    output:
-        OVERLAP_TASKS,
-    params:
-        labels=lambda w: overlap_group(OVERLAP_TASKS, w)["labels"],
-        context=lambda w: overlap_group(OVERLAP_TASKS, w)["context"],
-    log:
-        "logs/graft/{model}/overlap-tasks/{k}-{seed}/{method}/sparsity-{sparsity}.log",
-    benchmark:
-        "benchmarks/graft/{model}/overlap-tasks/{k}-{seed}/{method}/sparsity-{sparsity}.tsv"
-    resources:
-        mem_mb=2000,
-    script:
-        "../workflow/scripts/mask_overlap.py"
+# One rule per way of grouping the masks: those of every task (one seed), those of every seed (one task).
+OVERLAP_TABLES = {"tasks": overlap_tasks(RESULTS, "{model}", "{k}", "{seed}", "{method}", "{sparsity}"),
+                  "seeds": overlap_seeds(RESULTS, "{model}", "{task}", "{k}", "{method}", "{sparsity}")}
 
+for by, table in OVERLAP_TABLES.items():
+    stem = table.removeprefix(f"{RESULTS}/").removesuffix(".parquet")  # its log and benchmark: graft/{model}/overlap-...
 
-rule mask_overlap_seeds:
-    input:
-        masks=lambda w: overlap_group(OVERLAP_SEEDS, w)["masks"],
-    output:
-        OVERLAP_SEEDS,
-    params:
-        labels=lambda w: overlap_group(OVERLAP_SEEDS, w)["labels"],
-        context=lambda w: overlap_group(OVERLAP_SEEDS, w)["context"],
-    log:
-        "logs/graft/{model}/overlap-seeds/{task}/{k}/{method}/sparsity-{sparsity}.log",
-    benchmark:
-        "benchmarks/graft/{model}/overlap-seeds/{task}/{k}/{method}/sparsity-{sparsity}.tsv"
-    resources:
-        mem_mb=2000,
-    script:
-        "../workflow/scripts/mask_overlap.py"
+    rule:
+        name:
+            f"mask_overlap_{by}"
+        input:
+            masks=lambda w, table=table: overlap_group(table, w)["masks"],
+        output:
+            table,
+        params:
+            labels=lambda w, table=table: overlap_group(table, w)["labels"],
+            context=lambda w, table=table: overlap_group(table, w)["context"],
+        log:
+            f"logs/{stem}.log",
+        benchmark:
+            f"benchmarks/{stem}.tsv"
+        resources:
+            mem_mb=2000,
+        script:
+            "../workflow/scripts/mask_overlap.py"
 
 
 GRAFT_METRICS = [graft_dir(RESULTS, **job) + "/metrics.json" for job in GRAFT_JOBS]
