@@ -132,7 +132,7 @@ def pair_kinds(config: Mapping[str, Any]) -> dict[str, str]:
     The interpolate metrics name their endpoints by path only, so the workflow passes this to the aggregate.
     """
     from lmft.finetune import resolve_spec
-    from lmft.interpolate import interpolate_jobs  # heavy: lazily
+    from lmft.interpolate_plan import interpolate_jobs
 
     methods = (config.get("finetune") or {}).get("methods") or {}
 

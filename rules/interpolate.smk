@@ -2,7 +2,7 @@
 # checkpoints, per configured pair. Runs only when the config has an `interpolate:` section.
 # Uses tasks_config and finetune_eval_cap from rules/graft.smk (include both).
 from lmft.grid import check_pinned
-from lmft.interpolate import interpolate_jobs
+from lmft.interpolate_plan import interpolate_jobs
 from lmft.paths import finetune_run, interpolate_dir, kshot_splits
 
 INTERP = config.get("interpolate") or {}
