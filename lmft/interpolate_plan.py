@@ -1,4 +1,5 @@
-"""The interpolation stage's part of the plan: the jobs of ``interpolate.pairs``.
+"""The interpolation stage's part of the plan (:mod:`lmft.plan`): the jobs of ``interpolate.pairs``, and
+what kind of path each pair is (the findings need it; the metrics name the endpoints by path only).
 
 Every key of ``interpolate:`` and its default is in the config schema.
 """
@@ -68,3 +69,39 @@ def interpolate_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 resolved = {end: {**e, "task": e["task"] or task} for end, e in ends.items()}
                 jobs.append({"model": model, "task": task, "pair": pair, "k": k, "seed": seed, **resolved})
     return jobs
+
+
+def pair_kinds(config: Mapping[str, Any]) -> dict[str, str]:
+    """Kind of each ``interpolate.pairs`` entry of ``config``: ``pretrained-ft`` (one end a run's
+    pre-trained values, the other that run's final checkpoint), ``seed-seed`` (the same checkpoint
+    of two runs on the same task, k and data seed whose methods differ only in the effective
+    ``model_seed`` and in which checkpoints they save), else ``other`` (also when the pair's jobs on several tasks disagree).
+
+    The interpolate metrics name their endpoints by path only, so the workflow passes this to the aggregate.
+    """
+    from lmft.finetune import resolve_spec  # heavy (torch): lazily
+
+    methods = section(config, "finetune")["methods"]
+
+    def settings(end: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+        spec = resolve_spec(methods[end["method"]], end["method"])
+        for key in ("save_steps", "save_every"):  # what a run keeps on disk, not what it trains
+            spec.pop(key, None)
+        seed = spec.pop("model_seed")
+        return spec, end["seed"] if seed is None else int(seed)
+
+    def kind(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+        same = [f for f in ("method", "task", "k", "seed", "step") if a[f] == b[f]]
+        if a["pretrained"] != b["pretrained"]:
+            final = b if a["pretrained"] else a
+            same_run = {"method", "task", "k", "seed"} <= set(same)
+            return "pretrained-ft" if same_run and final["step"] is None else "other"
+        if a["pretrained"] or not {"task", "k", "seed", "step"} <= set(same):
+            return "other"
+        (spec_a, seed_a), (spec_b, seed_b) = settings(a), settings(b)
+        return "seed-seed" if spec_a == spec_b and seed_a != seed_b else "other"
+
+    kinds: dict[str, set[str]] = {}
+    for job in interpolate_jobs(config):
+        kinds.setdefault(job["pair"], set()).add(kind(job["a"], job["b"]))
+    return {pair: found.pop() if len(found) == 1 else "other" for pair, found in sorted(kinds.items())}

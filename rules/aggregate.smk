@@ -1,9 +1,9 @@
 # Last stage: every registered run's metrics.json -> runs.parquet, paper tables, the findings (each
 # paper's claims against this run) and plots (HTML tables and PNG plots go into `snakemake --report`).
 # Include this file after every stage's rules file: it reads what they registered in METRICS (rules/common.smk).
-from lmft.aggregate import TOPIC_FILES, output_files, topics_for
-from lmft.findings import pair_kinds
+from lmft.interpolate_plan import pair_kinds
 from lmft.paths import plots_dir, tables_dir
+from lmft.topics import TOPIC_FILES, output_files, topics_for
 
 AGG_TOPICS = topics_for(s for s, files in METRICS.items() if files)
 AGG_TABLES = tables_dir(RESULTS)
