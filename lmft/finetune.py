@@ -92,13 +92,12 @@ import torch
 from lmft.batching import label_ids, pad_id
 from lmft.checkpoint import save_trainable
 from lmft.evaluate import Evaluation, Split, evaluate
-from lmft.grid import expand_methods, grid_keys, split_run, trial_fields
+from lmft.grid import grid_keys, split_run, trial_fields
 from lmft.heads import Classifier
 from lmft.icl import icl_encode
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
 from lmft.models import read_manifest
 from lmft.params import count_trainable
-from lmft.paths import finetune_run
 from lmft.probe import C_GRID, extract_features, fit_probe
 from lmft.runs import FORMAT, build_for_run, cap_rows, encode_split, peak_mem_mb, resolve_device, uses_prompt
 from lmft.tasks import Task
@@ -156,20 +155,6 @@ def resolve_spec(spec: Mapping[str, Any], method: str = "method", *, grid: bool 
 def job_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A method's settings without the workflow's keys: what the job's results depend on (the rule's params)."""
     return {k: v for k, v in spec.items() if k not in _WORKFLOW_KEYS}
-
-
-def finetune_targets(config: Mapping[str, Any]) -> list[str]:
-    """``metrics.json`` of every job of the config: each method (each trial of a grid, named by
-    :mod:`lmft.grid`) on its ``models``, ``tasks``, ``k`` and ``seeds`` (each defaulting to all of the config's)."""
-    results = config.get("results_dir", "results")
-    methods = (config.get("finetune") or {}).get("methods") or {}
-    kshot = config.get("kshot") or {}
-    return [f"{finetune_run(results, model, task, k, seed, run)}/metrics.json"
-            for run, spec in expand_methods(methods).items()
-            for model in (spec.get("models") or list(config.get("models") or {}))
-            for task in spec.get("tasks") or config.get("tasks") or []
-            for k in spec.get("k") or kshot.get("k", [16])
-            for seed in spec.get("seeds") or kshot.get("seeds", [13, 21, 42, 87, 100])]
 
 
 def default_head(model_json: Path | str) -> str:

@@ -105,6 +105,11 @@ def tables_dir(results: str) -> str:
     return f"{results}/tables"
 
 
+def runs_table(results: str) -> str:
+    """``{results}/tables/runs.parquet``: every run's metrics in one table (the aggregate's)."""
+    return f"{tables_dir(results)}/runs.parquet"
+
+
 def plots_dir(results: str) -> str:
     """``{results}/plots``: the aggregate's plots."""
     return f"{results}/plots"

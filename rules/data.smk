@@ -2,6 +2,7 @@
 from lmft.data import RAW_FORMAT, source_files
 from lmft.kshot import balances_test
 from lmft.paths import kshot_files
+from lmft.tasks import get_task
 
 
 rule download_lmbff:
@@ -27,7 +28,7 @@ rule download:
         test=f"{DATA}/raw/{{task}}/test.parquet",
         source=f"{DATA}/raw/{{task}}/source.json",
     params:
-        config=lambda w: task_config(w.task),
+        config=lambda w: PLAN.task_config(w.task),
         data_dir=DATA,
         raw_format=RAW_FORMAT,
     log:
@@ -59,6 +60,3 @@ rule kshot:
         mem_mb=2000,
     script:
         "../workflow/scripts/kshot.py"
-
-
-TARGETS.extend(f for t in TASKS for k in KS for s in SEEDS for f in kshot_files(DATA, t, k, s).values())

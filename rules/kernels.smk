@@ -20,11 +20,12 @@
 # With `published_dir` the solve jobs read kernels (and f0, for solvers with f0_scaling) from that
 # directory, in the same layout as results/kernels; no shard or merge job is planned.
 from lmft.formulas import FORMULAS, PROMPTS
-from lmft.kernel_plan import KERNEL_KEYS, col_shards, kernel_info, settings, shard_mem_mb_for, solve_rules, solve_targets
+from lmft.kernel_plan import KERNEL_KEYS, col_shards, kernel_info, shard_mem_mb_for, solve_rules
 from lmft.paths import (SPLITS, kernel_dir, kernel_file, kernel_shard, kernel_solve_dir, kernel_solve_metrics,
-                        kshot_split, one_of)
+                        kshot_split, model_manifest, one_of)
+from lmft.tasks import get_task
 
-KCFG = settings(config)
+KCFG = PLAN.kernels
 KDIR = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
 KSRC = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}", KCFG["published_dir"])  # what the solves read
 KSHARD = kernel_shard(KDIR, "{prompt}", "{split}", "{row}", "{col}")
@@ -51,7 +52,7 @@ if not KCFG["published_dir"]:
         input:
             train=kshot_split(DATA, "{task}", "{k}", "{seed}", "train"),
             split=kshot_split(DATA, "{task}", "{k}", "{seed}", "{split}"),
-            model=model_json("{model}"),
+            model=model_manifest(RESULTS, "{model}"),
         output:
             shards=[f"{KSHARD}/{f}.pt" for f in KFORMULAS],
             f0=f"{KSHARD}/f0.pt",
@@ -61,7 +62,7 @@ if not KCFG["published_dir"]:
             kernel={k: KCFG[k] for k in KERNEL_KEYS},
             shards=lambda w: {"row_shards": KCFG["row_shards"], "col_shards": col_shards(KCFG, w.split)},
             test_cap=lambda w: KCFG["test_cap"] if w.split == "test" else None,
-            task=lambda w: task_config(w.task),
+            task=lambda w: PLAN.task_config(w.task),
         log:
             "logs/kernel_shard/{model}/{task}/{k}-{seed}/{prompt}/{split}/{row}-{col}.log",
         benchmark:
@@ -124,7 +125,7 @@ for solve in solve_rules(KCFG):
             formula=lambda w, solve=solve: solve.formula.format(**dict(w.items())),
             solvers={s: KCFG["solvers"][s] for s in solve.solvers},
             kernel=kernel_info(KCFG),
-            task=lambda w: task_config(w.task),
+            task=lambda w: PLAN.task_config(w.task),
         log:
             f"logs/kernel_solve/{{model}}/{{task}}/{{k}}-{{seed}}/{solve.run}.log",
         benchmark:
@@ -133,9 +134,3 @@ for solve in solve_rules(KCFG):
             mem_mb=2000,
         script:
             "../workflow/scripts/kernel_solve.py"
-
-
-if config.get("kernels") is not None:
-    KERNEL_METRICS = solve_targets(config, KCFG)
-    register_metrics("kernel", KERNEL_METRICS)
-    TARGETS.extend(KERNEL_METRICS)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from lmft.evaluate import predict
-from lmft.finetune import TYPES, finetune_targets, job_spec, resolve_spec, run_finetune
+from lmft.finetune import TYPES, job_spec, resolve_spec, run_finetune
 from lmft.heads import build_classifier
 from lmft.io import ArtifactError, LmftError, load_tensors, read_json
+from lmft.plan import finetune_targets
 from lmft.runs import cap_rows, encode_split, load_finetuned, load_run
 from lmft.tasks import get_task
 from tiny import make_tiny_model_dir, write_tiny_splits

@@ -11,9 +11,10 @@ import pytest
 
 from lmft import gather, summary
 from lmft.config import validate_schema
-from lmft.finetune import finetune_targets, job_spec, resolve_spec, run_finetune
+from lmft.finetune import job_spec, resolve_spec, run_finetune
 from lmft.grid import check_pinned, expand_methods, grid_keys, split_run, trial_fields, trials
 from lmft.io import LmftError
+from lmft.plan import finetune_targets
 from lmft.tasks import get_task
 from test_aggregate import finetune as write_finetune_metrics
 from tiny import make_tiny_model_dir, write_tiny_splits
