@@ -64,17 +64,18 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
     """The kernels of several formulas between ``rows[r0:r1]`` and ``cols[c0:c1]`` from one pass of
     Jacobians: formula -> :class:`KernelShard` (each bit-identical to computing it alone).
 
-    ``rows``/``cols`` are whole splits as one batch each (see :func:`lmft.jacobians.check_batch`); the ranges
-    default to everything. ``method`` ``tiled`` (the default) holds the Jacobians of blocks of
+    ``rows``/``cols`` are whole splits as one batch each (see :func:`lmft.jacobians.check_batch`); the
+    ranges default to everything. ``method`` ``tiled`` (the default) holds the Jacobians of blocks of
     ``row_batch`` rows and ``col_batch`` columns, rounded up to whole tiles of the global grid, and
     contracts them with :func:`lmft.tiled_kernel.tile_blocks`. ``vmap`` and ``naive`` (the per-pair
-    reference) take :func:`lmft.jacobians.jacobians` of blocks of ``row_batch`` rows, reused for every block of ``col_batch``
-    columns (and as the column Jacobians of a block with the same examples when ``cols is rows``),
-    and contract them with :func:`lmft.kernel_pairs.kernel_blocks`; ``vmap_chunk`` is
-    :func:`lmft.jacobians.jacobians`'. ``mem_mb`` (tiled only; None: no bound) is a memory budget in
-    MB: where the held Jacobians of all dense tensors would not fit (:func:`lmft.tiled_kernel.block_coords`), the dense tensors are cut into blocks,
-    each one a pass of its own over every example (forward and backward again, only the block's
-    gradients kept), and the partial float64 kernels are summed. The result then differs from the
+    reference) take :func:`lmft.jacobians.jacobians` of blocks of ``row_batch`` rows, reused for
+    every block of ``col_batch`` columns (and as the column Jacobians of a block with the same
+    examples when ``cols is rows``), and contract them with :func:`lmft.kernel_pairs.kernel_blocks`;
+    ``vmap_chunk`` is :func:`lmft.jacobians.jacobians`'. ``mem_mb`` (tiled only; None: no bound) is
+    a memory budget in MB: where the held Jacobians of all dense tensors would not fit
+    (:func:`lmft.tiled_kernel.block_coords`), the dense tensors are cut into blocks, each one a pass
+    of its own over every example (forward and backward again, only the block's gradients kept),
+    and the partial float64 kernels are summed. The result then differs from the
     unblocked one by float64 rounding only; like the tile grid, the block layout (fixed by
     ``mem_mb``, the batch sizes and C) is part of its bits.
     Runs where the model is (CPU or CUDA); the shards come back on the CPU.

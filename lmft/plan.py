@@ -133,7 +133,8 @@ class Plan:
         if not self._planned("graft"):
             return []
         jobs = graft_jobs(self.config)
-        where = "graft.methods" if self.graft["methods"] is not None else "graft.methods (unset: every ft and mezo method)"
+        unset = self.graft["methods"] is None
+        where = "graft.methods (unset: every ft and mezo method)" if unset else "graft.methods"
         check_pinned(self.config, [(where, job["method"]) for job in jobs])
         return jobs
 

@@ -58,7 +58,7 @@ OVERLAP_TABLES = {"tasks": overlap_tasks(RESULTS, "{model}", "{k}", "{seed}", "{
                   "seeds": overlap_seeds(RESULTS, "{model}", "{task}", "{k}", "{method}", "{sparsity}")}
 
 for by, table in OVERLAP_TABLES.items():
-    stem = table.removeprefix(f"{RESULTS}/").removesuffix(".parquet")  # its log and benchmark: graft/{model}/overlap-...
+    stem = table.removeprefix(f"{RESULTS}/").removesuffix(".parquet")  # logs/{stem}.log: logs/graft/{model}/overlap-...
 
     rule:
         name:

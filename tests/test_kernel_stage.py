@@ -1,4 +1,4 @@
-"""lmft.kernel_plan and lmft.kernel_stage: settings, shard layout, memory estimate, shard -> merge -> solve on a tiny model."""
+"""lmft.kernel_plan and lmft.kernel_stage: settings, shard layout, memory estimate, shard -> merge -> solve."""
 
 import json
 
