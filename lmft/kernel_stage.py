@@ -13,7 +13,8 @@ Files, under ``results/kernels/{model}/{task}/{k}-{seed}/``:
     pass of Jacobians, and ``f0.pt``: the pre-trained logits of its columns with their labels.
 ``{formula}-{prompt}/{split}.pt``
     the merged kernel, ``torch.save((kernel float64 [N_train, C, N_x, C], labels [N_x]))`` as the
-    paper's released kernels (``[2, ...]`` for asymmetric-signgd, a stacked formula of :mod:`lmft.formulas`), see :mod:`lmft.kernel_files`.
+    paper's released kernels (``[2, ...]`` for asymmetric-signgd, a stacked formula of
+    :mod:`lmft.formulas`), see :mod:`lmft.kernel_files`.
 ``f0-{prompt}/{split}.pt``
     the split's pre-trained logits ``(f0 float64 [N_x, C], labels [N_x])``.
 
