@@ -8,14 +8,14 @@ if not config:  # no --configfile / --config: run the embedded default
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
+# common.smk first: it plans every job (PLAN); the stages' rules files read the plan, in any order
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/finetune.smk"
 include: "rules/kernels.smk"
 include: "rules/graft.smk"
-include: "rules/interpolate.smk"  # uses helpers of graft.smk
-# aggregate.smk reads what the stages above register, so it comes last
+include: "rules/interpolate.smk"
 include: "rules/aggregate.smk"
 
 report: "workflow/report/workflow.rst"
@@ -24,4 +24,4 @@ report: "workflow/report/workflow.rst"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        PLAN.targets,

@@ -65,7 +65,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import BertConfig, BertModel
 
     from lmft.evaluate import Split, predict
-    from lmft.graft import base_patch, graft, relax_mask, split_state
+    from lmft.graft_mask import base_patch, graft, relax_mask, split_state
     from lmft.heads import Classifier
     from lmft.substitute import Substituted
     from lmft.templates import Encoded

@@ -1,8 +1,17 @@
-"""Config checks beyond the JSON schema: names that must refer to something."""
+"""The workflow's config: the JSON schema (every key and its default), and checks beyond it.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the one place that gives a key its default.
+:func:`validate_schema` fills them in as Snakemake's ``validate(config, schema)`` does (a key's
+``default`` is set where the key is missing, level by level, in the schema's order), so a library
+user who loads a config with :func:`load_config` gets the same values as a workflow run;
+:func:`with_defaults` fills them into a copy without validating, for the planners (:mod:`lmft.plan`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import functools
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +23,43 @@ from lmft.tasks import BUILTIN, get_task
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 
+@functools.cache
+def _validator(schema_path: Path) -> Any:
+    """A validator of the schema at ``schema_path`` that sets each missing key's default before it
+    validates the object's properties (jsonschema's FAQ recipe, which Snakemake's ``validate`` uses)."""
+    import jsonschema
+
+    schema = yaml.safe_load(schema_path.read_text())
+    base = jsonschema.validators.validator_for(schema)
+    check_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Mapping[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))  # the schema's own stays as it is
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+
+
 def validate_schema(config: dict[str, Any], schema_path: Path = SCHEMA) -> None:
-    """Validate ``config`` with the workflow's schema (as Snakemake does), then each ``finetune.methods``
-    entry with its type's schema (:mod:`lmft.methods`; plugins loaded)."""
-    check_against(yaml.safe_load(schema_path.read_text()), config)
+    """Validate ``config`` with the workflow's schema and fill its defaults in, as Snakemake does, then
+    each ``finetune.methods`` entry with its type's schema (:mod:`lmft.methods`; plugins loaded)."""
+    _raise_first(_validator(schema_path).iter_errors(config))
     _check_methods(config, resolve=False)
 
 
 def check_against(schema: Mapping[str, Any], instance: Any, where: str = "") -> None:
-    """Raise the first error (by path) of ``instance`` under the JSON ``schema``, as ``config: {where}.{path}: ...``;
-    a value outside an ``enum`` is named as unknown, with the choices."""
+    """Raise the first error (by path) of ``instance`` under the JSON ``schema``, as ``config: {where}.{path}: ...``."""
     import jsonschema
 
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    _raise_first(jsonschema.validators.validator_for(schema)(schema).iter_errors(instance), where)
+
+
+def _raise_first(errors: Iterable[Any], where: str = "") -> None:
+    """Raise the first of jsonschema's ``errors`` by path; a value outside an ``enum`` is named as unknown, with the choices."""
+    errors = sorted(errors, key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         path = ".".join(str(p) for p in e.absolute_path)
@@ -35,6 +67,20 @@ def check_against(schema: Mapping[str, Any], instance: Any, where: str = "") -> 
         if e.validator == "enum":
             message = f"unknown {path or 'value'} {e.instance!r}; one of {', '.join(map(str, e.validator_value))}"
         raise LmftError(f"config: {'.'.join(p for p in (where, path) if p) or '(top level)'}: {message}")
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with the schema's defaults filled in, valid or not (checking it is
+    :func:`validate_schema`'s job); a config that Snakemake validated comes back equal."""
+    out = copy.deepcopy(dict(config))
+    for _ in _validator(SCHEMA).iter_errors(out):  # the walk over the schema sets the defaults
+        pass
+    return out
+
+
+def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config's section ``name`` with the schema's defaults, also where the config has none."""
+    return with_defaults({name: config.get(name) or {}})[name]
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -48,12 +94,12 @@ def check_config(config: dict[str, Any]) -> None:
         get_task(name, config)
     _check_generation_tasks(config)
     models = set(config.get("models") or {})
-    for section in ("finetune", "kernels", "graft", "interpolate"):
-        sec = config.get(section) or {}
+    for name in ("finetune", "kernels", "graft", "interpolate"):
+        sec = config.get(name) or {}
         for entry_name, entry in (sec.get("methods") or {}).items():
             for m in (entry or {}).get("models") or []:
                 if m not in models:
-                    raise LmftError(f"config: {section}.methods.{entry_name}.models names {m!r}, "
+                    raise LmftError(f"config: {name}.methods.{entry_name}.models names {m!r}, "
                                     f"not one of models: {sorted(models)}")
     _check_methods(config, resolve=True)
 
@@ -110,7 +156,7 @@ def _check_generation_tasks(config: dict[str, Any]) -> None:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read, schema-validate and check a config file (for use outside Snakemake)."""
+    """Read, schema-validate (defaults filled in) and check a config file (for use outside Snakemake)."""
     config = yaml.safe_load(Path(path).read_text()) or {}
     validate_schema(config)
     check_config(config)

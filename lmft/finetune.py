@@ -73,33 +73,18 @@ import torch
 
 from lmft.checkpoint import save_trainable
 from lmft.evaluate import Evaluation
-from lmft.grid import expand_methods, split_run, trial_fields
+from lmft.generation import run_generation
+from lmft.grid import split_run, trial_fields
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
 from lmft.methods import Job, get_type, resolve_spec
 from lmft.methods.base import SPLITS
 from lmft.methods.training import selection
 from lmft.models import read_manifest
 from lmft.params import count_trainable
-from lmft.paths import finetune_run
 from lmft.runs import FORMAT, build_for_run, cap_rows, checkpoint_metadata, peak_mem_mb, resolve_device, uses_prompt
-from lmft.generation import run_generation
 from lmft.tasks import GenerationTask, Task
 
 log = logging.getLogger(__name__)
-
-
-def finetune_targets(config: Mapping[str, Any]) -> list[str]:
-    """``metrics.json`` of every job of the config: each method (each trial of a grid, named by
-    :mod:`lmft.grid`) on its ``models``, ``tasks``, ``k`` and ``seeds`` (each defaulting to all of the config's)."""
-    results = config.get("results_dir", "results")
-    methods = (config.get("finetune") or {}).get("methods") or {}
-    kshot = config.get("kshot") or {}
-    return [f"{finetune_run(results, model, task, k, seed, run)}/metrics.json"
-            for run, spec in expand_methods(methods).items()
-            for model in (spec.get("models") or list(config.get("models") or {}))
-            for task in spec.get("tasks") or config.get("tasks") or []
-            for k in spec.get("k") or kshot.get("k", [16])
-            for seed in spec.get("seeds") or kshot.get("seeds", [13, 21, 42, 87, 100])]
 
 
 def default_head(model_json: Path | str) -> str:

@@ -16,9 +16,9 @@ Run names (the ``{method}`` component of ``results/finetune/{model}/{task}/{k}-{
 Method names cannot hold ``~`` (the config schema's pattern), so trial names never collide with
 them or with each other, and :func:`split_run` recovers the method. A trial's metrics.json
 carries ``method`` (the configured name), ``trial`` (the run name) and ``hparams`` (its values of
-:data:`GRID_KEYS`); :mod:`lmft.aggregate` then selects the best dev trial per seed. Giving a
-method a list renames its existing run (``ft/`` becomes ``ft~lr-...``); changing one value of a
-list reruns that value's trials only.
+:data:`GRID_KEYS`); :func:`lmft.gather.mark_selected` then selects the best dev trial per seed.
+Giving a method a list renames its existing run (``ft/`` becomes ``ft~lr-...``); changing one
+value of a list reruns that value's trials only.
 
 Stages that read a fine-tuning run (grafting, interpolation) are planned before the runs finish,
 so they cannot follow the best trial: :func:`check_pinned` refuses grid methods there.

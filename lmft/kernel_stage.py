@@ -1,19 +1,20 @@
 """The kernel stage of the workflow: shard jobs, merge jobs and solve jobs (rules/kernels.smk).
 
 A kernel is keyed by (model, task, k, seed, formula, prompt, split): rows are always the
-training examples, columns the split's examples. The ``kernels:`` section of the config
-(:data:`DEFAULTS` lists every key; ``models``, ``tasks`` and ``k`` default to all of the config's)
-says which kernels are made and which solvers run on them.
+training examples, columns the split's examples. The ``kernels:`` section of the config says
+which kernels are made and which solvers run on them (:func:`lmft.kernel_plan.settings`; every key
+and its default is in the config schema); :mod:`lmft.kernel_plan` plans the jobs, this module runs them.
 
 Files, under ``results/kernels/{model}/{task}/{k}-{seed}/``:
 
 ``shards-{prompt}/{split}/{row}-{col}/{formula}.pt``
     one shard of rows ``row`` x columns ``col`` of the ``row_shards`` x ``col_shards`` grid
-    (:func:`lmft.kernels.save_shard`). One shard job writes every configured formula from one
+    (:func:`lmft.kernel_files.save_shard`). One shard job writes every configured formula from one
     pass of Jacobians, and ``f0.pt``: the pre-trained logits of its columns with their labels.
 ``{formula}-{prompt}/{split}.pt``
     the merged kernel, ``torch.save((kernel float64 [N_train, C, N_x, C], labels [N_x]))`` as the
-    paper's released kernels (``[2, ...]`` for asymmetric-signgd), see :mod:`lmft.kernels`.
+    paper's released kernels (``[2, ...]`` for asymmetric-signgd, a stacked formula of
+    :mod:`lmft.formulas`), see :mod:`lmft.kernel_files`.
 ``f0-{prompt}/{split}.pt``
     the split's pre-trained logits ``(f0 float64 [N_x, C], labels [N_x])``.
 
@@ -41,28 +42,31 @@ published) and ``kernel`` (the settings the kernel was computed with; for a comp
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmft import kernels, solvers
 from lmft.batching import collate, encode_frame, label_ids, pad_id
+from lmft.formulas import PROMPTS
 from lmft.heads import Classifier, build_classifier, fit_linear_head
 from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json
+from lmft.jacobians import logits
+from lmft.kernel_files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
+from lmft.kernel_plan import col_shards, is_binary, num_logits
+# workflow/scripts/kernel_shard.py imports settings from here: a changed script would rerun every shard job
+from lmft.kernel_plan import settings  # noqa: F401
+from lmft.kernel_sets import load_kernel_set
 from lmft.params import count_trainable, select_trainable
-from lmft.paths import kernel_solve_dir, kernel_solve_metrics
+from lmft.paths import SPLITS
 from lmft.runs import cap_rows, peak_mem_mb, resolve_device
-from lmft.tasks import Task, get_task
+from lmft.tasks import Task
 
 log = logging.getLogger(__name__)
 
-PROMPTS = ("prompt", "noprompt")
 # How each prompt setting's head starts: the pre-trained (M)LM head, or fit_head's logistic regression.
 HEAD_INIT = {"prompt": "pretrained", "noprompt": "logistic"}
 # Examples per forward pass of fit_head: fixed (not row_batch), so every shard job of a kernel fits
@@ -71,103 +75,6 @@ HEAD_BATCH = 16
 # The paper's head fit: LogisticRegressionCV(max_iter=5000) with its default ten Cs.
 HEAD_CS = solvers.GRIDS["logistic"]
 HEAD_MAX_ITER = 5000
-SPLITS = ("train", "dev", "test")
-DEFAULTS: dict[str, Any] = {
-    "models": None,  # None: every configured model (tasks: every task, k: every kshot.k)
-    "tasks": None,
-    "k": None,
-    "seeds": None,
-    "formulas": ["sgd"],
-    "prompt": ["prompt"],
-    "mode": "all",
-    "freeze_embeddings": False,
-    "binary": False,
-    "method": "tiled",
-    "row_batch": 8,
-    "col_batch": 8,
-    "mem_mb": None,  # None: no memory budget; else the tiled path's dense blocks fit it (kernels.block_coords)
-    "row_shards": 1,
-    "col_shards": 1,
-    "test_cap": None,
-    "device": "auto",
-    "gpu": 0,
-    "threads": 1,
-    "runtime": 60,
-    "published_dir": None,
-    "solvers": ["lstsq"],
-}
-# The settings a shard's numbers depend on, besides its grid and test_cap: the shard rule's params.
-# Batch sizes, device and threads change how it is computed, not what (bit for bit on the CPU), so
-# the shard script reads them from the config and changing them reruns nothing; so does mem_mb,
-# which changes the kernel by float64 rounding only (the dense blocks' partial sums).
-KERNEL_KEYS = ("formulas", "mode", "freeze_embeddings", "binary", "method")
-
-
-def settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config's ``kernels`` section with :data:`DEFAULTS` filled in and solver entries resolved.
-
-    ``solvers`` entries are a solver name or ``{name, grid, f0_scaling, lam}``; they become a
-    name -> options mapping. ``models``, ``tasks``, ``k`` and ``seeds`` become lists (all of the
-    config's when unset). Raises on a solver, formula or prompt the stage does not know, and on a model, task or
-    k the config does not have.
-    """
-    section = dict(config.get("kernels") or {})
-    out = DEFAULTS | {k: v for k, v in section.items() if v is not None or k in ("test_cap", "published_dir")}
-    for f in out["formulas"]:
-        if f not in kernels.FORMULAS:
-            raise LmftError(f"kernels.formulas: unknown formula {f!r}; one of {', '.join(kernels.FORMULAS)}")
-    for p in out["prompt"]:
-        if p not in PROMPTS:
-            raise LmftError(f"kernels.prompt: unknown setting {p!r}; one of {', '.join(PROMPTS)}")
-    out["solvers"] = solver_specs(out["solvers"])
-    kshot = config.get("kshot") or {}
-    for key, known in (("models", list(config.get("models") or {})), ("tasks", list(config.get("tasks") or [])),
-                       ("k", list(kshot.get("k", [16]))), ("seeds", list(kshot.get("seeds", [13, 21, 42, 87, 100])))):
-        chosen = list(known if out.get(key) is None else out[key])
-        for name in chosen:
-            if name not in known:
-                raise LmftError(f"kernels.{key} names {name!r}, not one of the config's {key}: {known}")
-        out[key] = chosen
-    return out
-
-
-def solver_specs(entries: Sequence[str | Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``[name | {name, grid, f0_scaling, lam}]`` -> name -> ``{grid, f0_scaling, lam}`` (None = solver default)."""
-    specs: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        spec = {"name": entry} if isinstance(entry, str) else dict(entry)
-        name = spec.pop("name", None)
-        if name not in solvers.SOLVERS:
-            raise LmftError(f"kernels.solvers: unknown solver {name!r}; one of {', '.join(solvers.SOLVERS)}")
-        if name in specs:
-            raise LmftError(f"kernels.solvers: {name!r} is listed twice")
-        unknown = sorted(set(spec) - {"grid", "f0_scaling", "lam"})
-        if unknown:
-            raise LmftError(f"kernels.solvers.{name}: unknown option(s) {unknown}; known: grid, f0_scaling, lam")
-        if name not in solvers.USES_F0 and spec.get("f0_scaling") is not None:
-            raise LmftError(f"kernels.solvers.{name}: this solver does not use f0; unset f0_scaling")
-        specs[name] = {"grid": spec.get("grid"), "f0_scaling": spec.get("f0_scaling"), "lam": spec.get("lam", 0.5)}
-    return specs
-
-
-def is_binary(task: Task, binary: bool) -> bool:
-    """Whether the task's kernel is of the logit difference: ``binary`` set and two classes."""
-    return bool(binary) and task.num_labels == 2
-
-
-def num_logits(task: Task, binary: bool) -> int:
-    return 1 if is_binary(task, binary) else task.num_labels
-
-
-def solver_applies(solver: str, formula: str, task: Task, binary: bool) -> bool:
-    """asym needs a binary asymmetric-signgd kernel; the other solvers take any kernel."""
-    return solver != "asym" or (formula == "asymmetric-signgd" and is_binary(task, binary))
-
-
-def col_shards(cfg: Mapping[str, Any], split: str) -> int:
-    """Column shards of ``split``: ``col_shards`` is one number or a ``{train, dev, test}`` mapping."""
-    value = cfg["col_shards"]
-    return int(value.get(split, 1)) if isinstance(value, Mapping) else int(value)
 
 
 def shard_range(n: int, parts: int, index: int, what: str) -> tuple[int, int]:
@@ -176,50 +83,7 @@ def shard_range(n: int, parts: int, index: int, what: str) -> tuple[int, int]:
         raise LmftError(f"{what}: {parts} shards but only {n} examples; lower the kernels' shard count")
     if not 0 <= index < parts:
         raise LmftError(f"{what}: shard {index} does not exist (0..{parts - 1})")
-    return kernels.split_range(n, parts)[index]
-
-
-def shard_mem_mb(n_params: int, n_trainable: int, logits: int, row_batch: int, col_batch: int) -> int:
-    """Memory (MB) a shard job needs, from the parameter counts and the batch sizes.
-
-    The float32 weights (4 bytes per parameter), and the Jacobians (4 bytes per trainable
-    parameter and logit) of a block of ``row_batch`` rows and one of ``col_batch`` columns held at
-    once, each rounded up to whole tiles of ``kernels.TILE`` examples (the tiled method's unit),
-    plus one example's for the backward passes' working set; add 1500 MB for Python, torch,
-    transformers, activations and the float64 staging slices of the contraction. On a GPU the
-    Jacobians live in GPU memory, so the same figure bounds both.
-    """
-    mb = 4 / 2**20
-    tiles = sum(-(-b // kernels.TILE) * kernels.TILE for b in (row_batch, col_batch))
-    return int(1500 + mb * n_params + mb * n_trainable * logits * (tiles + 1))
-
-
-def trainable_estimate(manifest: Mapping[str, Any], mode: str, freeze_embeddings: bool) -> int:
-    """An upper estimate of the trainable parameters of ``mode`` from a ``model.json`` (no model loaded):
-    all of them, less the word embeddings when frozen; N/L of the non-embedding ones for ``last:N``
-    and the like; 1% of the model for ``bias``, ``head``, ``lora:R`` and ``prefix:P`` (BitFit is
-    about 0.1%, LoRA r=8 on the attention about 0.3%)."""
-    from lmft.params import parse_mode
-
-    total = int(manifest["n_params"])
-    embeddings = int(manifest.get("vocab_size", 0)) * int(manifest.get("hidden_size", 0))
-    kind, n = parse_mode(mode)
-    if kind == "all":
-        return total - embeddings if freeze_embeddings else total
-    if kind in ("last", "first", "middle"):
-        return math.ceil((total - embeddings) * min(1.0, n / max(1, int(manifest.get("num_layers") or n))))
-    return total // 100
-
-
-def shard_mem_mb_for(model_json: PathLike, task: Task, cfg: Mapping[str, Any]) -> int:
-    """:func:`shard_mem_mb` of a prepared model, capped by ``kernels.mem_mb`` where set (a plain read of
-    ``model.json``: while it does not exist yet the FileNotFoundError tells Snakemake the figure is not
-    known until the model is prepared)."""
-    with open(model_json) as f:
-        manifest = json.load(f)
-    need = shard_mem_mb(int(manifest["n_params"]), trainable_estimate(manifest, cfg["mode"], cfg["freeze_embeddings"]),
-                        num_logits(task, cfg["binary"]), int(cfg["row_batch"]), int(cfg["col_batch"]))
-    return need if cfg.get("mem_mb") is None else min(need, math.ceil(cfg["mem_mb"]))
+    return split_range(n, parts)[index]
 
 
 def head_for(prompt: str, model_json: PathLike) -> str:
@@ -307,10 +171,10 @@ def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path
                                     row_batch=int(cfg["row_batch"]), col_batch=int(cfg["col_batch"]),
                                     binary=binary, method=cfg["method"], mem_mb=cfg["mem_mb"])
     part = {k: v[c0:c1] for k, v in cols.items()}
-    f0 = kernels.logits(clf, part, binary=binary)
+    f0 = logits(clf, part, binary=binary)
     for formula, shard in shards.items():
-        kernels.save_shard(shard, out[formula])
-    kernels.save_logits(f0_out, f0, part["labels"])
+        save_shard(shard, out[formula])
+    save_logits(f0_out, f0, part["labels"])
     log.info("shard done in %.1f s, peak memory %.0f MB", time.perf_counter() - started, peak_mem_mb(device))
 
 
@@ -320,20 +184,20 @@ def merge(shard_files: Mapping[str, Sequence[PathLike]], f0_files: Sequence[Path
 
     ``f0_files`` are the f0 slices of one row of shards, in column order; they give the labels.
     """
-    slices = [kernels.load_logits(p) for p in f0_files]
+    slices = [load_logits(p) for p in f0_files]
     f0 = torch.cat([s[0] for s in slices])
     labels = torch.cat([s[1] for s in slices])
     for formula, files in shard_files.items():
-        shards = [kernels.load_shard(p) for p in files]
+        shards = [load_shard(p) for p in files]
         wrong = [str(p) for p, s in zip(files, shards) if s.formula != formula]
         if wrong:
             raise LmftError(f"{wrong[0]}: a shard of another formula than {formula}")
-        kernel = kernels.merge_shards(shards)
+        kernel = merge_shards(shards)
         if kernel.shape[-2] != labels.shape[0]:
             raise LmftError(f"{formula}: the shards have {kernel.shape[-2]} columns, the f0 slices {labels.shape[0]} labels")
-        kernels.save_kernel(out[formula], kernel, labels)
+        save_kernel(out[formula], kernel, labels)
         log.info("%s: kernel %s", formula, tuple(kernel.shape))
-    kernels.save_logits(f0_out, f0, labels)
+    save_logits(f0_out, f0, labels)
 
 
 def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike] | None,
@@ -349,7 +213,7 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
     needs_f0 = [s for s in outs if specs[s].get("f0_scaling") is not None]
     if needs_f0 and not f0_files:
         raise LmftError(f"solver {needs_f0[0]} has f0_scaling {specs[needs_f0[0]]['f0_scaling']} but no f0 files were given")
-    sets = {s: solvers.load_kernel_set(kernel_files[s], f0_files[s] if needs_f0 else None) for s in SPLITS}
+    sets = {s: load_kernel_set(kernel_files[s], f0_files[s] if needs_f0 else None, formula) for s in SPLITS}
     source = kernel_info.get("source", "computed")
     made = dict(kernel_info) | ({"head_init": HEAD_INIT[prompt]} if source == "computed" else {})
     loaded = time.perf_counter() - started
@@ -358,13 +222,13 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
         began = time.perf_counter()
         spec = specs[solver]
         sol = solvers.solve(solver, sets["train"], sets["dev"], sets["test"], metric=task.metric,
-                            grid=spec.get("grid"), f0_scaling=spec.get("f0_scaling"), lam=spec.get("lam", 0.5))
+                            grid=spec["grid"], f0_scaling=spec["f0_scaling"], lam=spec["lam"])
         scores = solvers.solution_metrics(sol, sets["dev"].labels, sets["test"].labels, task.metric)
         log.info("%s %s %s-%s %s: dev %s %.4f, test %.4f (%s=%g)", model, task.name, formula, prompt, solver,
                  task.metric, scores["dev_metric"], scores["test_metric"], sol.reg_name, sol.reg)
         metrics = {"stage": "kernel", "task": task.name, "k": k, "seed": seed, "model": model, "method": "kernel",
-                   "formula": formula, "prompt": prompt, **scores, "f0_scaling": spec.get("f0_scaling"),
-                   "lam": spec.get("lam", 0.5) if solver == "asym" else None,
+                   "formula": formula, "prompt": prompt, **scores, "f0_scaling": spec["f0_scaling"],
+                   "lam": spec["lam"] if solvers.SOLVERS[solver].stacked else None,
                    "num_logits": int(sets["train"].kernel.shape[-1]), "n_train": int(sets["train"].labels.shape[0]),
                    "n_dev": int(sets["dev"].labels.shape[0]), "n_test": int(sets["test"].labels.shape[0]),
                    "test_majority": sets["test"].labels.bincount().max().item() / sets["test"].labels.numel(),
@@ -374,30 +238,3 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
         write_json(metrics, out)
         results[solver] = metrics
     return results
-
-
-def solve_targets(config: Mapping[str, Any], cfg: Mapping[str, Any] | None = None) -> list[str]:
-    """The solve stage's ``metrics.json`` of every configured (model, task, k, seed, formula, prompt, solver),
-    leaving out solvers that do not apply (:func:`solver_applies`)."""
-    cfg = settings(config) if cfg is None else cfg
-    results = config.get("results_dir", "results")
-    out = []
-    for model in cfg["models"]:
-        for name in cfg["tasks"]:
-            task = get_task(name, dict(config))
-            for k in cfg["k"]:
-                for seed in cfg["seeds"]:
-                    for formula in cfg["formulas"]:
-                        for prompt in cfg["prompt"]:
-                            for solver in cfg["solvers"]:
-                                if solver_applies(solver, formula, task, cfg["binary"]):
-                                    out.append(kernel_solve_metrics(kernel_solve_dir(results, model, name, k, seed),
-                                                                    formula, prompt, solver))
-    return out
-
-
-def kernel_info(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What a solve records about how its kernels were made."""
-    if cfg.get("published_dir"):
-        return {"source": "published", "published_dir": str(Path(cfg["published_dir"]))}
-    return {"source": "computed", **{k: cfg[k] for k in ("mode", "freeze_embeddings", "binary", "test_cap")}}

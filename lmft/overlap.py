@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from itertools import combinations
-from typing import Any
 
 import pandas as pd
 from torch import Tensor
 
 from lmft.io import LmftError
-from lmft.paths import overlap_seeds, overlap_tasks
 
 COLUMNS = ["a", "b", "count_a", "count_b", "intersection", "union", "jaccard", "frac_a_in_b", "frac_b_in_a",
            "expected_intersection", "n"]
@@ -57,24 +55,3 @@ def mask_overlap(masks: Mapping[str, Mapping[str, Tensor]]) -> pd.DataFrame:
                      "frac_b_in_a": _ratio(inter, counts[b]), "expected_intersection": counts[a] * counts[b] / n,
                      "n": n})
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def overlap_groups(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mask groups to compare, from the graft jobs: per (model, k, seed, method, sparsity) the masks of
-    all tasks (``by="tasks"``), and per (model, task, k, method, sparsity) those of all seeds
-    (``by="seeds"``); groups of fewer than two masks are left out. Each group lists its ``members`` (jobs)."""
-    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for job in jobs:
-        for by, free in (("tasks", "task"), ("seeds", "seed")):
-            key = (by, *(job[f] for f in ("model", "task", "k", "seed", "method", "sparsity") if f != free))
-            group = groups.setdefault(key, {"by": by, **{f: v for f, v in job.items() if f != free}, "members": []})
-            group["members"].append(job)
-    return [g for g in groups.values() if len(g["members"]) >= 2]
-
-
-def overlap_path(results: str, group: Mapping[str, Any]) -> str:
-    """Where a group's overlap table goes (one pattern per ``by``, so the two rules never collide)."""
-    shared = {key: group[key] for key in ("model", "k", "method", "sparsity")}
-    if group["by"] == "tasks":
-        return overlap_tasks(results, seed=group["seed"], **shared)
-    return overlap_seeds(results, task=group["task"], **shared)

@@ -8,6 +8,9 @@ strings: changing one orphans every artifact of its kind.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 SPLITS = ("train", "dev", "test")
 
 Part = str | int  # a value, or a wildcard pattern
@@ -78,7 +81,7 @@ def kernel_solve_metrics(solve_dir: str, formula: str, prompt: str, solver: str)
 
 def graft_dir(results: str, model: str, task: str, k: Part, seed: Part, method: str, sparsity: float | str) -> str:
     """``{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{s:g}``: a graft job's folder (the
-    arguments are a graft job's keys, :func:`lmft.graft.graft_jobs`)."""
+    arguments are a graft job's keys, :func:`lmft.graft_plan.graft_jobs`)."""
     return f"{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{_g(sparsity)}"
 
 
@@ -102,6 +105,16 @@ def tables_dir(results: str) -> str:
     return f"{results}/tables"
 
 
+def runs_table(results: str) -> str:
+    """``{results}/tables/runs.parquet``: every run's metrics in one table (the aggregate's)."""
+    return f"{tables_dir(results)}/runs.parquet"
+
+
 def plots_dir(results: str) -> str:
     """``{results}/plots``: the aggregate's plots."""
     return f"{results}/plots"
+
+
+def one_of(names: Iterable[str]) -> str:
+    """A wildcard constraint that matches exactly ``names`` (none of them: a pattern that matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"

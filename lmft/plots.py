@@ -1,6 +1,6 @@
 """Figures of the aggregate stage (matplotlib, Agg), saved as PNG and PDF without timestamps.
 
-Each function takes a table made by :mod:`lmft.aggregate` and returns a ``Figure``;
+Each function takes a table made by :mod:`lmft.summary` and returns a ``Figure``;
 :func:`save` writes it. Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no
 display needed), colours follow the tables' method order, so reruns give identical files.
 """
@@ -66,7 +66,7 @@ def _panels(df: pd.DataFrame, task_order: Sequence[str]) -> list[tuple[str, str]
 
 
 def accuracy_vs_k(summary: pd.DataFrame, task_order: Sequence[str] = ()) -> Figure:
-    """Test metric x100 per method, one panel per (model, task), from :func:`lmft.aggregate.summarize`.
+    """Test metric x100 per method, one panel per (model, task), from :func:`lmft.summary.summarize`.
 
     With several k: one line per method over k (log scale), error bars = std over seeds; with a
     single k: one bar per method.
@@ -106,7 +106,7 @@ def accuracy_vs_k(summary: pd.DataFrame, task_order: Sequence[str] = ()) -> Figu
 
 def kernel_vs_ft(pairs: pd.DataFrame) -> Figure:
     """Kernel vs fine-tuning test metric x100, one point per (task, seed), one panel per kernel,
-    from :func:`lmft.aggregate.kernel_pairs`; colour = fine-tuning method, marker = task."""
+    from :func:`lmft.summary.kernel_pairs`; colour = fine-tuning method, marker = task."""
     if pairs.empty:
         return _empty("no kernel run has a fine-tuning run with a matching head")
     kernels = list(dict.fromkeys(pairs["kernel"]))
@@ -180,7 +180,7 @@ def graft_curves(graft: pd.DataFrame, task_order: Sequence[str] = ()) -> Figure:
 
 def interpolation_curves(curves: pd.DataFrame, task_order: Sequence[str] = ()) -> Figure:
     """Metric x100 (left) and loss (right) along alpha, one row per (model, task), one colour per
-    pair, one line style per split, from :func:`lmft.aggregate.load_curves`."""
+    pair, one line style per split, from :func:`lmft.summary.load_curves`."""
     if curves.empty:
         return _empty("no interpolation curves")
     panels = _panels(curves, task_order)

@@ -1,12 +1,13 @@
 """Kernel solvers: predict with the eNTK of a Classifier instead of fine-tuning it (Malladi et al. 2023).
 
-Each solver reads, for train, dev and test, a :class:`KernelSet`: the kernel between the training
-examples and that split, float64 ``[N, C, M, C]`` as :mod:`lmft.kernels` writes it, the split's
-class indices ``[M]``, and optionally its pre-trained logits f0 ``[M, C]``. C = 1 means a binary
-kernel of the logit difference ``f_1 - f_0``, with targets +-1. Like the paper's code, solvers work
-on the flattened ``(N*C) x (M*C)`` system, cross-logit entries included (row ``i*C + a``). An
-asymmetric-signgd kernel ``[2, N, C, M, C]`` is used through its first part ``<sign J(x_i), J(y_j)>``
-except by ``asym``, which needs both parts.
+Each solver reads, for train, dev and test, a :class:`lmft.kernel_sets.KernelSet`: the kernel
+between the training examples and that split, float64 ``[N, C, M, C]`` as :mod:`lmft.kernel_files`
+writes it, the split's class indices ``[M]``, and optionally its pre-trained logits f0 ``[M, C]``.
+C = 1 means a binary kernel of the logit difference ``f_1 - f_0``, with targets +-1. Like the
+paper's code, solvers work on the flattened ``(N*C) x (M*C)`` system, cross-logit entries included
+(row ``i*C + a``). The kernel of a stacked formula (:mod:`lmft.formulas`: asymmetric-signgd,
+``[2, N, C, M, C]``) is used through its first part ``<sign J(x_i), J(y_j)>`` except by the solvers
+flagged ``stacked`` in :data:`SOLVERS` (``asym``), which need both parts.
 
 ``lstsq``
     kernel regression on one-hot targets (+-1 when binary), minus ``f0 / s`` when ``f0_scaling`` s
@@ -71,14 +72,12 @@ from torch import Tensor
 
 from lmft import metrics
 from lmft.evaluate import score
-from lmft.io import LmftError, PathLike
-from lmft.kernels import load_kernel, load_logits
+from lmft.io import LmftError
+from lmft.kernel_sets import KernelSet, all_classes, check_sets, class_logits, columns, offset, sigma_max, targets
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegressionCV
 
-SOLVERS = ("lstsq", "logistic", "logistic-dev", "svm", "asym")
-USES_F0 = ("lstsq", "logistic-dev")  # the solvers that take f0_scaling
 GRIDS: dict[str, tuple[float, ...]] = {
     "lstsq": (0.0, 1e-4, 1e-3, 1e-2, 1e-1),
     "logistic": tuple(float(c) for c in np.logspace(-4, 4, 10)),  # LogisticRegressionCV's default Cs=10
@@ -87,29 +86,7 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "asym": (0.1, 1.0, 10.0, 100.0, 1000.0),
 }
 ECE_BINS = 10
-
-
-@dataclass(frozen=True)
-class KernelSet:
-    """The kernel between the training examples and one split, the split's labels and f0.
-
-    ``kernel`` float64 ``[N, C, M, C]`` (``[2, N, C, M, C]`` for asymmetric-signgd), ``labels`` ``[M]``
-    class indices, ``f0`` ``[M, C]`` pre-trained logits or None.
-    """
-
-    kernel: Tensor
-    labels: Tensor
-    f0: Tensor | None = None
-
-    @property
-    def main(self) -> Tensor:
-        """The ``[N, C, M, C]`` kernel (part 0 of an asymmetric one)."""
-        return self.kernel[0] if self.kernel.dim() == 5 else self.kernel
-
-    def flat(self) -> Tensor:
-        """``[N*C, M*C]``: row ``i*C + a``, column ``j*C + b``."""
-        n, c, m, _ = self.main.shape
-        return self.main.reshape(n * c, m * c)
+LAM = 0.5  # asym's default weight of its two decision functions
 
 
 @dataclass
@@ -126,79 +103,6 @@ class Solution:
 
 
 Predictor = Callable[[KernelSet], Tensor]  # a split's kernel -> predictions [M, C]
-
-
-def load_kernel_set(kernel_path: PathLike, f0_path: PathLike | None = None) -> KernelSet:
-    """A split's :class:`KernelSet` from its kernel file and, optionally, its f0 file (see :mod:`lmft.kernels`).
-
-    Labels +-1 (the paper's released binary kernels) become class indices 0/1.
-    """
-    kernel, labels = load_kernel(kernel_path)
-    if labels.is_floating_point():
-        if not ((labels == 1) | (labels == -1)).all():
-            raise LmftError(f"{kernel_path}: float labels other than +-1; expected class indices")
-        labels = ((labels + 1) / 2).long()
-    f0 = None
-    if f0_path is not None:
-        f0, f0_labels = load_logits(f0_path)
-        if not torch.equal(f0_labels, labels) or f0.shape[1] != kernel.shape[-1]:
-            raise LmftError(f"{f0_path}: logits {tuple(f0.shape)} of other examples or logits than the kernel "
-                            f"{kernel_path} {tuple(kernel.shape)}")
-    return KernelSet(kernel, labels, f0)
-
-
-def class_logits(pred: Tensor) -> Tensor:
-    """Solver outputs ``[M, C]`` -> class logits: binary ``[M, 1]`` p -> ``[-p/2, p/2]``."""
-    return torch.cat([-pred / 2, pred / 2], dim=1) if pred.shape[1] == 1 else pred
-
-
-def _check(train: KernelSet, dev: KernelSet, test: KernelSet, f0_scaling: float | None) -> tuple[int, int]:
-    """Validate shapes across the three splits; return (N, C)."""
-    if f0_scaling is not None and f0_scaling <= 0:
-        raise LmftError(f"f0_scaling must be > 0 (or None for no init adjustment), got {f0_scaling}")
-    for name, ks in (("train", train), ("dev", dev), ("test", test)):
-        k = ks.kernel
-        if k.dim() not in (4, 5) or k.shape[-1] != k.shape[-3]:
-            raise LmftError(f"{name} kernel has shape {tuple(k.shape)}; expected [N, C, M, C] or [2, N, C, M, C]")
-        if ks.labels.dim() != 1 or k.shape[-2] != ks.labels.shape[0]:
-            raise LmftError(f"{name} kernel {tuple(k.shape)} has {k.shape[-2]} columns but {ks.labels.shape[0]} labels")
-        if k.shape[-4:-2] != train.kernel.shape[-4:-2]:
-            raise LmftError(f"{name} kernel rows {tuple(k.shape[-4:-2])} differ from the train kernel's "
-                            f"{tuple(train.kernel.shape[-4:-2])}: kernels of different training sets or logits")
-        if f0_scaling is not None:
-            if ks.f0 is None:
-                raise LmftError(f"f0_scaling is set but the {name} split has no pre-trained logits f0")
-            if ks.f0.shape != (ks.labels.shape[0], k.shape[-1]):
-                raise LmftError(f"{name} f0 has shape {tuple(ks.f0.shape)}, expected {(ks.labels.shape[0], k.shape[-1])}")
-    n, c = train.kernel.shape[-4:-2]
-    if train.kernel.shape[-2] != n:
-        raise LmftError(f"train kernel {tuple(train.kernel.shape)} is not train x train")
-    classes = 2 if c == 1 else c
-    for name, ks in (("train", train), ("dev", dev), ("test", test)):
-        if ((ks.labels < 0) | (ks.labels >= classes)).any():
-            raise LmftError(f"{name} labels must be class indices 0..{classes - 1} for a kernel with {c} logit(s)")
-    return n, c
-
-
-def _targets(labels: Tensor, c: int) -> Tensor:
-    """``[N, C]`` float64 targets: one-hot, or +-1 in one column when C = 1."""
-    if c == 1:
-        return (2.0 * labels.double() - 1.0)[:, None]
-    return F.one_hot(labels.long(), c).double()
-
-
-def _offset(ks: KernelSet, f0_scaling: float | None) -> Tensor:
-    """``f0 / s`` ``[M, C]``, or zeros without init adjustment."""
-    m, c = ks.kernel.shape[-2:]
-    return torch.zeros(m, c, dtype=torch.float64) if f0_scaling is None else ks.f0.double() / f0_scaling
-
-
-def _sigma_max(k: Tensor) -> float:
-    s = float(torch.linalg.matrix_norm(k, ord=2))
-    if s == 0.0:
-        raise LmftError("the train kernel is all zeros (no trainable parameter reaches the logits?)")
-    return s
-
 
 def _select(name: str, reg_name: str, grid: Sequence[float], fit: Callable[[float], Predictor],
             dev: KernelSet, test: KernelSet, metric: str) -> Solution:
@@ -219,31 +123,17 @@ def _select(name: str, reg_name: str, grid: Sequence[float], fit: Callable[[floa
 def lstsq(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
           grid: Sequence[float] = GRIDS["lstsq"], f0_scaling: float | None = None) -> Solution:
     """Kernel regression with ``r * sigma_max(K) * I`` ridge, ``r`` chosen on dev from ``grid``."""
-    n, c = _check(train, dev, test, f0_scaling)
+    n, c = check_sets(train, dev, test, f0_scaling)
     k = train.flat()
-    smax = _sigma_max(k)
-    target = (_targets(train.labels, c) - _offset(train, f0_scaling)).reshape(-1, 1)
+    smax = sigma_max(k)
+    target = (targets(train.labels, c) - offset(train, f0_scaling)).reshape(-1, 1)
     eye = torch.eye(n * c, dtype=torch.float64)
 
     def fit(r: float) -> Predictor:
         alpha = torch.linalg.lstsq(k + r * smax * eye, target, driver="gelsd").solution[:, 0]
-        return lambda ks: _offset(ks, f0_scaling) + (ks.flat().T @ alpha).reshape(-1, c)
+        return lambda ks: offset(ks, f0_scaling) + (ks.flat().T @ alpha).reshape(-1, c)
 
     return _select("lstsq", "r", grid, fit, dev, test, metric)
-
-
-def _all_classes(name: str, labels: Tensor, c: int) -> None:
-    """Raise unless the training labels ``[N]`` cover every class of a kernel with ``c`` logits."""
-    classes = 2 if c == 1 else c
-    present = sorted(set(labels.tolist()))
-    if len(present) != classes:
-        raise LmftError(f"{name}: the training labels cover {present}, not all {classes} classes")
-
-
-def _columns(ks: KernelSet) -> np.ndarray:
-    """``[M, N*C*C]``: each column example's kernel values against the training examples, ``K[:, :, j, :]``."""
-    k = ks.main
-    return k.permute(2, 0, 1, 3).reshape(k.shape[2], -1).numpy()
 
 
 def fit_logistic_cv(x: np.ndarray, y: np.ndarray, cs: Sequence[float], *, folds: int = 5,
@@ -274,12 +164,12 @@ def logistic(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str =
              grid: Sequence[float] = GRIDS["logistic"]) -> Solution:
     """The paper's ``LogisticRegressionCV`` on the kernel's columns (:func:`fit_logistic_cv`), ``C``
     cross-validated over ``grid`` on the training set."""
-    _, c = _check(train, dev, test, None)
-    _all_classes("logistic", train.labels, c)
-    model, c_cv = fit_logistic_cv(_columns(train), train.labels.numpy(), grid)
+    _, c = check_sets(train, dev, test, None)
+    all_classes("logistic", train.labels, c)
+    model, c_cv = fit_logistic_cv(columns(train), train.labels.numpy(), grid)
 
     def predict(ks: KernelSet) -> Tensor:
-        d = torch.from_numpy(model.decision_function(_columns(ks))).double()
+        d = torch.from_numpy(model.decision_function(columns(ks))).double()
         return class_logits(d[:, None] if d.dim() == 1 else d)
 
     dev_logits = predict(dev)
@@ -293,12 +183,12 @@ def logistic_dev(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: s
     """Kernel logistic regression (L-BFGS-B), L2 penalty ``r`` chosen on dev from ``grid``."""
     from scipy.optimize import minimize
 
-    n, c = _check(train, dev, test, f0_scaling)
-    smax = _sigma_max(train.flat())
+    n, c = check_sets(train, dev, test, f0_scaling)
+    smax = sigma_max(train.flat())
     kn = train.flat() / smax
-    off = _offset(train, f0_scaling)
+    off = offset(train, f0_scaling)
     labels = train.labels.long()
-    signs = _targets(labels, 1)[:, 0]
+    signs = targets(labels, 1)[:, 0]
 
     def fit(r: float) -> Predictor:
         def loss_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -311,7 +201,7 @@ def logistic_dev(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: s
 
         res = minimize(loss_and_grad, np.zeros(n * c), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
         beta = torch.from_numpy(res.x)
-        return lambda ks: _offset(ks, f0_scaling) + (ks.flat().T @ beta).reshape(-1, c) / smax
+        return lambda ks: offset(ks, f0_scaling) + (ks.flat().T @ beta).reshape(-1, c) / smax
 
     return _select("logistic-dev", "r", grid, fit, dev, test, metric)
 
@@ -326,10 +216,10 @@ def svm(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc
     """``SVC(kernel="precomputed")`` on ``K / sigma_max``; its ``C`` chosen on dev from ``grid``."""
     from sklearn.svm import SVC
 
-    _, c = _check(train, dev, test, None)
-    _all_classes("svm", train.labels, c)
+    _, c = check_sets(train, dev, test, None)
+    all_classes("svm", train.labels, c)
     gram = _svm_gram(train)
-    smax = _sigma_max(gram)
+    smax = sigma_max(gram)
 
     def fit(value: float) -> Predictor:
         model = SVC(kernel="precomputed", C=value).fit((gram / smax).numpy(), train.labels.numpy())
@@ -344,18 +234,18 @@ def svm(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc
 
 
 def asym(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
-         grid: Sequence[float] = GRIDS["asym"], lam: float = 0.5) -> Solution:
+         grid: Sequence[float] = GRIDS["asym"], lam: float = LAM) -> Solution:
     """AsK-LS on an asymmetric-signgd kernel ``[2, N, 1, M, 1]``; ``gamma`` chosen on dev from ``grid``,
     prediction ``lam * f_t + (1 - lam) * f_s``."""
-    n, c = _check(train, dev, test, None)
-    if c != 1 or any(ks.kernel.dim() != 5 for ks in (train, dev, test)):
+    n, c = check_sets(train, dev, test, None)
+    if c != 1 or not all(ks.stacked for ks in (train, dev, test)):
         raise LmftError("asym needs binary asymmetric-signgd kernels [2, N, 1, M, 1] (kernel_formula "
                         f"asymmetric-signgd, binary); got train kernel {tuple(train.kernel.shape)}")
     if not 0.0 <= lam <= 1.0:
         raise LmftError(f"asym: lam weighs the two decision functions and must lie in [0, 1], got {lam}")
     k0 = train.kernel[0, :, 0, :, 0]
-    smax = _sigma_max(k0)
-    y = _targets(train.labels, 1)[:, 0]
+    smax = sigma_max(k0)
+    y = targets(train.labels, 1)[:, 0]
     h = y[:, None] * (k0 / smax) * y[None, :]
     if any(g <= 0 for g in grid):
         raise LmftError(f"asym: gamma must be > 0, got grid {list(grid)}")
@@ -380,24 +270,37 @@ def asym(train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "ac
     return _select("asym", "gamma", grid, fit, dev, test, metric)
 
 
+@dataclass(frozen=True)
+class Solver:
+    """A registered solver: its fit (keyword arguments ``metric``, ``grid`` and, as flagged, ``f0_scaling``
+    or ``lam``) and what it reads."""
+
+    fit: Callable[..., Solution]
+    uses_f0: bool = False  # takes f0_scaling: regresses y - f0/s and adds f0/s back
+    stacked: bool = False  # reads both parts of a stacked kernel (lmft.formulas), binary only; takes lam
+
+
+SOLVERS: dict[str, Solver] = {
+    "lstsq": Solver(lstsq, uses_f0=True),
+    "logistic": Solver(logistic),
+    "logistic-dev": Solver(logistic_dev, uses_f0=True),
+    "svm": Solver(svm),
+    "asym": Solver(asym, stacked=True),
+}
+
+
 def solve(solver: str, train: KernelSet, dev: KernelSet, test: KernelSet, *, metric: str = "acc",
-          grid: Sequence[float] | None = None, f0_scaling: float | None = None, lam: float = 0.5) -> Solution:
-    """Run the solver named ``solver`` (one of :data:`SOLVERS`) with its default grid unless ``grid``
-    is given. ``f0_scaling`` applies to the solvers of :data:`USES_F0`, ``lam`` to asym."""
+          grid: Sequence[float] | None = None, f0_scaling: float | None = None, lam: float = LAM) -> Solution:
+    """Run the solver named ``solver`` (one of :data:`SOLVERS`) with its default grid (:data:`GRIDS`)
+    unless ``grid`` is given. ``f0_scaling`` applies to the solvers that use f0, ``lam`` to the
+    stacked ones (asym)."""
     if solver not in SOLVERS:
         raise LmftError(f"unknown kernel solver {solver!r}; one of {', '.join(SOLVERS)}")
-    grid = GRIDS[solver] if grid is None else tuple(grid)
-    if solver not in USES_F0 and f0_scaling is not None:
+    entry = SOLVERS[solver]
+    if not entry.uses_f0 and f0_scaling is not None:
         raise LmftError(f"the {solver} solver does not use the pre-trained logits f0; unset f0_scaling")
-    if solver == "lstsq":
-        return lstsq(train, dev, test, metric=metric, grid=grid, f0_scaling=f0_scaling)
-    if solver == "logistic":
-        return logistic(train, dev, test, metric=metric, grid=grid)
-    if solver == "logistic-dev":
-        return logistic_dev(train, dev, test, metric=metric, grid=grid, f0_scaling=f0_scaling)
-    if solver == "svm":
-        return svm(train, dev, test, metric=metric, grid=grid)
-    return asym(train, dev, test, metric=metric, grid=grid, lam=lam)
+    options = {"f0_scaling": f0_scaling} if entry.uses_f0 else {"lam": lam} if entry.stacked else {}
+    return entry.fit(train, dev, test, metric=metric, grid=GRIDS[solver] if grid is None else tuple(grid), **options)
 
 
 def solution_metrics(sol: Solution, dev_labels: Tensor, test_labels: Tensor, metric: str) -> dict[str, object]:

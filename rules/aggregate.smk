@@ -1,23 +1,17 @@
-# Last stage: every registered run's metrics.json -> runs.parquet, paper tables, the findings (each
+# Last stage: every planned run's metrics.json -> runs.parquet, paper tables, the findings (each
 # paper's claims against this run) and plots (HTML tables and PNG plots go into `snakemake --report`).
-# Include this file after every stage's rules file: it reads what they registered in METRICS (rules/common.smk).
-from lmft.aggregate import TOPIC_FILES, output_files, topics_for
-from lmft.findings import pair_kinds
 from lmft.paths import plots_dir, tables_dir
+from lmft.topics import TOPIC_FILES
 
-AGG_TOPICS = topics_for(s for s, files in METRICS.items() if files)
-AGG_TABLES = tables_dir(RESULTS)
-AGG_PLOTS = plots_dir(RESULTS)
 # category of each topic in the report, and its caption (workflow/report/{topic}.rst)
 AGG_CATEGORY = {"main": "Main results", "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
                 "interpolate": "Mode connectivity", "findings": "Findings"}
-AGG_FILES = {"runs": f"{AGG_TABLES}/runs.parquet", **output_files(AGG_TABLES, AGG_PLOTS, AGG_TOPICS)}
 
 
 def aggregate_outputs():
-    """AGG_FILES with each topic's HTML table and PNG plot marked for the report."""
+    """The aggregate's files with each topic's HTML table and PNG plot marked for the report."""
     out = {}
-    for name, path in AGG_FILES.items():
+    for name, path in PLAN.aggregate_files.items():
         if name.endswith(("_html", "_png")):
             topic = name.split("_")[0]
             kind = "Plot" if "_plot_" in name else "Table"
@@ -27,25 +21,20 @@ def aggregate_outputs():
     return out
 
 
-def aggregate_curves():
-    """The interpolation curves, which the interpolate stage writes beside each metrics.json."""
-    return [str(Path(p).with_name("curve.parquet")) for p in METRICS.get("interpolate", [])]
-
-
 rule aggregate:
     input:
-        metrics=sorted({f for files in METRICS.values() for f in files}),
-        curves=aggregate_curves(),
+        metrics=sorted({f for files in PLAN.metrics.values() for f in files}),
+        curves=PLAN.curves,
     output:
         **aggregate_outputs(),
     params:
-        topics=AGG_TOPICS,
-        tables_dir=AGG_TABLES,
-        plots_dir=AGG_PLOTS,
-        labels=(config.get("aggregate") or {}).get("labels", {}),
-        task_order=TASKS,
+        topics=PLAN.topics,
+        tables_dir=tables_dir(RESULTS),
+        plots_dir=plots_dir(RESULTS),
+        labels=config["aggregate"]["labels"],
+        task_order=config["tasks"],
         # which interpolate pairs are pre-trained -> fine-tuned and seed -> seed: their metrics do not say
-        pair_kinds=pair_kinds(config),
+        pair_kinds=PLAN.pair_kinds,
     log:
         "logs/aggregate.log",
     benchmark:
@@ -54,7 +43,3 @@ rule aggregate:
         mem_mb=2000,
     script:
         "../workflow/scripts/aggregate.py"
-
-
-if AGG_TOPICS:
-    TARGETS.extend(AGG_FILES.values())

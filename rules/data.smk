@@ -1,15 +1,10 @@
 # Stage 1-2: raw data of each task, then LM-BFF k-shot splits (k per label) of classification tasks
 # and k-example splits of generation tasks, in the same paths.
-import re
 
 from lmft.data import RAW_FORMAT, source_files
 from lmft.kshot import balances_test
-from lmft.paths import kshot_files
-from lmft.tasks import BUILTIN
-
-# Every generation task the config can name: their k-shot splits come from kshot_examples.
-GENERATION_TASKS = sorted(t for t in [*BUILTIN, *(config.get("user_tasks") or {})]
-                          if get_task(t, config).kind == "generation")
+from lmft.paths import kshot_files, one_of
+from lmft.tasks import get_task
 
 
 rule download_lmbff:
@@ -35,7 +30,7 @@ rule download:
         test=f"{DATA}/raw/{{task}}/test.parquet",
         source=f"{DATA}/raw/{{task}}/source.json",
     params:
-        config=lambda w: task_config(w.task),
+        config=lambda w: PLAN.task_config(w.task),
         data_dir=DATA,
         raw_format=RAW_FORMAT,
     log:
@@ -78,7 +73,7 @@ rule kshot_examples:
     output:
         **kshot_files(DATA, "{task}", "{k}", "{seed}"),
     wildcard_constraints:
-        task="|".join(re.escape(t) for t in GENERATION_TASKS),
+        task=one_of(PLAN.generation_tasks),
     params:
         test_cap=config["kshot"]["test_cap"],
     log:
@@ -92,6 +87,3 @@ rule kshot_examples:
 
 
 ruleorder: kshot_examples > kshot
-
-
-TARGETS.extend(f for t in TASKS for k in KS for s in SEEDS for f in kshot_files(DATA, t, k, s).values())

@@ -12,34 +12,17 @@
 # not a declared output, so Snakemake leaves it in place when the job fails or is killed (it
 # deletes declared outputs only), and the rerun continues from it bit for bit. No `shadow:`: a
 # shadow directory is thrown away with the resume file in it.
-import re
-
-from lmft.finetune import finetune_targets
-from lmft.grid import expand_methods
 from lmft.methods import job_spec
-from lmft.paths import finetune_run, kshot_splits
+from lmft.paths import finetune_run, kshot_splits, model_manifest, one_of
 
-FINETUNE = config.get("finetune") or {}
-FT_RUNS = expand_methods(FINETUNE.get("methods") or {})  # run name -> settings (a grid's trials apart)
-
-
-def ft_setting(w, key, default):
-    """A run's own value of ``key`` (its method's), else the finetune section's, else ``default``."""
-    return FT_RUNS[w.method].get(key, FINETUNE.get(key, default))
-
-
-def ft_resource(w, key, default):
-    own = FT_RUNS[w.method].get("resources") or {}
-    return own.get(key, (FINETUNE.get("resources") or {}).get(key, default))
-
-
+FT_RUNS = PLAN.finetune_runs  # run name -> settings (a grid's trials apart)
 FT_RUN = finetune_run(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}")
 
 
 rule finetune:
     input:
         **kshot_splits(DATA, "{task}", "{k}", "{seed}"),
-        model=model_json("{model}"),
+        model=model_manifest(RESULTS, "{model}"),
     output:
         metrics=f"{FT_RUN}/metrics.json",
         model=f"{FT_RUN}/model.safetensors",
@@ -47,25 +30,20 @@ rule finetune:
         predictions=f"{FT_RUN}/predictions.parquet",
         steps=directory(f"{FT_RUN}/steps"),
     wildcard_constraints:
-        method="|".join(re.escape(m) for m in FT_RUNS) or "(?!)",  # only configured methods and trials
+        method=one_of(FT_RUNS),  # only configured methods and trials
     params:
         method=lambda w: job_spec(FT_RUNS[w.method]),
-        task=lambda w: task_config(w.task),
-        eval_cap=lambda w: ft_setting(w, "eval_cap", None),
-        device=FINETUNE.get("device", "auto"),
+        task=lambda w: PLAN.task_config(w.task),
+        eval_cap=lambda w: PLAN.run_setting(w.method, "eval_cap"),
+        device=PLAN.finetune["device"],
     log:
         "logs/finetune/{model}/{task}/{k}-{seed}/{method}.log",
     benchmark:
         "benchmarks/finetune/{model}/{task}/{k}-{seed}/{method}.tsv"
-    threads: lambda w: ft_setting(w, "threads", 1)
+    threads: lambda w: PLAN.run_setting(w.method, "threads")
     resources:
-        mem_mb=lambda w: ft_resource(w, "mem_mb", 4000),
-        runtime=lambda w: ft_resource(w, "runtime", 60),
-        gpu=lambda w: ft_resource(w, "gpu", 0),
+        mem_mb=lambda w: PLAN.run_resources(w.method).get("mem_mb", 4000),
+        runtime=lambda w: PLAN.run_resources(w.method).get("runtime", 60),
+        gpu=lambda w: PLAN.run_resources(w.method).get("gpu", 0),
     script:
         "../workflow/scripts/finetune.py"
-
-
-FINETUNE_METRICS = finetune_targets(config)
-register_metrics("finetune", FINETUNE_METRICS)
-TARGETS.extend(FINETUNE_METRICS)

@@ -1,32 +1,38 @@
 # The kernel view of fine-tuning (Malladi et al. 2023): eNTK kernels in shards, merged, then solved.
-# Runs only when the config has a `kernels:` section (see lmft/kernel_stage.py for files and keys).
+# Runs only when the config has a `kernels:` section (lmft/kernel_plan.py plans it, lmft/kernel_stage.py
+# runs its jobs).
 #
 #   kernel_shard  (model, task, k, seed, prompt, split, row, col) -> one shard of every formula + f0 slice
 #   kernel_merge  (model, task, k, seed, prompt)                  -> {formula}-{prompt}/{split}.pt, f0-{prompt}/{split}.pt
 #   kernel_solve  (model, task, k, seed, formula, prompt)         -> kernel_solve/.../{formula}-{prompt}/{solver}/metrics.json
-#                 for every configured solver but asym, which kernel_solve_asym runs on the binary
-#                 asymmetric-signgd kernels alone (the only ones it applies to); a solve job loads its
-#                 kernel once for all its solvers, which take well under a second each on k-shot kernels
+#                 for every configured solver but the stacked ones (asym), which read both parts of a
+#                 stacked kernel: each has a rule of its own on the stacked formula's kernels alone,
+#                 kernel_solve_{solver} (lmft.kernel_plan.solve_rules)
 #
 # Sharding uses wildcards per block: shard (row, col) of a `row_shards` x `col_shards` grid is its
 # own job (`resources: gpu`), so on SLURM the shards of one kernel run on as many GPUs at once.
 # One shard job computes every configured formula: the Jacobians of its rows and columns, the
 # expensive part, do not depend on the formula (sgd, signgd and asymmetric-signgd only contract
 # them differently), so one pass of Jacobians serves all formulas instead of one pass per formula.
+# The formulas, prompt settings and solvers are those of their registries (lmft/formulas.py,
+# lmft/solvers.py): the wildcards below come from them.
 #
 # With `published_dir` the solve jobs read kernels (and f0, for solvers with f0_scaling) from that
 # directory, in the same layout as results/kernels; no shard or merge job is planned.
-from lmft.kernel_stage import KERNEL_KEYS, SPLITS, col_shards, kernel_info, settings, shard_mem_mb_for, solve_targets
-from lmft.paths import kernel_dir, kernel_file, kernel_shard, kernel_solve_dir, kernel_solve_metrics, kshot_split
+from lmft.formulas import FORMULAS, PROMPTS
+from lmft.kernel_plan import KERNEL_KEYS, col_shards, kernel_info, shard_mem_mb_for, solve_rules
+from lmft.paths import (SPLITS, kernel_dir, kernel_file, kernel_shard, kernel_solve_dir, kernel_solve_metrics,
+                        kshot_split, model_manifest, one_of)
+from lmft.tasks import get_task
 
-KCFG = settings(config)
+KCFG = PLAN.kernels
 KDIR = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
 KSRC = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}", KCFG["published_dir"])  # what the solves read
 KSHARD = kernel_shard(KDIR, "{prompt}", "{split}", "{row}", "{col}")
 KFORMULAS = KCFG["formulas"]
 
 # per rule, not global: other stages may use {split} or {prompt} for other things
-KWILDCARDS = {"prompt": "prompt|noprompt", "split": "train|dev|test", "formula": "sgd|signgd|asymmetric-signgd",
+KWILDCARDS = {"prompt": one_of(PROMPTS), "split": one_of(SPLITS), "formula": one_of(FORMULAS),
               "row": r"\d+", "col": r"\d+"}
 
 
@@ -46,7 +52,7 @@ if not KCFG["published_dir"]:
         input:
             train=kshot_split(DATA, "{task}", "{k}", "{seed}", "train"),
             split=kshot_split(DATA, "{task}", "{k}", "{seed}", "{split}"),
-            model=model_json("{model}"),
+            model=model_manifest(RESULTS, "{model}"),
         output:
             shards=[f"{KSHARD}/{f}.pt" for f in KFORMULAS],
             f0=f"{KSHARD}/f0.pt",
@@ -56,7 +62,7 @@ if not KCFG["published_dir"]:
             kernel={k: KCFG[k] for k in KERNEL_KEYS},
             shards=lambda w: {"row_shards": KCFG["row_shards"], "col_shards": col_shards(KCFG, w.split)},
             test_cap=lambda w: KCFG["test_cap"] if w.split == "test" else None,
-            task=lambda w: task_config(w.task),
+            task=lambda w: PLAN.task_config(w.task),
         log:
             "logs/kernel_shard/{model}/{task}/{k}-{seed}/{prompt}/{split}/{row}-{col}.log",
         benchmark:
@@ -93,68 +99,38 @@ if not KCFG["published_dir"]:
 
 
 KSOLVE = kernel_solve_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
-KSOLVERS = [s for s in KCFG["solvers"] if s != "asym"]  # asym has a rule of its own: it applies to fewer kernels
 
 
-def kernel_solve_input(w, solvers):
-    """The kernel files of every split (and f0 when one of ``solvers`` adjusts for it) of ``w``'s kernel."""
+def kernel_solve_input(w, solve):
+    """The kernel files of every split (and f0 when one of the rule's solvers adjusts for it) of ``w``'s kernel."""
     fill = dict(w.items())
-    formula = fill.get("formula", "asymmetric-signgd")
-    files = {s: kernel_file(KSRC, formula, "{prompt}", s).format(**fill) for s in SPLITS}
-    if any(KCFG["solvers"][s]["f0_scaling"] is not None for s in solvers):
+    files = {s: kernel_file(KSRC, solve.formula, "{prompt}", s).format(**fill) for s in SPLITS}
+    if any(KCFG["solvers"][s]["f0_scaling"] is not None for s in solve.solvers):
         files |= {f"f0_{s}": kernel_file(KSRC, "f0", "{prompt}", s).format(**fill) for s in SPLITS}
     return files
 
 
-if KSOLVERS:
+for solve in solve_rules(KCFG):
 
-    rule kernel_solve:
+    rule:
+        name:
+            solve.name
         input:
-            unpack(lambda w: kernel_solve_input(w, KSOLVERS)),
+            unpack(lambda w, solve=solve: kernel_solve_input(w, solve)),
         output:
-            metrics=[kernel_solve_metrics(KSOLVE, "{formula}", "{prompt}", s) for s in KSOLVERS],
+            metrics=[kernel_solve_metrics(KSOLVE, solve.formula, "{prompt}", s) for s in solve.solvers],
         wildcard_constraints:
             **KWILDCARDS,
         params:
-            formula=lambda w: w.formula,
-            solvers={s: KCFG["solvers"][s] for s in KSOLVERS},
+            formula=lambda w, solve=solve: solve.formula.format(**dict(w.items())),
+            solvers={s: KCFG["solvers"][s] for s in solve.solvers},
             kernel=kernel_info(KCFG),
-            task=lambda w: task_config(w.task),
+            task=lambda w: PLAN.task_config(w.task),
         log:
-            "logs/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}.log",
+            f"logs/kernel_solve/{{model}}/{{task}}/{{k}}-{{seed}}/{solve.run}.log",
         benchmark:
-            "benchmarks/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}.tsv"
+            f"benchmarks/kernel_solve/{{model}}/{{task}}/{{k}}-{{seed}}/{solve.run}.tsv"
         resources:
             mem_mb=2000,
         script:
             "../workflow/scripts/kernel_solve.py"
-
-
-if "asym" in KCFG["solvers"]:
-
-    rule kernel_solve_asym:
-        input:
-            unpack(lambda w: kernel_solve_input(w, ["asym"])),
-        output:
-            metrics=[kernel_solve_metrics(KSOLVE, "asymmetric-signgd", "{prompt}", "asym")],
-        wildcard_constraints:
-            **KWILDCARDS,
-        params:
-            formula="asymmetric-signgd",
-            solvers={"asym": KCFG["solvers"]["asym"]},
-            kernel=kernel_info(KCFG),
-            task=lambda w: task_config(w.task),
-        log:
-            "logs/kernel_solve/{model}/{task}/{k}-{seed}/asymmetric-signgd-{prompt}-asym.log",
-        benchmark:
-            "benchmarks/kernel_solve/{model}/{task}/{k}-{seed}/asymmetric-signgd-{prompt}-asym.tsv"
-        resources:
-            mem_mb=2000,
-        script:
-            "../workflow/scripts/kernel_solve.py"
-
-
-if config.get("kernels") is not None:
-    KERNEL_METRICS = solve_targets(config, KCFG)
-    register_metrics("kernel", KERNEL_METRICS)
-    TARGETS.extend(KERNEL_METRICS)

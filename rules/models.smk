@@ -2,14 +2,9 @@
 from lmft.paths import model_manifest
 
 
-def model_json(model):
-    """The manifest of a configured model (the input of every job that loads it)."""
-    return model_manifest(RESULTS, model)
-
-
 rule prepare_model:
     output:
-        model_json("{model}"),
+        model_manifest(RESULTS, "{model}"),
     params:
         source=lambda w: config["models"][w.model]["source"],
     log:

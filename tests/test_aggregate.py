@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft import aggregate as agg
+from lmft import aggregate, gather, summary, tables, topics
 from lmft import plots
 from lmft.io import ArtifactError, LmftError, write_json, write_parquet
 
@@ -86,14 +86,14 @@ def all_runs(root):
 @pytest.fixture
 def runs(tmp_path):
     paths, interp = all_runs(tmp_path)
-    return agg.load_runs(paths + interp)
+    return gather.load_runs(paths + interp)
 
 
 def test_load_runs_one_row_per_file_and_union_of_columns(runs):
     assert len(runs) == 2 * 2 * 4 + 6 + 4 + 1
     assert list(runs.columns[:3]) == ["stage", "model", "task"] and runs.columns[-1] == "path"
     assert {"reg", "ood.beta.graft", "cosine", "trial", "relax_history"} <= set(runs.columns)
-    assert runs["stage"].tolist() == sorted(runs["stage"], key=agg.STAGES.index)
+    assert runs["stage"].tolist() == sorted(runs["stage"], key=topics.STAGES.index)
     assert runs.loc[runs["stage"] == "finetune", "notes"].iloc[0] == '["a", "b"]'
     assert runs.loc[runs["stage"] == "interpolate", "k"].isna().all()
 
@@ -106,14 +106,14 @@ def test_best_dev_trial_per_seed(runs):
 
 
 def test_summary_mean_and_population_std(runs):
-    s = agg.summarize(runs, task_order=["beta", "alpha"]).set_index(["task", "method"])
+    s = summary.summarize(runs, task_order=["beta", "alpha"]).set_index(["task", "method"])
     row = s.loc[("alpha", "ft-prompt")]
     assert row["n"] == 2 and row["mean"] == pytest.approx(0.80) and row["std"] == pytest.approx(0.10)
     assert s.loc[("beta", "zeroshot"), "std"] == pytest.approx(np.std([0.5, 0.6]))
 
 
 def test_main_table_cells_rows_and_columns(runs):
-    table = agg.main_table(agg.summarize(runs, {"ft-prompt": "FT (prompt)"}, ["beta", "alpha"]), ["beta", "alpha"])
+    table = tables.main_table(summary.summarize(runs, {"ft-prompt": "FT (prompt)"}, ["beta", "alpha"]), ["beta", "alpha"])
     f = table.frame.set_index("method")
     assert list(table.frame.columns) == ["model", "k", "method", "beta", "alpha"]
     assert list(f.index) == ["zeroshot", "ft-cls", "FT (prompt)", "kernel sgd/prompt/lstsq",
@@ -122,28 +122,28 @@ def test_main_table_cells_rows_and_columns(runs):
     assert f.loc["zeroshot", "beta"] == "55.0 (5.0)"
     assert f.loc["kernel sgd/prompt/lstsq", "alpha"] == "80.0 (5.0)"
     with pytest.raises(LmftError, match="both display as 'FT'"):
-        agg.summarize(runs, {"ft-prompt": "FT", "ft-cls": "FT"})
+        summary.summarize(runs, {"ft-prompt": "FT", "ft-cls": "FT"})
 
 
 def test_markdown_and_latex_render(runs):
-    table = agg.main_table(agg.summarize(runs))
-    md = agg.to_markdown(table).splitlines()
+    table = tables.main_table(summary.summarize(runs))
+    md = tables.to_markdown(table).splitlines()
     assert md[0] == "| model | k | method | alpha | beta |"
     assert md[1] == "| :-- | :-- | :-- | --: | --: |"
     assert "| tiny | 16 | ft-prompt | 80.0 (10.0) | 85.0 (0.0) |" in md
-    tex = agg.to_latex(table)
+    tex = tables.to_latex(table)
     assert "\\begin{tabular}{lllrr}" in tex and "\\toprule" in tex and tex.endswith("\\end{tabular}\n")
     assert "tiny & 16 & ft-prompt & 80.0 (10.0) & 85.0 (0.0) \\\\" in tex
-    assert agg.latex_escape("a_b & 5% #1") == "a\\_b \\& 5\\% \\#1"
-    html = agg.to_html(table)
+    assert tables.latex_escape("a_b & 5% #1") == "a\\_b \\& 5\\% \\#1"
+    html = tables.to_html(table)
     assert "<td>80.0 (10.0)</td>" in html and html.count("<tr>") == 1 + len(table.frame)
 
 
 def test_kernel_pairs_match_heads(runs):
-    pairs = agg.kernel_pairs(runs)
+    pairs = summary.kernel_pairs(runs)
     assert set(zip(pairs["kernel"], pairs["ft"])) == {("kernel sgd/prompt/lstsq", "ft-prompt"),
                                                       ("kernel sgd/noprompt/logistic", "ft-cls")}
-    table = agg.kernel_table(pairs).frame.set_index(["task", "kernel"])
+    table = tables.kernel_table(pairs).frame.set_index(["task", "kernel"])
     row = table.loc[("alpha", "kernel sgd/prompt/lstsq")]
     assert row["kernel metric"] == "80.0 (5.0)" and row["fine-tuning metric"] == "80.0 (10.0)"
     assert row["gap"] == "0.0" and row["seeds"] == "2"
@@ -151,11 +151,11 @@ def test_kernel_pairs_match_heads(runs):
 
 
 def test_graft_and_interpolate_tables(runs):
-    g = agg.graft_table(runs).frame.set_index("sparsity")
+    g = tables.graft_table(runs).frame.set_index("sparsity")
     assert list(g.index) == ["0.001", "0.01"]
     assert g.loc["0.01", "test"] == "81.0 (1.0)" and g.loc["0.01", "test ECE"] == "10.0 (0.0)"
     assert g.loc["0.001", "OOD beta graft"] == "51.0 (1.0)" and g.loc["0.01", "FT test"] == "90.0 (0.0)"
-    t = agg.interpolate_table(runs).frame
+    t = tables.interpolate_table(runs).frame
     assert list(t.columns) == ["model", "task", "pair", "dev loss barrier", "dev metric barrier",
                                "test loss barrier", "test metric barrier", "L2 distance", "cosine"]
     assert t.iloc[0].tolist() == [MODEL, "alpha", "seed13-seed21", "0.2500", "12.5", "0.5000", "6.2", "1.2346",
@@ -167,9 +167,9 @@ def test_aggregate_writes_deterministic_outputs(tmp_path):
     curves = [p.parent / "curve.parquet" for p in interp]
 
     def run(out):
-        written = agg.aggregate(paths + interp, curves, out / "runs.parquet", out / "tables", out / "plots",
-                                agg.TOPICS, task_order=["alpha", "beta"])
-        expected = set(agg.output_files(out / "tables", out / "plots", agg.TOPICS).values())
+        written = aggregate.aggregate(paths + interp, curves, out / "runs.parquet", out / "tables", out / "plots",
+                                topics.TOPICS, task_order=["alpha", "beta"])
+        expected = set(topics.output_files(out / "tables", out / "plots", topics.TOPICS).values())
         assert {str(p) for p in written} == expected | {str(out / "runs.parquet")}
         return {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
 
@@ -183,13 +183,13 @@ def test_aggregate_writes_deterministic_outputs(tmp_path):
 
 
 def test_plots_handle_several_k_and_empty_inputs(tmp_path):
-    summary = pd.DataFrame({"model": MODEL, "task": "alpha", "k": [4, 16, 4, 16], "method": ["a", "a", "b", "b"],
+    summarized = pd.DataFrame({"model": MODEL, "task": "alpha", "k": [4, 16, 4, 16], "method": ["a", "a", "b", "b"],
                             "type": "ft", "metric": "acc", "n": 2, "mean": [0.5, 0.7, 0.6, 0.8], "std": 0.01})
-    fig = plots.accuracy_vs_k(summary)
+    fig = plots.accuracy_vs_k(summarized)
     assert fig.axes[0].get_xscale() == "log" and len(fig.axes[0].lines) >= 2
     (png, _) = plots.save(fig, tmp_path / "lines")
     assert png.stat().st_size > 5000
-    (empty, _) = plots.save(plots.kernel_vs_ft(agg.kernel_pairs(pd.DataFrame(
+    (empty, _) = plots.save(plots.kernel_vs_ft(summary.kernel_pairs(pd.DataFrame(
         {"stage": ["finetune"], "selected": [True]}))), tmp_path / "empty")
     assert empty.read_bytes()[:4] == b"\x89PNG"
 
@@ -198,44 +198,44 @@ def test_missing_or_corrupt_metrics_name_the_file(tmp_path):
     good = finetune(tmp_path, "alpha", 13, "zeroshot", 0.5)
     missing = tmp_path / "nope" / "metrics.json"
     with pytest.raises(ArtifactError, match=str(missing)):
-        agg.load_runs([good, missing])
+        gather.load_runs([good, missing])
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"stage": "finetune", ')
     with pytest.raises(ArtifactError, match=f"{corrupt}.*not valid JSON"):
-        agg.load_runs([good, corrupt])
+        gather.load_runs([good, corrupt])
     incomplete = tmp_path / "incomplete.json"
     write_json({"stage": "kernel", "model": MODEL, "task": "alpha", "k": 16, "seed": 13}, incomplete)
     with pytest.raises(ArtifactError, match=f"{incomplete}.*formula"):
-        agg.load_runs([incomplete])
+        gather.load_runs([incomplete])
     bad_stage = tmp_path / "stage.json"
     write_json({"stage": "kernels"}, bad_stage)
     with pytest.raises(ArtifactError, match=f"{bad_stage}.*'kernels'"):
-        agg.load_runs([bad_stage])
+        gather.load_runs([bad_stage])
     bad_value = tmp_path / "value.json"
     write_json(json.loads(good.read_text()) | {"k": "16"}, bad_value)
     with pytest.raises(ArtifactError, match=f"{bad_value}.*'k'"):
-        agg.load_runs([bad_value])
+        gather.load_runs([bad_value])
 
 
 def test_duplicate_runs_and_grid_without_dev_are_errors(tmp_path):
     a = finetune(tmp_path / "a", "alpha", 13, "ft", 0.5)
     b = finetune(tmp_path / "b", "alpha", 13, "ft", 0.6)
     with pytest.raises(LmftError, match="same run and trial"):
-        agg.load_runs([a, b])
+        gather.load_runs([a, b])
     t0 = finetune(tmp_path, "alpha", 13, "ft", 0.5, trial=0)
     t1 = finetune(tmp_path, "alpha", 13, "ft", 0.6, trial=1)
     write_json({k: v for k, v in json.loads(t1.read_text()).items() if k != "dev_metric"}, t1)
     with pytest.raises(ArtifactError, match=f"{t1}.*dev_metric"):
-        agg.load_runs([t0, t1])
+        gather.load_runs([t0, t1])
     with pytest.raises(LmftError, match="no metrics.json"):
-        agg.load_runs([])
+        gather.load_runs([])
 
 
 def test_topics_follow_registered_stages(tmp_path):
-    assert agg.topics_for(["finetune"]) == ["main", "findings"]
-    assert agg.topics_for(["interpolate", "kernel", "finetune"]) == ["main", "kernel", "interpolate", "findings"]
+    assert topics.topics_for(["finetune"]) == ["main", "findings"]
+    assert topics.topics_for(["interpolate", "kernel", "finetune"]) == ["main", "kernel", "interpolate", "findings"]
     with pytest.raises(LmftError, match="kernels"):
-        agg.topics_for(["kernels"])
-    files = agg.output_files("t", "p", ["graft"])
+        topics.topics_for(["kernels"])
+    files = topics.output_files("t", "p", ["graft"])
     assert files["graft_md"] == "t/graft.md" and files["graft_plot_png"] == "p/graft_sparsity.png"
-    assert agg.output_files("t", "p", ["findings"]) == {f"findings_{f}": f"t/findings.{f}" for f in ("csv", "md", "html")}
+    assert topics.output_files("t", "p", ["findings"]) == {f"findings_{f}": f"t/findings.{f}" for f in ("csv", "md", "html")}

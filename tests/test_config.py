@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from lmft.config import SCHEMA, check_config, load_config, validate_schema
+from lmft.config import SCHEMA, check_config, load_config, section, validate_schema, with_defaults
 from lmft.io import LmftError
 
 
@@ -107,3 +107,26 @@ def test_classification_only_stages_accept_named_classification_tasks():
            "interpolate": {"pairs": {"p": {"a": {"method": "m"}, "b": {"method": "m"}, "tasks": ["rt-polarity"]}}},
            "kshot": {"test_balance": ["rt-polarity", "not-a-task"]}}
     check_config(cfg)
+
+
+@pytest.mark.parametrize("cfg", ["config.yaml", "config/paper.yaml"])
+def test_validation_fills_the_defaults_snakemake_fills(cfg):
+    """The schema is the one place of the defaults: validate_schema fills them as Snakemake's validate does
+    (same values, same key order, which the rules' params depend on); with_defaults on the result changes nothing."""
+    from snakemake.utils import validate
+
+    raw = yaml.safe_load((SCHEMA.parent.parent.parent / cfg).read_text())
+    ours, theirs = copy.deepcopy(raw), copy.deepcopy(raw)
+    validate_schema(ours)
+    validate(theirs, str(SCHEMA))
+    assert ours == theirs and repr(ours) == repr(theirs)
+    assert repr(with_defaults(ours)) == repr(ours)
+
+
+def test_with_defaults_fills_a_copy_and_section_fills_an_absent_one():
+    config = {"models": {"m": {}}, "tasks": ["t"], "graft": {"epochs": 2}}
+    filled = with_defaults(config)
+    assert config == {"models": {"m": {}}, "tasks": ["t"], "graft": {"epochs": 2}}  # not changed in place
+    assert filled["graft"]["epochs"] == 2 and filled["graft"]["sparsities"] == [1e-4, 1e-3, 1e-2]
+    assert filled["kshot"]["k"] == [16] and "kernels" not in filled  # an absent stage stays absent
+    assert section(config, "kernels")["formulas"] == ["sgd"] and section(config, "graft")["epochs"] == 2

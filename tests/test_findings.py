@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lmft import aggregate as agg
+from lmft import claims, gather, interpolate_plan, summary, tables, topics
 from lmft import findings as fd
 from lmft.io import write_json
 
@@ -25,7 +25,7 @@ def write(root: Path, stage: str, **m) -> Path:
     """One metrics.json at a path made of the stage's run keys."""
     m = {"stage": stage, "k": 16, "metric": "acc"} | m
     m.setdefault("dev_metric", m.get("test_metric"))
-    path = Path(root, stage, *(str(m[key]) for key in agg.RUN_KEYS[stage]), "metrics.json")
+    path = Path(root, stage, *(str(m[key]) for key in gather.RUN_KEYS[stage]), "metrics.json")
     write_json(m, path)
     return path
 
@@ -100,14 +100,14 @@ def all_runs(root: Path) -> list[Path]:
 
 @pytest.fixture
 def runs(tmp_path):
-    return agg.load_runs(all_runs(tmp_path))
+    return gather.load_runs(all_runs(tmp_path))
 
 
 def verdicts(found):
     return {(f.claim, f.model, f.task): f.verdict for f in found}
 
 
-H, F, N = fd.HOLDS, fd.FAILS, fd.UNMEASURED
+H, F, N = claims.HOLDS, claims.FAILS, claims.UNMEASURED
 EXPECTED = {
     "lmbff": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): H, ("m2", FAIL): N},
     "kernel-prompt": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N},
@@ -159,13 +159,13 @@ def test_claims_without_runs_are_not_measured(tmp_path):
     paths = ft(tmp_path, "m1", HOLD, "zeroshot", 0.6, kind="zeroshot")
     paths += [write(tmp_path, "finetune", model="m1", task=HOLD, k=4, seed=13, method="ft-prompt", type="ft",
                     head="prompt", test_metric=0.7)]
-    found = fd.findings(agg.load_runs(paths))
+    found = fd.findings(gather.load_runs(paths))
     assert {f.claim for f in found} == {c.key for c in fd.CLAIMS}
-    assert all(f.verdict == fd.UNMEASURED and f.model == agg.MISSING for f in found)
+    assert all(f.verdict == claims.UNMEASURED and f.model == summary.MISSING for f in found)
     reasons = {f.claim: f.reason for f in found}
     assert reasons["lmbff"] == "no prompt fine-tuning (type ft, head prompt or causal) at k=16; it ran at k=4"
     assert reasons["mezo-memory"] == "no MeZO runs (finetune type mezo)"
-    assert reasons["modeconn-seed"].endswith("no pair kinds were given (lmft.findings.pair_kinds of the config)")
+    assert reasons["modeconn-seed"].endswith("no pair kinds were given (lmft.interpolate_plan.pair_kinds of the config)")
 
 
 def test_table_columns_order_and_published_figures(runs):
@@ -181,7 +181,7 @@ def test_table_columns_order_and_published_figures(runs):
     mezo = frame.loc[frame["threshold"] == "MeZO - zero-shot >= 5 points", "published"].iloc[0]
     assert mezo == "RoBERTa-large SST-2 k=16 (Table 18): zero-shot 79.0, LP 76.0 (2.8), MeZO 90.5 (1.2)"
     assert frame.loc[frame["paper"] == "Mode connectivity", "k"].tolist() == ["16"] * 5
-    assert set(frame["verdict"]) == {fd.HOLDS, fd.FAILS, fd.UNMEASURED}
+    assert set(frame["verdict"]) == {claims.HOLDS, claims.FAILS, claims.UNMEASURED}
     assert all(isinstance(v, str) and "\n" not in v for v in frame.to_numpy().ravel())
 
 
@@ -189,8 +189,8 @@ def test_findings_are_byte_identical_whatever_the_input_order(tmp_path):
     paths = all_runs(tmp_path / "results")
 
     def render(order, out):
-        table = fd.findings_table(agg.load_runs(order), KINDS)
-        written = agg.write_table(table, out / "findings", agg.table_formats("findings"))
+        table = fd.findings_table(gather.load_runs(order), KINDS)
+        written = tables.write_table(table, out / "findings", topics.table_formats("findings"))
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
 
     shuffled = list(paths)
@@ -217,17 +217,17 @@ def test_pair_kinds_from_the_config():
             "tasks": {"a": {"method": "ft", "task": "a"}, "b": {"method": "ft", "task": "b"}, "tasks": ["a"]},
         }},
     }
-    assert fd.pair_kinds(config) == {"pre-ft": "pretrained-ft", "ft-pre": "pretrained-ft", "pre-step": "other",
+    assert interpolate_plan.pair_kinds(config) == {"pre-ft": "pretrained-ft", "ft-pre": "pretrained-ft", "pre-step": "other",
                                      "s-s": "seed-seed", "same-seed": "other", "other-lr": "other",
                                      "data-seeds": "other", "tasks": "other"}
-    assert fd.pair_kinds({}) == {}
+    assert interpolate_plan.pair_kinds({}) == {}
 
 
 def test_main_table_baselines_and_single_seed_standard_error(runs):
-    summary = agg.summarize(runs, task_order=[HOLD, FAIL])
-    table = agg.main_table(summary, [HOLD, FAIL], agg.majority_baselines(runs)).frame
+    summarized = summary.summarize(runs, task_order=[HOLD, FAIL])
+    table = tables.main_table(summarized, [HOLD, FAIL], summary.majority_baselines(runs)).frame
     m1 = table[table["model"] == "m1"].set_index("method")
-    assert list(m1.index[:2]) == list(agg.BASELINE_ROWS)
+    assert list(m1.index[:2]) == list(tables.BASELINE_ROWS)
     assert m1.loc["majority class"].tolist()[2:] == ["55.0", "55.0"]
     assert m1.loc["test examples", HOLD] == "64/100" and m1.loc["test examples", FAIL] == "64/100"  # kernels: 64
     assert m1.loc["ft-prompt", HOLD] == "90.0 (1.0)"
@@ -235,7 +235,7 @@ def test_main_table_baselines_and_single_seed_standard_error(runs):
     assert list(m2.index[:1]) == ["test examples"] and "majority class" not in m2.index
     assert m2.loc["llm-ft", HOLD] == "80.0 ±4.0" and m2.loc["mezo", FAIL] == "69.0 ±4.6"
     assert m2.loc["kernel sgd/prompt/lstsq", HOLD] == "70.0 ±5.7"  # its n_test is 64
-    assert agg.spread_text(0.8, 0.0, 1, agg.single_seed_se([0.8], None, "acc")) == "80.0"  # n_test unknown
-    assert math.isnan(agg.single_seed_se([0.8], 100, "f1"))  # binomial: accuracy only
-    assert agg.main_table(summary, [HOLD, FAIL]).frame["method"].tolist()[0] == "zeroshot"  # without baselines
-    assert "m2 & 16 & llm-ft & 80.0 $\\pm$4.0 & 70.0 $\\pm$4.6" in agg.to_latex(agg.Table("t", table, 3))
+    assert summary.spread_text(0.8, 0.0, 1, summary.single_seed_se([0.8], None, "acc")) == "80.0"  # n_test unknown
+    assert math.isnan(summary.single_seed_se([0.8], 100, "f1"))  # binomial: accuracy only
+    assert tables.main_table(summarized, [HOLD, FAIL]).frame["method"].tolist()[0] == "zeroshot"  # without baselines
+    assert "m2 & 16 & llm-ft & 80.0 $\\pm$4.0 & 70.0 $\\pm$4.6" in tables.to_latex(tables.Table("t", table, 3))

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from lmft.evaluate import predict
-from lmft.finetune import finetune_targets, run_finetune
+from lmft.finetune import run_finetune
 from lmft.heads import build_classifier
 from lmft.io import ArtifactError, LmftError, load_tensors, read_json
 from lmft.methods import TYPES, job_spec, resolve_spec
+from lmft.plan import finetune_targets
 from lmft.runs import cap_rows, encode_split, load_finetuned, load_run
 from lmft.tasks import get_task
 from tiny import make_tiny_model_dir, write_tiny_splits

@@ -11,30 +11,27 @@ from tiny import make_tiny_model_dir, tiny_frame, tiny_prompt_split, write_tiny_
 
 from lmft.checkpoint import apply_state
 from lmft.evaluate import evaluate, predict
-from lmft.graft import (
+from lmft.graft import load_mask, run_graft, save_mask
+from lmft.graft_mask import (
     DEFAULT_EXCLUDE,
     base_patch,
     graft,
-    graft_jobs,
-    graft_options,
     kept_fraction,
-    load_mask,
     mask_count,
     relax_mask,
-    run_graft,
-    save_mask,
     select_graftable,
     soft_graft,
     split_state,
-    top_k_mask,
 )
+from lmft.graft_plan import graft_jobs, graft_options, overlap_groups, overlap_path
 from lmft.finetune import run_finetune
 from lmft.heads import build_classifier
 from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_parquet
-from lmft.overlap import mask_overlap, overlap_groups, overlap_path
+from lmft.overlap import mask_overlap
 from lmft.paths import graft_dir
 from lmft.substitute import Substituted, substitute
 from lmft.tasks import get_task
+from lmft.topk import top_k_mask
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lmft import aggregate as agg
+from lmft import gather, summary
 from lmft.config import validate_schema
-from lmft.finetune import finetune_targets, run_finetune
+from lmft.finetune import run_finetune
 from lmft.grid import check_pinned, expand_methods, grid_keys, split_run, trial_fields, trials
 from lmft.io import LmftError
 from lmft.methods import job_spec, resolve_spec
+from lmft.plan import finetune_targets
 from lmft.tasks import get_task
 from test_aggregate import finetune as write_finetune_metrics
 from tiny import make_tiny_model_dir, write_tiny_splits
@@ -100,7 +101,7 @@ def test_trial_jobs_record_method_and_trial_and_the_best_dev_trial_is_selected(t
     with pytest.raises(LmftError, match="a job runs one trial"):
         run_finetune(model_json, get_task("sst-2"), splits, tmp_path / "ft", model="tiny", k=6, seed=13,
                      method="ft", spec=grid)
-    runs = agg.load_runs(paths)
+    runs = gather.load_runs(paths)
     best = runs["dev_metric"].astype(float).idxmax()  # the first of equal values, as the aggregate breaks ties
     assert runs["selected"].tolist() == [i == best for i in range(len(runs))]
 
@@ -111,10 +112,10 @@ def test_aggregate_keeps_the_best_dev_trial_per_seed(tmp_path: Path) -> None:
     paths = [write_finetune_metrics(tmp_path, "alpha", seed, "ft", test=0.5 + i / 10, dev=d, trial=name)
              for seed, devs in dev.items() for i, (name, d) in enumerate(zip(names, devs))]
     paths.append(write_finetune_metrics(tmp_path, "alpha", 13, "zeroshot", 0.5, kind="zeroshot"))
-    runs = agg.load_runs(paths)
+    runs = gather.load_runs(paths)
     chosen = runs[runs["selected"]].set_index(["method", "seed"])["trial"]
     assert chosen.to_dict() == {("ft", 13): names[1], ("ft", 21): names[0], ("zeroshot", 13): None}
-    row = agg.summarize(runs).set_index("method").loc["ft"]
+    row = summary.summarize(runs).set_index("method").loc["ft"]
     assert row["n"] == 2 and row["mean"] == pytest.approx((0.6 + 0.5) / 2)  # the selected trials only
 
 

@@ -13,20 +13,19 @@ from torch.func import functional_call
 
 from lmft.evaluate import evaluate, predict
 from lmft.finetune import run_finetune
-from lmft.interpolate import (
-    Endpoint,
+from lmft.connectivity import (
     alphas,
     barrier,
     curve_metrics,
     endpoint_distance,
     forgetting,
-    interpolate_jobs,
     interpolation_curve,
     lerp_state,
     plot_curve,
     pretrained_endpoint,
-    run_interpolate,
 )
+from lmft.interpolate import Endpoint, run_interpolate
+from lmft.interpolate_plan import interpolate_jobs
 from lmft.io import LmftError, read_json
 from lmft.paths import finetune_run, interpolate_dir
 from lmft.substitute import Substituted

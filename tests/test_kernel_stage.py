@@ -1,14 +1,20 @@
-"""lmft.kernel_stage: config settings, shard layout, memory estimate, and shard -> merge -> solve on a tiny model."""
+"""lmft.kernel_plan and lmft.kernel_stage: settings, shard layout, memory estimate, shard -> merge -> solve."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from tiny import make_tiny_model_dir, tiny_frame
 
+from lmft import jacobians, kernel_files, kernels, solvers
+from lmft.config import SCHEMA
+from lmft.formulas import FORMULAS, PROMPTS
+from lmft import kernel_plan as kp
 from lmft import kernel_stage as ks
-from lmft import kernels, solvers
+from lmft.kernel_sets import load_kernel_set
+from lmft.paths import SPLITS
 from lmft.runs import cap_rows
 from lmft.io import LmftError, write_parquet
 from lmft.tasks import get_task
@@ -22,18 +28,18 @@ CONFIG = {"models": {"tiny": {"source": "x"}, "other": {"source": "y"}}, "tasks"
 
 
 def test_settings_fill_defaults_and_resolve_solvers():
-    cfg = ks.settings(CONFIG | {"kernels": {"models": ["tiny"], "solvers": ["lstsq", {"name": "asym", "lam": 0.3},
+    cfg = kp.settings(CONFIG | {"kernels": {"models": ["tiny"], "solvers": ["lstsq", {"name": "asym", "lam": 0.3},
                                                                             {"name": "logistic-dev", "f0_scaling": 2.0}],
                                             "col_shards": {"test": 3}}})
     assert cfg["models"] == ["tiny"] and cfg["formulas"] == ["sgd"] and cfg["test_cap"] is None
     assert cfg["solvers"] == {"lstsq": {"grid": None, "f0_scaling": None, "lam": 0.5},
                               "asym": {"grid": None, "f0_scaling": None, "lam": 0.3},
                               "logistic-dev": {"grid": None, "f0_scaling": 2.0, "lam": 0.5}}
-    assert [ks.col_shards(cfg, s) for s in ks.SPLITS] == [1, 1, 3]
-    assert ks.settings(CONFIG)["models"] == ["tiny", "other"]  # no kernels.models: every model
-    every = ks.settings(CONFIG | {"kernels": {}})
+    assert [kp.col_shards(cfg, s) for s in SPLITS] == [1, 1, 3]
+    assert kp.settings(CONFIG)["models"] == ["tiny", "other"]  # no kernels.models: every model
+    every = kp.settings(CONFIG | {"kernels": {}})
     assert (every["tasks"], every["k"]) == (["alpha", "three"], [4])
-    assert ks.settings(CONFIG | {"kernels": {"tasks": ["three"], "k": [4]}})["tasks"] == ["three"]
+    assert kp.settings(CONFIG | {"kernels": {"tasks": ["three"], "k": [4]}})["tasks"] == ["three"]
 
 
 @pytest.mark.parametrize("kernels_section, message", [
@@ -50,20 +56,41 @@ def test_settings_fill_defaults_and_resolve_solvers():
 ])
 def test_settings_reject_bad_entries(kernels_section, message):
     with pytest.raises(LmftError, match=message):
-        ks.settings(CONFIG | {"kernels": kernels_section})
+        kp.settings(CONFIG | {"kernels": kernels_section})
 
 
 def test_solve_targets_run_asym_only_on_binary_asymmetric_kernels():
     section = {"formulas": ["sgd", "asymmetric-signgd"], "prompt": ["prompt", "noprompt"], "binary": True,
                "models": ["tiny"], "solvers": ["lstsq", "asym"]}
-    targets = ks.solve_targets(CONFIG | {"kernels": section})
+    targets = kp.solve_targets(CONFIG | {"kernels": section})
     asym = [t for t in targets if t.endswith("/asym/metrics.json")]
     # lstsq: 2 tasks x 2 seeds x 2 formulas x 2 prompts; asym: the two-class task's asymmetric kernels only
     assert len(targets) - len(asym) == 16 and len(asym) == 4
     assert all("/alpha/" in t and "/asymmetric-signgd-" in t for t in asym)
     assert "results/kernel_solve/tiny/three/4-21/sgd-noprompt/lstsq/metrics.json" in targets
-    assert not [t for t in ks.solve_targets(CONFIG | {"kernels": section | {"binary": False}}) if "/asym/" in t]
-    assert len(ks.solve_targets(CONFIG | {"kernels": section | {"tasks": ["three"]}})) == 8
+    assert not [t for t in kp.solve_targets(CONFIG | {"kernels": section | {"binary": False}}) if "/asym/" in t]
+    assert len(kp.solve_targets(CONFIG | {"kernels": section | {"tasks": ["three"]}})) == 8
+
+
+def test_solve_rules_give_each_stacked_solver_a_rule_of_its_own():
+    """asym reads both parts of the stacked asymmetric-signgd kernels: its own rule, with the formula in its files."""
+    rules = kp.solve_rules(kp.settings(CONFIG | {"kernels": {"solvers": ["lstsq", "asym", "logistic"]}}))
+    assert [(r.name, r.formula, r.solvers, r.run) for r in rules] == [
+        ("kernel_solve", "{formula}", ["lstsq", "logistic"], "{formula}-{prompt}"),
+        ("kernel_solve_asym", "asymmetric-signgd", ["asym"], "asymmetric-signgd-{prompt}-asym")]
+    assert [r.name for r in kp.solve_rules(kp.settings(CONFIG | {"kernels": {"solvers": ["asym"]}}))] == [
+        "kernel_solve_asym"]
+
+
+def test_the_schema_lists_the_registered_formulas_prompts_and_solvers():
+    """The registries (lmft.formulas, lmft.solvers) are the one list of what exists; the schema names them to validate."""
+    kernels_schema = yaml.safe_load(SCHEMA.read_text())["properties"]["kernels"]["properties"]
+    assert kernels_schema["formulas"]["items"]["enum"] == list(FORMULAS)
+    assert kernels_schema["prompt"]["items"]["enum"] == list(PROMPTS)
+    by_name, entry = kernels_schema["solvers"]["items"]["oneOf"]
+    assert by_name["enum"] == entry["properties"]["name"]["enum"] == list(solvers.SOLVERS)
+    assert [f for f, formula in FORMULAS.items() if formula.stacked] == ["asymmetric-signgd"]
+    assert FORMULAS["asymmetric-signgd"].lead == (2,) and FORMULAS["sgd"].lead == ()
 
 
 def test_shard_ranges_tile_the_examples_and_bad_layouts_raise():
@@ -75,23 +102,23 @@ def test_shard_ranges_tile_the_examples_and_bad_layouts_raise():
 
 
 def test_memory_estimate_grows_with_parameters_logits_and_batches(tmp_path):
-    base = ks.shard_mem_mb(22_000_000, 11_000_000, 2, 8, 8)
+    base = kp.shard_mem_mb(22_000_000, 11_000_000, 2, 8, 8)
     # 4 bytes per parameter for the weights and per trainable parameter and logit for (8 + 8 + 1) Jacobians
     assert base == int(1500 + 4 * 22e6 / 2**20 + 4 * 11e6 / 2**20 * 2 * 17)
-    assert ks.shard_mem_mb(22_000_000, 11_000_000, 1, 8, 8) < base < ks.shard_mem_mb(22_000_000, 11_000_000, 2, 16, 8)
+    assert kp.shard_mem_mb(22_000_000, 11_000_000, 1, 8, 8) < base < kp.shard_mem_mb(22_000_000, 11_000_000, 2, 16, 8)
     manifest = {"n_params": 23_000_000, "vocab_size": 30_000, "hidden_size": 300, "num_layers": 6}
-    assert ks.trainable_estimate(manifest, "all", False) == 23_000_000
-    assert ks.trainable_estimate(manifest, "all", True) == 14_000_000
-    assert ks.trainable_estimate(manifest, "last:3", True) == 7_000_000
-    assert ks.trainable_estimate(manifest, "bias", False) == 230_000
+    assert kp.trainable_estimate(manifest, "all", False) == 23_000_000
+    assert kp.trainable_estimate(manifest, "all", True) == 14_000_000
+    assert kp.trainable_estimate(manifest, "last:3", True) == 7_000_000
+    assert kp.trainable_estimate(manifest, "bias", False) == 230_000
     (tmp_path / "model.json").write_text(json.dumps(manifest))
     task = get_task("three", CONFIG)
-    cfg = ks.settings(CONFIG | {"kernels": {"mode": "last:3", "freeze_embeddings": True}})
-    assert ks.shard_mem_mb_for(tmp_path / "model.json", task, cfg) == ks.shard_mem_mb(23_000_000, 7_000_000, 3, 8, 8)
-    budget = ks.settings(CONFIG | {"kernels": {"mode": "last:3", "freeze_embeddings": True, "mem_mb": 1800.5}})
-    assert ks.shard_mem_mb_for(tmp_path / "model.json", task, budget) == 1801  # a budget caps the estimate
+    cfg = kp.settings(CONFIG | {"kernels": {"mode": "last:3", "freeze_embeddings": True}})
+    assert kp.shard_mem_mb_for(tmp_path / "model.json", task, cfg) == kp.shard_mem_mb(23_000_000, 7_000_000, 3, 8, 8)
+    budget = kp.settings(CONFIG | {"kernels": {"mode": "last:3", "freeze_embeddings": True, "mem_mb": 1800.5}})
+    assert kp.shard_mem_mb_for(tmp_path / "model.json", task, budget) == 1801  # a budget caps the estimate
     with pytest.raises(FileNotFoundError):  # what Snakemake reads as "known once the model is prepared"
-        ks.shard_mem_mb_for(tmp_path / "missing.json", task, cfg)
+        kp.shard_mem_mb_for(tmp_path / "missing.json", task, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -125,19 +152,19 @@ def test_heads_and_splits_follow_the_prompt_setting(tiny):
 
 def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
     tmp, model_json, paths, task = tiny
-    cfg = ks.settings(CONFIG | {"kernels": {"formulas": ["sgd", "asymmetric-signgd"], "binary": True, "row_shards": 2,
+    cfg = kp.settings(CONFIG | {"kernels": {"formulas": ["sgd", "asymmetric-signgd"], "binary": True, "row_shards": 2,
                                             "col_shards": {"test": 2}, "row_batch": 3, "col_batch": 2, "test_cap": 10,
                                             "solvers": ["lstsq", "asym"]}})
     files = {}
-    for split in ks.SPLITS:
-        grid = [(r, c) for r in range(2) for c in range(ks.col_shards(cfg, split))]
+    for split in SPLITS:
+        grid = [(r, c) for r in range(2) for c in range(kp.col_shards(cfg, split))]
         for r, c in grid:
             d = tmp / f"shards/{split}/{r}-{c}"
             ks.run_shard(model_json, task, paths["train"], paths[split], {f: d / f"{f}.pt" for f in cfg["formulas"]},
                          d / "f0.pt", split=split, prompt="prompt", seed=13, row=r, col=c, cfg=cfg)
         out = {f: tmp / f"{f}-prompt/{split}.pt" for f in cfg["formulas"]}
         ks.merge({f: [tmp / f"shards/{split}/{r}-{c}/{f}.pt" for r, c in grid] for f in cfg["formulas"]},
-                 [tmp / f"shards/{split}/0-{c}/f0.pt" for c in range(ks.col_shards(cfg, split))], out,
+                 [tmp / f"shards/{split}/0-{c}/f0.pt" for c in range(kp.col_shards(cfg, split))], out,
                  tmp / f"f0-prompt/{split}.pt")
         files[split] = out
 
@@ -146,14 +173,14 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
     cols = ks.load_split(paths["test"], task, clf, tok, cap=10)
     whole = kernels.compute_shards(clf, rows, cols, cfg["formulas"], binary=True)
     for formula in cfg["formulas"]:
-        kernel, labels = kernels.load_kernel(files["test"][formula])
+        kernel, labels = kernel_files.load_kernel(files["test"][formula])
         assert torch.equal(kernel, whole[formula].kernel) and torch.equal(labels, cols["labels"])
-    f0, _ = kernels.load_logits(tmp / "f0-prompt/test.pt")
-    assert torch.equal(f0, kernels.logits(clf, cols, binary=True))
+    f0, _ = kernel_files.load_logits(tmp / "f0-prompt/test.pt")
+    assert torch.equal(f0, jacobians.logits(clf, cols, binary=True))
 
-    info = ks.kernel_info(cfg)
+    info = kp.kernel_info(cfg)
     outs = {s: tmp / f"{s}.json" for s in ("lstsq", "asym")}
-    results = ks.solve({s: files[s]["asymmetric-signgd"] for s in ks.SPLITS}, None, outs, cfg["solvers"], task=task,
+    results = ks.solve({s: files[s]["asymmetric-signgd"] for s in SPLITS}, None, outs, cfg["solvers"], task=task,
                        model="tiny", k=4, seed=13, formula="asymmetric-signgd", prompt="prompt", kernel_info=info)
     for solver, metrics in results.items():
         assert json.loads(outs[solver].read_text()) == json.loads(json.dumps(metrics))
@@ -163,15 +190,15 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
         assert metrics["kernel"] == info | {"head_init": "pretrained"}
     assert info == {"source": "computed", "mode": "all", "freeze_embeddings": False, "binary": True, "test_cap": 10}
 
-    f0_files = {s: tmp / f"f0-prompt/{s}.pt" for s in ks.SPLITS}
+    f0_files = {s: tmp / f"f0-prompt/{s}.pt" for s in SPLITS}
     specs = {"lstsq": {"grid": [0.0], "f0_scaling": 1.0, "lam": 0.5}}
     with pytest.raises(LmftError, match="solver lstsq has f0_scaling 1.0 but no f0 files"):
-        ks.solve({s: files[s]["sgd"] for s in ks.SPLITS}, None, {"lstsq": tmp / "x.json"}, specs, task=task,
+        ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"lstsq": tmp / "x.json"}, specs, task=task,
                  model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
-    adjusted = ks.solve({s: files[s]["sgd"] for s in ks.SPLITS}, f0_files, {"lstsq": tmp / "x.json"}, specs,
+    adjusted = ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x.json"}, specs,
                         task=task, model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
     # r = 0 interpolates the training labels exactly, with or without the f0 offset
-    train = solvers.load_kernel_set(files["train"]["sgd"], f0_files["train"])
+    train = load_kernel_set(files["train"]["sgd"], f0_files["train"])
     assert adjusted["lstsq"]["f0_scaling"] == 1.0 and adjusted["lstsq"]["grid"] == [0.0]
     sol = solvers.solve("lstsq", train, train, train, grid=[0.0], f0_scaling=1.0)
     assert torch.equal(sol.dev_logits.argmax(1), train.labels)
@@ -179,7 +206,7 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
 
 def test_merge_refuses_shards_of_another_formula(tiny, tmp_path):
     _, model_json, paths, task = tiny
-    cfg = ks.settings(CONFIG | {"kernels": {"formulas": ["sgd", "signgd"]}})
+    cfg = kp.settings(CONFIG | {"kernels": {"formulas": ["sgd", "signgd"]}})
     ks.run_shard(model_json, task, paths["train"], paths["dev"], {f: tmp_path / f"{f}.pt" for f in cfg["formulas"]},
                  tmp_path / "f0.pt", split="dev", prompt="noprompt", seed=13, row=0, col=0, cfg=cfg)
     with pytest.raises(LmftError, match="a shard of another formula than sgd"):
@@ -192,7 +219,7 @@ def test_noprompt_kernels_start_from_the_logistic_regression_head(tiny, tmp_path
     from sklearn.model_selection import StratifiedKFold
 
     _, model_json, paths, task = tiny
-    cfg = ks.settings(CONFIG | {"kernels": {"binary": True, "row_shards": 2, "col_shards": 2, "row_batch": 3}})
+    cfg = kp.settings(CONFIG | {"kernels": {"binary": True, "row_shards": 2, "col_shards": 2, "row_batch": 3}})
     grid = [(r, c) for r in range(2) for c in range(2)]
     for r, c in grid:
         d = tmp_path / f"{r}-{c}"
@@ -218,11 +245,11 @@ def test_noprompt_kernels_start_from_the_logistic_regression_head(tiny, tmp_path
     torch.testing.assert_close(clf.linear.bias.data, torch.cat([-b / 2, b / 2]), rtol=1e-6, atol=0)
 
     # f0 is the regression's logit difference, no longer a random head's: it fits the training labels
-    f0, _ = kernels.load_logits(tmp_path / "f0.pt")
+    f0, _ = kernel_files.load_logits(tmp_path / "f0.pt")
     expected = torch.from_numpy(lr.decision_function(test_feats))
     torch.testing.assert_close(f0[:, 0], expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
-    train_f0 = kernels.logits(clf, rows, binary=True)[:, 0]
+    train_f0 = jacobians.logits(clf, rows, binary=True)[:, 0]
     assert torch.equal((train_f0 > 0).long(), torch.from_numpy(lr.predict(feats))) and lr.score(feats, y) > 0.5
     # every shard job fit the same head: the 2x2 shards are the kernel of one pass of this model, bit for bit
-    kernel, _ = kernels.load_kernel(tmp_path / "sgd.pt")
+    kernel, _ = kernel_files.load_kernel(tmp_path / "sgd.pt")
     assert torch.equal(kernel, kernels.compute_shards(clf, rows, cols, ["sgd"], binary=True)["sgd"].kernel)

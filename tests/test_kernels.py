@@ -8,7 +8,10 @@ from torch import nn
 from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           RobertaConfig, RobertaForMaskedLM)
 
-from lmft import kernels
+from lmft import jacobians, kernel_files, kernel_pairs, kernels, tile_jacobians, tiled_kernel
+from lmft.formulas import FORMULAS
+from lmft.kernel_files import merge_shards, split_range
+from lmft.tile_jacobians import TILE
 from lmft.heads import Classifier
 from lmft.io import ArtifactError, LmftError
 
@@ -69,7 +72,7 @@ def freeze_key_biases(model: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("head", ["cls", "mlm"])
-@pytest.mark.parametrize("formula", kernels.FORMULAS)
+@pytest.mark.parametrize("formula", FORMULAS)
 def test_entries_equal_inner_products_of_autograd_gradients(formula, head):
     model = TinyClassifier(head, dtype=torch.float64)
     if formula != "sgd":
@@ -117,10 +120,10 @@ def test_shards_and_batch_sizes_give_the_same_bits(formula, method):
     whole = kernels.compute_shard(model, x, y, formula, row_batch=7, col_batch=5, method=method).kernel
 
     def sharded(row_parts, col_parts, row_batch, col_batch):
-        return kernels.merge_shards([
+        return merge_shards([
             kernels.compute_shard(model, x, y, formula, row_range=r, col_range=c, row_batch=row_batch, col_batch=col_batch,
                                   method=method)
-            for r in kernels.split_range(7, row_parts) for c in kernels.split_range(5, col_parts)])
+            for r in split_range(7, row_parts) for c in split_range(5, col_parts)])
 
     assert torch.equal(whole, sharded(3, 2, 2, 1))
     assert torch.equal(whole, sharded(2, 3, 1, 4))
@@ -132,11 +135,11 @@ def test_tiled_default_equals_the_per_pair_reference(head):
     """More examples than a tile on each side, row and column tiles cut by the shard, a tied decoder (mlm)."""
     model = TinyClassifier(head, dtype=torch.float64)
     freeze_key_biases(model)
-    x, y = make_batch(kernels.TILE + 3, seed=1), make_batch(2 * kernels.TILE + 1, seed=2)
-    formulas = list(kernels.FORMULAS)
-    tiled = kernels.compute_shards(model, x, y, formulas, row_range=(2, kernels.TILE + 3), col_range=(1, 2 * kernels.TILE),
+    x, y = make_batch(TILE + 3, seed=1), make_batch(2 * TILE + 1, seed=2)
+    formulas = list(FORMULAS)
+    tiled = kernels.compute_shards(model, x, y, formulas, row_range=(2, TILE + 3), col_range=(1, 2 * TILE),
                                    row_batch=3, col_batch=5)
-    ref = kernels.compute_shards(model, x, y, formulas, row_range=(2, kernels.TILE + 3), col_range=(1, 2 * kernels.TILE),
+    ref = kernels.compute_shards(model, x, y, formulas, row_range=(2, TILE + 3), col_range=(1, 2 * TILE),
                                  method="naive")
     for formula in formulas:
         got, want = tiled[formula].kernel, ref[formula].kernel
@@ -153,14 +156,14 @@ def test_tiled_default_equals_the_per_pair_reference(head):
 @pytest.mark.parametrize("formula", ["sgd", "asymmetric-signgd"])
 def test_tiled_shards_across_tiles_threads_and_train_x_train_give_the_same_bits(formula):
     model = TinyClassifier("mlm")  # float32 Jacobians, float64 contraction
-    n, m = 2 * kernels.TILE + 3, kernels.TILE + 3
+    n, m = 2 * TILE + 3, TILE + 3
     x, y = make_batch(n, seed=3), make_batch(m, seed=4)
     whole = kernels.compute_shard(model, x, y, formula, row_batch=n, col_batch=m).kernel
     for row_parts, col_parts, row_batch, col_batch in ((3, 2, 2, 1), (5, 3, 9, 4), (1, 4, 17, 3)):
         parts = [kernels.compute_shard(model, x, y, formula, row_range=r, col_range=c, row_batch=row_batch,
                                        col_batch=col_batch)
-                 for r in kernels.split_range(n, row_parts) for c in kernels.split_range(m, col_parts)]
-        assert torch.equal(whole, kernels.merge_shards(parts))
+                 for r in split_range(n, row_parts) for c in split_range(m, col_parts)]
+        assert torch.equal(whole, merge_shards(parts))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -169,8 +172,8 @@ def test_tiled_shards_across_tiles_threads_and_train_x_train_give_the_same_bits(
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads
     xx = kernels.compute_shard(model, x, x, formula, row_batch=8, col_batch=8).kernel  # diagonal tiles reused
-    assert torch.equal(xx, kernels.merge_shards([kernels.compute_shard(model, x, x, formula, row_range=r, col_range=c)
-                                                 for r in kernels.split_range(n, 4) for c in kernels.split_range(n, 3)]))
+    assert torch.equal(xx, merge_shards([kernels.compute_shard(model, x, x, formula, row_range=r, col_range=c)
+                                         for r in split_range(n, 4) for c in split_range(n, 3)]))
     ref = kernels.compute_shard(model, x, y, formula, method="naive").kernel
     torch.testing.assert_close(whole, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
@@ -185,17 +188,17 @@ def test_formulas_from_one_pass_equal_each_formula_alone():
         alone = kernels.compute_shard(model, x, y, formula, row_range=(1, 5), col_range=(2, 5), row_batch=4, col_batch=3)
         assert shard.formula == formula and shard.rows == (1, 5) and shard.cols == (2, 5)
         assert torch.equal(shard.kernel, alone.kernel)
-    jx, jy = kernels.jacobians(model, x), kernels.jacobians(model, y)
-    for block in kernels.kernel_blocks(jx, jy, ["sgd", "asymmetric-signgd"]).values():
+    jx, jy = jacobians.jacobians(model, x), jacobians.jacobians(model, y)
+    for block in kernel_pairs.kernel_blocks(jx, jy, ["sgd", "asymmetric-signgd"]).values():
         assert block.untyped_storage().nbytes() == block.numel() * 8  # its own storage: torch.save writes only it
 
 
 def test_naive_and_vmap_jacobians_agree_and_binary_is_the_logit_difference():
     model = TinyClassifier("mlm", num_labels=2, dtype=torch.float64)
     x, y = make_batch(4, labels=2), make_batch(3, seed=5, labels=2)  # examples 1 and 3 share a mask
-    naive = kernels.jacobians(model, x, method="naive")
+    naive = jacobians.jacobians(model, x, method="naive")
     for chunk in (1, 4):  # 4: vmap over mask groups, as on a GPU
-        for a, b in zip(kernels.jacobians(model, x, vmap_chunk=chunk), naive):
+        for a, b in zip(jacobians.jacobians(model, x, vmap_chunk=chunk), naive):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     full = kernels.compute_shard(model, x, y, "sgd").kernel
     binary = kernels.compute_shard(model, x, y, "sgd", binary=True, method="naive").kernel
@@ -207,7 +210,7 @@ def test_naive_and_vmap_jacobians_agree_and_binary_is_the_logit_difference():
 def test_jacobians_leave_the_model_mode_and_frozen_parameters_alone():
     model = TinyClassifier("cls").train()
     model.lm.bert.embeddings.requires_grad_(False)
-    jac = kernels.jacobians(model, make_batch(3))
+    jac = jacobians.jacobians(model, make_batch(3))
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert [j.shape for j in jac] == [(3, 3, *p.shape) for p in trainable]
     assert model.training
@@ -218,13 +221,13 @@ def test_logits_are_the_models_outputs_in_float64():
     x = make_batch(5)
     with torch.no_grad():
         expected = model(x["input_ids"], x["attention_mask"], x["token_type_ids"], x["mask_pos"]).double()
-    f0 = kernels.logits(model, x, batch_size=2)
+    f0 = jacobians.logits(model, x, batch_size=2)
     assert f0.dtype == torch.float64 and f0.shape == (5, 3)
     torch.testing.assert_close(f0, expected, rtol=1e-5, atol=1e-6)
     model2 = TinyClassifier("mlm", num_labels=2)
-    f0b = kernels.logits(model2, x, binary=True)
+    f0b = jacobians.logits(model2, x, binary=True)
     assert f0b.shape == (5, 1)
-    full = kernels.logits(model2, x)
+    full = jacobians.logits(model2, x)
     torch.testing.assert_close(f0b[:, 0], full[:, 1] - full[:, 0])
 
 
@@ -232,38 +235,38 @@ def test_merge_names_the_missing_and_the_overlapping_shard():
     model = TinyClassifier("cls")
     x, y = make_batch(4), make_batch(6, seed=1)
     shards = [kernels.compute_shard(model, x, y, "signgd", row_range=r, col_range=c)
-              for r in kernels.split_range(4, 2) for c in kernels.split_range(6, 2)]
-    assert kernels.merge_shards(shards).shape == (4, 3, 6, 3)
+              for r in split_range(4, 2) for c in split_range(6, 2)]
+    assert merge_shards(shards).shape == (4, 3, 6, 3)
     with pytest.raises(LmftError, match=r"no shard covers rows 2:4 x cols 0:3 of the 4x6 kernel"):
-        kernels.merge_shards(shards[:2] + shards[3:])
+        merge_shards(shards[:2] + shards[3:])
     with pytest.raises(LmftError, match=r"shards rows 0:2 x cols 0:3 and rows 0:2 x cols 0:3 overlap"):
-        kernels.merge_shards(shards + shards[:1])
+        merge_shards(shards + shards[:1])
     other = kernels.compute_shard(model, x, y, "sgd", row_range=(0, 2), col_range=(0, 3))
     with pytest.raises(LmftError, match="sgd kernel"):
-        kernels.merge_shards([other] + shards[1:])
+        merge_shards([other] + shards[1:])
 
 
 def test_files_round_trip_in_the_papers_format(tmp_path):
     model = TinyClassifier("cls")
     x, y = make_batch(3), make_batch(4, seed=1)
     shard = kernels.compute_shard(model, x, y, "asymmetric-signgd", col_range=(1, 4))
-    kernels.save_shard(shard, tmp_path / "shard.pt")
-    back = kernels.load_shard(tmp_path / "shard.pt")
+    kernel_files.save_shard(shard, tmp_path / "shard.pt")
+    back = kernel_files.load_shard(tmp_path / "shard.pt")
     assert torch.equal(back.kernel, shard.kernel) and (back.rows, back.cols) == ((0, 3), (1, 4))
 
     kernel = kernels.compute_shard(model, x, y, "sgd").kernel
-    kernels.save_kernel(tmp_path / "test.pt", kernel, y["labels"])
+    kernel_files.save_kernel(tmp_path / "test.pt", kernel, y["labels"])
     raw = torch.load(tmp_path / "test.pt", weights_only=True)  # what the paper's code loads
     assert isinstance(raw, tuple) and torch.equal(raw[0], kernel) and raw[1].dtype == torch.long
-    assert torch.equal(kernels.load_kernel(tmp_path / "test.pt")[1], y["labels"])
+    assert torch.equal(kernel_files.load_kernel(tmp_path / "test.pt")[1], y["labels"])
 
-    kernels.save_logits(tmp_path / "f0.pt", kernels.logits(model, y), y["labels"])
-    f0, labels = kernels.load_logits(tmp_path / "f0.pt")
+    kernel_files.save_logits(tmp_path / "f0.pt", jacobians.logits(model, y), y["labels"])
+    f0, labels = kernel_files.load_logits(tmp_path / "f0.pt")
     assert f0.shape == (4, 3) and torch.equal(labels, y["labels"])
     with pytest.raises(ArtifactError, match="not a kernel shard"):
-        kernels.load_shard(tmp_path / "test.pt")
+        kernel_files.load_shard(tmp_path / "test.pt")
     with pytest.raises(ArtifactError, match=r"not a \(kernel, labels\) tuple"):
-        kernels.load_kernel(tmp_path / "shard.pt")
+        kernel_files.load_kernel(tmp_path / "shard.pt")
 
 
 def test_bad_input_raises_clear_errors():
@@ -279,20 +282,20 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(LmftError, match="example 1 has mask_pos 8 outside its attended tokens"):
         kernels.compute_shard(model, bad, x, "sgd")
     with pytest.raises(LmftError, match="missing 'attention_mask'"):
-        kernels.jacobians(model, {k: v for k, v in x.items() if k != "attention_mask"})
+        jacobians.jacobians(model, {k: v for k, v in x.items() if k != "attention_mask"})
     with pytest.raises(LmftError, match="unknown Jacobian method"):
-        kernels.jacobians(model, x, method="jvp")
+        jacobians.jacobians(model, x, method="jvp")
     with pytest.raises(LmftError, match="unknown Jacobian method 'tiled'; one of vmap, naive"):
-        kernels.jacobians(model, x, method="tiled")
+        jacobians.jacobians(model, x, method="tiled")
     with pytest.raises(LmftError, match="unknown kernel method 'jvp'; one of tiled, vmap, naive"):
         kernels.compute_shard(model, x, x, "sgd", method="jvp")
     with pytest.raises(LmftError, match="vmap_chunk must be >= 1"):
-        kernels.jacobians(model, x, vmap_chunk=0)
+        jacobians.jacobians(model, x, vmap_chunk=0)
     with pytest.raises(LmftError, match="cannot cut 3 examples into 4 shards"):
-        kernels.split_range(3, 4)
+        split_range(3, 4)
     model.requires_grad_(False)
     with pytest.raises(LmftError, match="no trainable parameters"):
-        kernels.jacobians(model, x)
+        jacobians.jacobians(model, x)
 
 
 def _backbone(arch: str, attn: str) -> tuple[nn.Module, bool]:
@@ -320,7 +323,7 @@ def test_vmap_runs_through_the_shared_classifier_of_each_architecture(arch, attn
     backbone, causal = _backbone(arch, attn)
     clf = Classifier(backbone.double(), "causal" if causal else "prompt", 2, causal, label_ids=[5, 6]).eval()
     x = make_batch(5, labels=2)  # examples 1 and 3 share a mask: one vmap call with vmap_chunk=4
-    for a, b in zip(kernels.jacobians(clf, x, vmap_chunk=4), kernels.jacobians(clf, x, method="naive")):
+    for a, b in zip(jacobians.jacobians(clf, x, vmap_chunk=4), jacobians.jacobians(clf, x, method="naive")):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     # the tiled path: embedding tables as rows (RoBERTa's padding row, GPT-2's tied lm_head)
     tiled = kernels.compute_shard(clf, x, x, "sgd").kernel
@@ -331,8 +334,8 @@ def test_vmap_runs_through_the_shared_classifier_of_each_architecture(arch, attn
 def test_pretrained_logits_do_not_depend_on_the_slice():
     model = TinyClassifier("mlm")
     x = make_batch(7, seed=3)
-    whole = kernels.logits(model, x)
-    parts = [kernels.logits(model, kernels._take(x, torch.arange(a, b))) for a, b in kernels.split_range(7, 3)]
+    whole = jacobians.logits(model, x)
+    parts = [jacobians.logits(model, jacobians.take(x, torch.arange(a, b))) for a, b in split_range(7, 3)]
     assert whole.shape == (7, 3) and whole.dtype == torch.float64
     assert torch.equal(whole, torch.cat(parts))  # column shards of any size: the same f0 bits
 
@@ -340,18 +343,18 @@ def test_pretrained_logits_do_not_depend_on_the_slice():
 def test_a_memory_budget_cuts_the_dense_tensors_into_blocks_and_gives_the_same_kernel(monkeypatch):
     """A budget with room for a few hundred coordinates (several blocks) against no budget; too small a budget."""
     model = TinyClassifier("mlm", dtype=torch.float64)
-    x, y = make_batch(kernels.TILE + 3, seed=1), make_batch(kernels.TILE + 1, seed=2)
-    formulas = list(kernels.FORMULAS)
+    x, y = make_batch(TILE + 3, seed=1), make_batch(TILE + 1, seed=2)
+    formulas = list(FORMULAS)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    held, c = 2 * kernels.TILE, len(WORDS)  # a tile of rows and one of columns (row_batch = col_batch = TILE)
-    largest = max(p.numel() for p in kernels._layout(model).dense)
+    held, c = 2 * TILE, len(WORDS)  # a tile of rows and one of columns (row_batch = col_batch = TILE)
+    largest = max(p.numel() for p in tile_jacobians.layout_of(model).dense)
 
     def budget(coords: int) -> float:
-        return (kernels.BASE_MB * 2**20 + 3 * weights + coords * held * c * 8) / 2**20
+        return (tiled_kernel.BASE_MB * 2**20 + 3 * weights + coords * held * c * 8) / 2**20
 
     blocks = []
-    real = kernels._dense_blocks
-    monkeypatch.setattr(kernels, "_dense_blocks", lambda *a: blocks.append(real(*a)) or blocks[-1])
+    real = tile_jacobians.dense_blocks
+    monkeypatch.setattr(tiled_kernel, "dense_blocks", lambda *a: blocks.append(real(*a)) or blocks[-1])
     want = kernels.compute_shards(model, x, y, formulas)
     got = kernels.compute_shards(model, x, y, formulas, mem_mb=budget(2 * largest))
     assert len(blocks[0]) == 1 and len(blocks[1]) >= 3

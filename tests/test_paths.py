@@ -1,5 +1,7 @@
 """Artifact paths: the exact strings finished runs are found by, with values and with the rules' wildcards."""
 
+import re
+
 from lmft import paths as p
 
 W = {"model": "{model}", "task": "{task}", "k": "{k}", "seed": "{seed}"}
@@ -22,7 +24,7 @@ def test_run_folders_take_values_and_wildcards():
     assert p.overlap_tasks("r", "m", 16, 13, "ft", 0.01) == "r/graft/m/overlap-tasks/16-13/ft/sparsity-0.01.parquet"
     assert p.overlap_seeds("r", "m", "t", 16, "ft", 0.01) == "r/graft/m/overlap-seeds/t/16/ft/sparsity-0.01.parquet"
     assert p.interpolate_dir("r", "m", "t", "seed13-seed21") == "r/interpolate/m/t/seed13-seed21"
-    assert (p.tables_dir("r"), p.plots_dir("r")) == ("r/tables", "r/plots")
+    assert (p.tables_dir("r"), p.plots_dir("r"), p.runs_table("r")) == ("r/tables", "r/plots", "r/tables/runs.parquet")
 
 
 def test_kernel_paths():
@@ -35,3 +37,10 @@ def test_kernel_paths():
     solve = p.kernel_solve_dir("results", "m", "t", 16, 13)
     assert (p.kernel_solve_metrics(solve, "sgd", "prompt", "lstsq")
             == "results/kernel_solve/m/t/16-13/sgd-prompt/lstsq/metrics.json")
+
+
+def test_wildcard_constraints_match_exactly_the_names():
+    pattern = p.one_of(["sgd", "asymmetric-signgd", "ft~lr-0.001"])
+    assert all(re.fullmatch(pattern, name) for name in ("sgd", "asymmetric-signgd", "ft~lr-0.001"))
+    assert not any(re.fullmatch(pattern, name) for name in ("signgd", "ft~lr-0x001", ""))
+    assert re.fullmatch(p.one_of([]), "") is None and re.fullmatch(p.one_of([]), "sgd") is None

@@ -9,7 +9,7 @@ import torch
 
 from lmft import metrics, solvers
 from lmft.io import LmftError
-from lmft.solvers import KernelSet
+from lmft.kernel_sets import KernelSet, load_kernel_set
 
 
 def blobs(n: int, classes: int, seed: int, dim: int = 6, spread: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,22 +194,44 @@ def test_accuracy_and_f1():
 
 
 def test_load_kernel_set_pairs_a_kernel_file_with_its_f0_file(tmp_path):
-    from lmft.kernels import save_kernel, save_logits
+    from lmft.kernel_files import save_kernel, save_logits
 
     train, _, _ = splits(3, 3)
     save_kernel(tmp_path / "train.pt", train.kernel, train.labels)
     save_logits(tmp_path / "f0.pt", torch.ones(12, 3), train.labels)
-    ks = solvers.load_kernel_set(tmp_path / "train.pt", tmp_path / "f0.pt")
+    ks = load_kernel_set(tmp_path / "train.pt", tmp_path / "f0.pt")
     assert torch.equal(ks.kernel, train.kernel) and torch.equal(ks.labels, train.labels) and ks.f0.shape == (12, 3)
     save_logits(tmp_path / "other.pt", torch.ones(12, 3), train.labels.flip(0))
     with pytest.raises(LmftError, match="other.pt: logits .* of other examples"):
-        solvers.load_kernel_set(tmp_path / "train.pt", tmp_path / "other.pt")
+        load_kernel_set(tmp_path / "train.pt", tmp_path / "other.pt")
 
 
 def test_load_kernel_set_reads_the_papers_binary_labels(tmp_path):
     train, _, _ = splits(2, 1)
     torch.save((train.kernel, 2.0 * train.labels - 1), tmp_path / "paper.pt")  # released files: labels +-1
-    assert torch.equal(solvers.load_kernel_set(tmp_path / "paper.pt").labels, train.labels)
+    assert torch.equal(load_kernel_set(tmp_path / "paper.pt").labels, train.labels)
     torch.save((train.kernel, train.labels + 0.5), tmp_path / "bad.pt")
     with pytest.raises(LmftError, match="float labels other than"):
-        solvers.load_kernel_set(tmp_path / "bad.pt")
+        load_kernel_set(tmp_path / "bad.pt")
+
+
+def test_load_kernel_set_checks_the_shape_of_the_named_formula(tmp_path):
+    """The formula registry says which kernels are stacked: a file of another shape stops the solve."""
+    from lmft.io import ArtifactError
+    from lmft.kernel_files import save_kernel
+
+    train, _, _ = splits(2, 1)
+    save_kernel(tmp_path / "sgd.pt", train.kernel, train.labels)
+    assert not load_kernel_set(tmp_path / "sgd.pt", formula="sgd").stacked
+    with pytest.raises(ArtifactError, match=r"sgd.pt: kernel .*, but asymmetric-signgd kernels are \[P, N, C, M, C\]"):
+        load_kernel_set(tmp_path / "sgd.pt", formula="asymmetric-signgd")
+    save_kernel(tmp_path / "asym.pt", torch.stack([train.kernel, train.kernel]), train.labels)
+    assert load_kernel_set(tmp_path / "asym.pt", formula="asymmetric-signgd").stacked
+    with pytest.raises(ArtifactError, match=r"but signgd kernels are \[N, C, M, C\]"):
+        load_kernel_set(tmp_path / "asym.pt", formula="signgd")
+
+
+def test_the_solver_registry_says_what_each_solver_reads():
+    assert {name for name, s in solvers.SOLVERS.items() if s.uses_f0} == {"lstsq", "logistic-dev"}
+    assert [name for name, s in solvers.SOLVERS.items() if s.stacked] == ["asym"]
+    assert set(solvers.GRIDS) == set(solvers.SOLVERS)  # every solver has a default grid

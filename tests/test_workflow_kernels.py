@@ -9,7 +9,7 @@ import torch
 from tiny import save_tiny_hf_dir
 from workflow_utils import planned_jobs, snakemake, write_config
 
-from lmft.kernels import load_logits
+from lmft.kernel_files import load_logits
 
 pytestmark = pytest.mark.workflow
 
