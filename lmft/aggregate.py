@@ -20,7 +20,7 @@ from lmft.findings import findings_table
 from lmft.gather import load_runs, selected
 from lmft.io import LmftError, PathLike, write_parquet
 from lmft.summary import kernel_pairs, load_curves, majority_baselines, method_label, summarize
-from lmft.tables import graft_table, interpolate_table, kernel_table, main_table, write_table
+from lmft.tables import generation_table, graft_table, interpolate_table, kernel_table, main_table, write_table
 from lmft.topics import TOPIC_FILES, TOPICS, table_formats
 
 
@@ -45,6 +45,9 @@ def aggregate(metrics: Sequence[PathLike], curves: Sequence[PathLike], runs_path
             summary = summarize(runs, labels, task_order)
             table = main_table(summary, task_order, majority_baselines(runs))
             figure = plots.accuracy_vs_k(summary, task_order)
+        elif topic == "generation":
+            table = generation_table(runs, labels, task_order)
+            figure = plots.generation_scores(selected(runs, ("generation",)), labels, task_order)
         elif topic == "kernel":
             pairs = kernel_pairs(runs, labels)
             table = kernel_table(pairs, task_order)

@@ -14,6 +14,9 @@ Inputs, one ``metrics.json`` per run (the stage's rules plan them, :class:`lmft.
     run with a kernel), ``dev_metric`` (picks the best ``trial``); ``n_test`` and ``test_majority``
     (share of the most frequent class among the scored test labels; older runs lack it) for the
     baselines and standard errors of the main table; ``mode``, ``peak_mem_mb``, ``device`` in the findings.
+``generation`` the fine-tuning stage's runs of generation tasks, in the same paths (``stage`` says
+    ``generation``); keys used: as for finetune, ``test_se`` (standard error over the test examples),
+    ``test_scores.*`` (ROUGE-1/2/L or exact match and token F1), ``n_test``, ``gen_tokens_mean``.
 ``kernel``    ``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/metrics.json``
     keys used: ``model task k seed formula prompt solver metric test_metric``; ``n_test``,
     ``test_majority`` as for finetune; ``kernel.mode`` in the findings.
@@ -42,6 +45,7 @@ from lmft.topics import STAGES
 # Fields that name one run of a stage; files that share them differ only in the grid `trial`.
 RUN_KEYS: dict[str, tuple[str, ...]] = {
     "finetune": ("model", "task", "k", "seed", "method"),
+    "generation": ("model", "task", "k", "seed", "method"),
     "kernel": ("model", "task", "k", "seed", "formula", "prompt", "solver"),
     "graft": ("model", "task", "k", "seed", "method", "sparsity"),
     "interpolate": ("model", "task", "pair"),
@@ -49,6 +53,7 @@ RUN_KEYS: dict[str, tuple[str, ...]] = {
 _SCORED = ("metric", "test_metric")
 REQUIRED: dict[str, tuple[str, ...]] = {
     "finetune": RUN_KEYS["finetune"] + _SCORED,
+    "generation": RUN_KEYS["generation"] + _SCORED,
     "kernel": RUN_KEYS["kernel"] + _SCORED,
     "graft": RUN_KEYS["graft"] + _SCORED,
     "interpolate": RUN_KEYS["interpolate"],

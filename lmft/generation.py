@@ -17,8 +17,8 @@ tokens' accuracy (argmax equals the reference token) ranks checkpoints, ties to 
 loss, so no decoding runs in the loop. Test rows are capped like the classification runs'
 (:func:`lmft.runs.cap_rows`).
 
-Writes the same run directory as :func:`lmft.finetune.run_finetune`: ``metrics.json`` (with
-``task_kind: generation``; ``metric`` is the task's primary score, ROUGE-L or token F1, and
+Writes the same run directory as :func:`lmft.finetune.run_finetune`: ``metrics.json`` (``stage``
+``generation``, so the aggregate sets it apart from the classification runs; ``metric`` is the task's primary score, ROUGE-L or token F1, and
 ``dev_metric``/``test_metric`` its values, ``test_se`` its standard error over the test examples,
 ``dev_scores``/``test_scores`` every score of the task metric, ``dev_loss`` and ``dev_token_acc``
 the teacher-forced dev target loss and token accuracy, ``gen_tokens_mean`` the mean generated
@@ -134,7 +134,7 @@ def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping
                   out / "predictions.parquet")
     write_parquet(pd.DataFrame(curve, columns=["step", "split", "loss", "metric"]), out / "curve.parquet")
     gen_tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts["test"]]
-    metrics = {"stage": "finetune", "task_kind": "generation", "task": task.name, "k": k, "seed": seed,
+    metrics = {"stage": "generation", "task": task.name, "k": k, "seed": seed,
                "model": model, "method": method, "type": kind.name, "mode": info["mode"] or kind.tuned,
                "head": "generate", "metric": primary, "dev_metric": scores["dev"][primary],
                "test_metric": scores["test"][primary], "test_se": test_se, "dev_scores": scores["dev"],

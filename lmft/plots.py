@@ -8,7 +8,7 @@ display needed), colours follow the tables' method order, so reruns give identic
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from lmft.io import PathLike, atomic_path
+from lmft.summary import method_label, method_order, task_rank
 
 MARKERS = "os^Dv<>pP*Xh"
 LINESTYLES = ("-", "--", ":", "-.")
@@ -101,6 +102,40 @@ def accuracy_vs_k(summary: pd.DataFrame, task_order: Sequence[str] = ()) -> Figu
     if len(ks) > 1:
         handles = [Line2D([], [], color=colour[m], marker="o", label=m) for m in methods]
         fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    return fig
+
+
+def generation_scores(runs: pd.DataFrame, labels: Mapping[str, str] | None = None,
+                      task_order: Sequence[str] = ()) -> Figure:
+    """Test scores x100 of the generation runs (:func:`lmft.gather.selected` of stage ``generation``),
+    one panel per (model, task, k): a group of bars per score (ROUGE-1/2/L, or EM and F1), one bar
+    per method; error bars: the std over seeds, or the standard error over the test examples of
+    one seed's primary score."""
+    if runs.empty:
+        return _empty("no generation runs")
+    scores = [c for c in runs.columns if c.startswith("test_scores.") and runs[c].notna().any()]
+    runs = runs.assign(label=[method_label(r, labels) for r in runs.to_dict("records")])
+    panels = sorted({(m, t, int(k)) for m, t, k in zip(runs["model"], runs["task"], runs["k"])},
+                    key=lambda p: (p[0], task_rank(p[1], task_order), p[2]))
+    fig, axes = _grid(len(panels), ncols=2, w=5.0)
+    for ax, (model, task, k) in zip(axes, panels):
+        part = runs[(runs["model"] == model) & (runs["task"] == task) & (runs["k"] == k)]
+        methods = sorted(dict.fromkeys(part["label"]), key=lambda m: method_order(part[part["label"] == m].iloc[0]))
+        names = [c for c in scores if part[c].notna().any()]
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            g = part[part["label"] == m]
+            means = [100 * g[c].mean() for c in names]
+            errs = [100 * (g[c].std(ddof=0) if len(g) > 1 else
+                           (g["test_se"].iloc[0] if c == f"test_scores.{g['metric'].iloc[0]}" else 0.0))
+                    for c in names]
+            ax.bar(np.arange(len(names)) + (i - (len(methods) - 1) / 2) * width, means, width, yerr=errs,
+                   color=_colour(i), label=m, capsize=2)
+        ax.set_xticks(np.arange(len(names)), [c.removeprefix("test_scores.") for c in names])
+        ax.set_title(f"{model} / {task} / k={k}", fontsize=10)
+        ax.set_ylabel("test x100")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
     return fig
 
 

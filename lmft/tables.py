@@ -7,6 +7,7 @@ byte-identical tables.
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,34 @@ def graft_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None, tas
     rows.sort(key=lambda r: r["_order"])
     frame = pd.DataFrame(rows, columns=head + [h for _, h in columns])
     return Table(title, frame, 5)
+
+
+def generation_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None,
+                     task_order: Sequence[str] = ()) -> Table:
+    """Rows (model, task, k, method): the test examples, each score of the task's metric (ROUGE-1/2/L,
+    or exact match and token F1), dev's primary score and the mean generated length; scores x100,
+    ``mean (std)`` over seeds or ``mean ±se`` (over the test examples) for one seed."""
+    part = selected(runs, ("generation",))
+    scores = sorted((c for c in part.columns if c.startswith("test_scores.")),
+                    key=lambda c: (c.removeprefix("test_scores.") not in ("rouge1", "rouge2", "rougeL", "em", "f1"), c))
+    head = ["model", "task", "k", "method", "test examples"]
+    columns = [c.removeprefix("test_scores.") for c in scores] + ["dev (primary)", "tokens generated"]
+    rows = []
+    for (model, task, k, method), g in part.groupby(["model", "task", "k", "method"], sort=False):
+        first = g.iloc[0].to_dict()
+        row = {"model": model, "task": task, "k": str(k), "method": method_label(first, labels),
+               "test examples": "/".join(dict.fromkeys(str(int(n)) for n in g["n_test"]))}
+        for c, name in zip(scores, columns):
+            vals = g[c].dropna().astype(float)
+            primary = c == f"test_scores.{first['metric']}"
+            se = float(g["test_se"].iloc[0]) if primary and len(g) == 1 and "test_se" in g else math.nan
+            row[name] = MISSING if vals.empty else spread_text(vals.mean(), vals.std(ddof=0), len(vals), se)
+        row["dev (primary)"] = mean_std(g["dev_metric"])
+        row["tokens generated"] = fixed(float(g["gen_tokens_mean"].mean()), 1) if "gen_tokens_mean" in g else MISSING
+        row["_order"] = (model, task_rank(task, task_order), int(k), method_order(first), row["method"])
+        rows.append(row)
+    rows.sort(key=lambda r: r["_order"])
+    return Table(TOPIC_FILES["generation"][2], pd.DataFrame(rows, columns=head + columns).astype(str), 4)
 
 
 def interpolate_table(runs: pd.DataFrame, task_order: Sequence[str] = ()) -> Table:

@@ -43,7 +43,7 @@ def test_finetuning_learns_the_targets(setup):
                                 "steps": 30, "eval_every": 10})
     assert ft["test_metric"] == pytest.approx(1.0) and ft["test_scores"]["rouge2"] == pytest.approx(1.0)
     assert zs["test_metric"] < 0.5
-    assert ft["metric"] == "rougeL" and ft["task_kind"] == "generation" and ft["n_test"] == 4
+    assert ft["metric"] == "rougeL" and ft["stage"] == "generation" and ft["n_test"] == 4
     assert ft["dev_token_acc"] == pytest.approx(1.0) and ft["best_step"] in (10, 20, 30)
     preds = read_parquet(out / "predictions.parquet")
     assert list(preds.columns) == ["index", "target", "prediction", "score"]
