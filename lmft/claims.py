@@ -29,6 +29,7 @@ MEZO_FT_GAP = 5.0  # points behind FT: "comparable" (RoBERTa-large k=16: 1.4 on 
 GRAFT_SPARSITY = 0.01  # <= 1% of the graftable parameters
 GRAFT_KEPT = 0.8  # of the fine-tuning gain
 BARRIER_TOL = 0.05  # absolute, in test loss (nats): "no barrier"
+GEN_MARGIN = 1.0  # points of the primary score (ROUGE-L, token F1) over zero-shot
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,29 @@ def _mezo(ft: Mapping[tuple, Estimate]) -> list[Finding]:
     return out
 
 
+def _generation(gen: Mapping[tuple, Estimate]) -> list[Finding]:
+    """The problem set's: fine-tuning on the k examples, and showing them in the prompt, beat zero-shot."""
+    cells = sorted({key[:3] for key, e in gen.items() if has_fields(e, type="zeroshot")})
+    if not cells:
+        return [_unmeasured(c, "no zero-shot run (type zeroshot) of a generation task") for c in ("gen-ft", "gen-icl")]
+    out = []
+    for cell in cells:
+        zs = best_of(with_fields(gen, cell, type="zeroshot"))
+        z = zs.mean()
+        for claim, role, types in (("gen-ft", "FT", ("ft", "mezo")), ("gen-icl", "ICL", ("icl",))):
+            other = best_of(with_fields(gen, cell, type=types))
+            if other is None:
+                out.append(_unmeasured(claim, f"no {role} run (type {' or '.join(types)}) of {cell[0]}", cell,
+                                       zs.describe("zero-shot")))
+                continue
+            o = other.mean()
+            ok = o - z >= GEN_MARGIN / 100
+            out.append(_check(claim, cell, ok, f"{role} {points(o)} - zero-shot {points(z)} = {signed_points(o - z)} "
+                              f"points {'>=' if ok else '<'} {GEN_MARGIN:g} ({zs.first['metric']})",
+                              join(other.describe(role), zs.describe("zero-shot"))))
+    return out
+
+
 def _memory(cell: tuple, mezo: Estimate, zs: Estimate) -> Finding:
     a, b = mezo.mean("peak_mem_mb"), zs.mean("peak_mem_mb")
     measured = join(*(f"{role} ({e.label}): {mb:.0f} MB, {n_seeds(e.values('peak_mem_mb').size)}"
@@ -294,5 +318,6 @@ def findings(runs: pd.DataFrame, pair_kinds: Mapping[str, str] | None = None,
     kern = group_runs(records("kernel"), lambda r: (r["model"], r["task"], int(r["k"]), as_text(r.get("kernel.mode")),
                                                     r["prompt"], r["formula"], r["solver"]), labels)
     ft_ece = {(r["model"], r["task"], int(r["k"]), int(r["seed"]), r["method"]): r.get("test_ece") for r in ft_rows}
+    gen = group_runs(records("generation"), lambda r: (r["model"], r["task"], int(r["k"]), r["method"]), labels)
     return [*_lmbff(ft), *_kernel(ft, kern), *_mezo(ft), *_graft(records("graft"), ft_ece, labels),
-            *_modeconn(records("interpolate"), pair_kinds or {})]
+            *_modeconn(records("interpolate"), pair_kinds or {}), *_generation(gen)]

@@ -39,7 +39,9 @@ class Estimate:
     def describe(self, role: str) -> str:
         """``role (label): mean (std), n seeds`` of the test metric x100 (one seed: ``mean ±se``)."""
         v = self.values()
-        se = single_seed_se(v, self.first.get("n_test"), self.first["metric"])
+        se = self.first.get("test_se")  # a generation run's, over its test examples
+        if len(v) != 1 or is_missing(se):
+            se = single_seed_se(v, self.first.get("n_test"), self.first["metric"])
         return f"{role} ({self.label}): {spread_text(v.mean(), v.std(), len(v), se)}, {n_seeds(len(v))}"
 
 

@@ -42,6 +42,10 @@ Grafting, per (model, task, k, method), the graft of the largest sparsity <= :da
     model's (``ood.{task}.ft``).
 Mode connectivity, per interpolate pair of the kind (:func:`lmft.interpolate_plan.pair_kinds`; the metrics do not say it)
     ``pretrained-ft`` and ``seed-seed`` pairs: ``test_loss_barrier`` <= :data:`BARRIER_TOL`.
+Few-shot LMs (the problem set), per (model, task, k) of a generation task's zero-shot run
+    the best ``ft``/``mezo`` and the best ``icl`` each beat the best zero-shot by :data:`GEN_MARGIN`
+    points of the task's primary score (ROUGE-L, token F1); one seed's spread is the standard error
+    over its test examples (``test_se``).
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ from importlib import resources
 
 import pandas as pd
 
-from lmft.claims import (BARRIER_TOL, GRAFT_KEPT, GRAFT_SPARSITY, KERNEL_GAP, LMBFF_K, MEZO_FT_GAP, MEZO_MARGIN,
-                         MEZO_MEMORY, findings)
+from lmft.claims import (BARRIER_TOL, GEN_MARGIN, GRAFT_KEPT, GRAFT_SPARSITY, KERNEL_GAP, LMBFF_K, MEZO_FT_GAP,
+                         MEZO_MARGIN, MEZO_MEMORY, findings)
 from lmft.summary import MISSING, task_rank
 from lmft.tables import Table
 from lmft.topics import TOPIC_FILES
@@ -95,6 +99,10 @@ CLAIMS: tuple[Claim, ...] = (
           f"test loss barrier <= {BARRIER_TOL:g}"),
     Claim("modeconn-seed", "Mode connectivity", "no loss barrier between two training seeds on the same data",
           f"test loss barrier <= {BARRIER_TOL:g}"),
+    Claim("gen-ft", "Few-shot LMs (problem set)", "fine-tuning on the k examples beats zero-shot generation",
+          f"FT - zero-shot >= {GEN_MARGIN:g} points (ROUGE-L or token F1)"),
+    Claim("gen-icl", "Few-shot LMs (problem set)", "in-context demonstrations beat zero-shot generation",
+          f"ICL - zero-shot >= {GEN_MARGIN:g} points (ROUGE-L or token F1)"),
 )
 _CLAIM = {c.key: c for c in CLAIMS}
 

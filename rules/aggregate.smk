@@ -4,7 +4,7 @@ from lmft.paths import plots_dir, tables_dir
 from lmft.topics import TOPIC_FILES
 
 # category of each topic in the report, and its caption (workflow/report/{topic}.rst)
-AGG_CATEGORY = {"main": "Main results", "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
+AGG_CATEGORY = {"main": "Main results", "generation": "Generation", "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
                 "interpolate": "Mode connectivity", "findings": "Findings"}
 
 

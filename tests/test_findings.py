@@ -62,6 +62,13 @@ def interp(root, model, task, pair, barrier=None):
                   **extra)]
 
 
+def gen(root, model, task, method, test, kind, se=0.01):
+    """A generation run (stage generation, ROUGE-L the primary score)."""
+    return [write(root, "generation", model=model, task=task, seed=seed, method=method, type=kind, metric="rougeL",
+                  test_metric=t, test_se=se, n_test=64, test_scores={"rouge1": t + 0.05, "rouge2": t / 4, "rougeL": t},
+                  **e) for seed, t, e in per_seed(model, test)]
+
+
 def all_runs(root: Path) -> list[Path]:
     p = []
     # LM-BFF; lora's test is higher but its dev lower, so ft-prompt is the prompt FT picked
@@ -95,6 +102,12 @@ def all_runs(root: Path) -> list[Path]:
     p += interp(root, "m1", HOLD, "a-b", 0.9)
     p += interp(root, "m1", FAIL, "pre-ft", 0.2) + interp(root, "m1", FAIL, "s-s", 0.0)
     p += interp(root, "m2", HOLD, "s-s")
+    # the problem set's generation: on t-hold FT and ICL gain >= 1 point of ROUGE-L, on t-fail ICL loses
+    # and FT gains 0.5; m2 has zero-shot and ICL only
+    for task, tuned, icl in ((HOLD, 0.20, 0.17), (FAIL, 0.155, 0.12)):
+        p += gen(root, "m1", task, "gen-zs", 0.15, "zeroshot") + gen(root, "m1", task, "gen-icl", icl, "icl")
+        p += gen(root, "m1", task, "gen-lora", tuned, "ft")
+    p += gen(root, "m2", HOLD, "gen-zs", 0.15, "zeroshot") + gen(root, "m2", HOLD, "gen-icl", 0.2, "icl")
     return p
 
 
@@ -120,6 +133,8 @@ EXPECTED = {
     "graft-ood": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N, ("m2", FAIL): N},
     "modeconn-pretrained": {("m1", HOLD): H, ("m1", FAIL): F},
     "modeconn-seed": {("m1", HOLD): F, ("m1", FAIL): H, ("m2", HOLD): N},
+    "gen-ft": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N},
+    "gen-icl": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): H},
 }
 
 
@@ -173,7 +188,7 @@ def test_table_columns_order_and_published_figures(runs):
     frame = table.frame
     assert list(frame.columns) == list(fd.COLUMNS)
     assert frame["paper"].drop_duplicates().tolist() == ["LM-BFF", "Kernel view", "MeZO", "Grafting",
-                                                         "Mode connectivity"]
+                                                         "Mode connectivity", "Few-shot LMs (problem set)"]
     lmbff = frame[frame["paper"] == "LM-BFF"]
     assert list(zip(lmbff["model"], lmbff["task"], lmbff["k"])) == [("m1", FAIL, "16"), ("m1", HOLD, "16"),
                                                                     ("m2", FAIL, "16"), ("m2", HOLD, "16")]

@@ -37,19 +37,22 @@ include: "ROOT/rules/common.smk"
 
 report: "ROOT/workflow/report/workflow.rst"
 
-# the stand-in stages' runs, written by the test before Snakemake starts
-register_metrics("finetune", expand(RESULTS + "/finetune/tiny/{task}/16-{seed}/{method}/metrics.json",
-                                    task=TASKS, seed=SEEDS, method=["zeroshot", "ft-prompt"]))
-register_metrics("kernel", expand(RESULTS + "/kernel_solve/tiny/{task}/16-{seed}/sgd-prompt/lstsq/metrics.json",
-                                  task=TASKS, seed=SEEDS))
-register_metrics("interpolate", expand(RESULTS + "/interpolate/tiny/{task}/seed13-seed21/metrics.json", task=TASKS))
+# the stand-in stages' runs, written by the test before Snakemake starts: the plan's metrics files,
+# set before anything reads them
+PLAN.metrics = {
+    "finetune": expand(RESULTS + "/finetune/tiny/{task}/16-{seed}/{method}/metrics.json",
+                       task=PLAN.config["tasks"], seed=PLAN.config["kshot"]["seeds"], method=["zeroshot", "ft-prompt"]),
+    "kernel": expand(RESULTS + "/kernel_solve/tiny/{task}/16-{seed}/sgd-prompt/lstsq/metrics.json",
+                     task=PLAN.config["tasks"], seed=PLAN.config["kshot"]["seeds"]),
+    "interpolate": expand(RESULTS + "/interpolate/tiny/{task}/seed13-seed21/metrics.json", task=PLAN.config["tasks"]),
+}
 
 include: "ROOT/rules/aggregate.smk"
 
 
 rule all:
     default_target: True
-    input: all_targets()
+    input: list(PLAN.aggregate_files.values())
 """
 
 # What Chromium does once the report has loaded: click each category, subcategory and result's
