@@ -1,4 +1,10 @@
-"""The per-stage benchmark table."""
+"""The per-stage benchmark table, and the decoding benchmark's agreement check."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +30,15 @@ def test_stage_table_errors(tmp_path):
     (tmp_path / "x.tsv").write_text("garbage")
     with pytest.raises(ArtifactError, match="x.tsv: not a Snakemake benchmark file"):
         stage_table(tmp_path)
+
+
+def test_decode_bench_agrees_with_generate_and_no_cache():
+    """bench/decode.py on a one-layer model: the three decoders give the same tokens, and it prints the ratios."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "bench" / "decode.py"), "--layers", "1", "--batch", "2",
+                           "--prompt", "8", "--new", "3", "--repeat", "1"], capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": str(root), "TQDM_DISABLE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert "same tokens: True" in lines[0]
+    assert re.fullmatch(r"no-cache / lmft = \d+\.\d\dx; lmft / generate = \d+\.\d\dx", lines[-1])
