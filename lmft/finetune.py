@@ -79,6 +79,7 @@ from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_par
 from lmft.methods import Job, get_type, resolve_spec
 from lmft.methods.base import SPLITS
 from lmft.methods.training import selection
+from lmft.metrics import majority_share
 from lmft.models import read_manifest
 from lmft.params import count_trainable
 from lmft.runs import FORMAT, build_for_run, cap_rows, checkpoint_metadata, peak_mem_mb, resolve_device, uses_prompt
@@ -167,7 +168,7 @@ def run_finetune(model_json: Path | str, task: Task | GenerationTask, splits: Ma
                "test_loss": test_ev.loss, "test_ece": test_ev.ece, "n_trainable": count_trainable(clf),
                "steps": outcome.steps, "best_step": outcome.best_step, "model_seed": model_seed,
                "n_train": len(frames["train"]), "n_dev": len(frames["dev"]), "n_test": len(frames["test"]),
-               "device": str(dev_), "test_majority": test_ev.labels.bincount().max().item() / test_ev.labels.numel(),
+               "device": str(dev_), "test_majority": majority_share(test_ev.labels),
                "resumed_from": outcome.resumed_from, "notes": [*clf.notes, *outcome.notes],
                "wall_time_s": time.perf_counter() - started, "peak_mem_mb": peak_mem_mb(dev_),
                } | outcome.metrics | trial_fields(trial, cfg)

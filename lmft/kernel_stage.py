@@ -60,6 +60,7 @@ from lmft.kernel_plan import col_shards, is_binary, num_logits
 # workflow/scripts/kernel_shard.py imports settings from here: a changed script would rerun every shard job
 from lmft.kernel_plan import settings  # noqa: F401
 from lmft.kernel_sets import load_kernel_set
+from lmft.metrics import majority_share
 from lmft.params import count_trainable, select_trainable
 from lmft.paths import SPLITS
 from lmft.runs import cap_rows, peak_mem_mb, resolve_device
@@ -231,7 +232,7 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
                    "lam": spec["lam"] if solvers.SOLVERS[solver].stacked else None,
                    "num_logits": int(sets["train"].kernel.shape[-1]), "n_train": int(sets["train"].labels.shape[0]),
                    "n_dev": int(sets["dev"].labels.shape[0]), "n_test": int(sets["test"].labels.shape[0]),
-                   "test_majority": sets["test"].labels.bincount().max().item() / sets["test"].labels.numel(),
+                   "test_majority": majority_share(sets["test"].labels),
                    "kernel_source": source, "kernel": made,
                    "wall_time_s": loaded + time.perf_counter() - began,
                    "peak_mem_mb": peak_mem_mb(torch.device("cpu"))}

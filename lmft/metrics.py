@@ -53,3 +53,10 @@ def ece(probs: Tensor, labels: Tensor, bins: int = 10) -> float:
         if sel.any():
             total += sel.sum() * (correct[sel].mean() - conf[sel].mean()).abs()
     return float(total / probs.shape[0])
+
+
+def majority_share(labels: Tensor) -> float:
+    """The most frequent class's share of ``labels`` ``[N]``: the accuracy of always predicting it."""
+    if labels.dim() != 1 or labels.numel() == 0:
+        raise LmftError(f"majority share: labels {tuple(labels.shape)} must be a non-empty [N]")
+    return labels.bincount().max().item() / labels.numel()

@@ -239,3 +239,4 @@ def test_topics_follow_registered_stages(tmp_path):
     files = topics.output_files("t", "p", ["graft"])
     assert files["graft_md"] == "t/graft.md" and files["graft_plot_png"] == "p/graft_sparsity.png"
     assert topics.output_files("t", "p", ["findings"]) == {f"findings_{f}": f"t/findings.{f}" for f in ("csv", "md", "html")}
+

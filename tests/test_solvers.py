@@ -193,6 +193,12 @@ def test_accuracy_and_f1():
         metrics.accuracy(preds, labels[:4])
 
 
+def test_majority_share():
+    assert metrics.majority_share(torch.tensor([0, 1, 1, 2])) == 0.5
+    with pytest.raises(LmftError, match="non-empty"):
+        metrics.majority_share(torch.tensor([], dtype=torch.long))
+
+
 def test_load_kernel_set_pairs_a_kernel_file_with_its_f0_file(tmp_path):
     from lmft.kernel_files import save_kernel, save_logits
 
