@@ -29,6 +29,10 @@ TOPIC_FILES: dict[str, tuple[str, str | None, str]] = {
     "interpolate": ("interpolate", "interpolate_curves", "Linear interpolation: barriers and distances"),
     "findings": ("findings", None, "Findings: each paper's claim against this run"),
 }
+# topic -> its category in ``snakemake --report`` (rules/aggregate.smk; the caption is workflow/report/{topic}.rst)
+REPORT_CATEGORY: dict[str, str] = {"main": "Main results", "generation": "Generation",
+                                   "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
+                                   "interpolate": "Mode connectivity", "findings": "Findings"}
 
 
 def topics_for(stages: Iterable[str]) -> list[str]:

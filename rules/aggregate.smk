@@ -1,11 +1,7 @@
 # Last stage: every planned run's metrics.json -> runs.parquet, paper tables, the findings (each
 # paper's claims against this run) and plots (HTML tables and PNG plots go into `snakemake --report`).
 from lmft.paths import plots_dir, tables_dir
-from lmft.topics import TOPIC_FILES
-
-# category of each topic in the report, and its caption (workflow/report/{topic}.rst)
-AGG_CATEGORY = {"main": "Main results", "generation": "Generation", "kernel": "Kernel vs fine-tuning", "graft": "Grafting",
-                "interpolate": "Mode connectivity", "findings": "Findings"}
+from lmft.topics import REPORT_CATEGORY, TOPIC_FILES
 
 
 def aggregate_outputs():
@@ -15,7 +11,7 @@ def aggregate_outputs():
         if name.endswith(("_html", "_png")):
             topic = name.split("_")[0]
             kind = "Plot" if "_plot_" in name else "Table"
-            path = report(path, caption=f"../workflow/report/{topic}.rst", category=AGG_CATEGORY[topic],
+            path = report(path, caption=f"../workflow/report/{topic}.rst", category=REPORT_CATEGORY[topic],
                           subcategory=kind, labels={"result": TOPIC_FILES[topic][2], "kind": kind.lower()})
         out[name] = path
     return out

@@ -240,3 +240,9 @@ def test_topics_follow_registered_stages(tmp_path):
     assert files["graft_md"] == "t/graft.md" and files["graft_plot_png"] == "p/graft_sparsity.png"
     assert topics.output_files("t", "p", ["findings"]) == {f"findings_{f}": f"t/findings.{f}" for f in ("csv", "md", "html")}
 
+
+def test_every_topic_has_a_report_category_and_caption():
+    """rules/aggregate.smk marks each topic's HTML table and PNG plot for the report with these."""
+    assert set(topics.REPORT_CATEGORY) == set(topics.TOPICS)
+    root = Path(__file__).resolve().parent.parent / "workflow/report"
+    assert [t for t in topics.TOPICS if not (root / f"{t}.rst").is_file()] == []

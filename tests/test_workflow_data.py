@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lmft.tasks import get_task
 from workflow_utils import planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -30,10 +31,18 @@ def test_default_config_plans_data_jobs(tmp_path):
     write_config(tmp_path, cfg)
     jobs = planned_jobs(tmp_path)
     downloads = [w for r, w in jobs if r == "download"]
-    kshots = [w for r, w in jobs if r == "kshot"]
     tasks, ks, seeds = cfg["tasks"], cfg["kshot"]["k"], cfg["kshot"]["seeds"]
     assert sorted(downloads) == sorted(f"task={t}" for t in tasks)
-    assert sorted(kshots) == sorted(f"task={t}, k={k}, seed={s}" for t in tasks for k in ks for s in seeds)
+    # classification tasks: k per label (rule kshot); generation tasks: k examples (rule kshot_examples),
+    # for kshot's k and seeds and for those their methods name
+    generation = {t for t in tasks if get_task(t, cfg).kind == "generation"}
+    assert generation
+    draws = {(t, k, s) for t in tasks for k in ks for s in seeds}
+    draws |= {(t, k, s) for spec in cfg["finetune"]["methods"].values() for t in spec.get("tasks", [])
+              for k in spec.get("k", ks) for s in spec.get("seeds", seeds)}
+    for rule, gen in (("kshot", False), ("kshot_examples", True)):
+        assert sorted(w for r, w in jobs if r == rule) == sorted(
+            f"task={t}, k={k}, seed={s}" for t, k, s in draws if (t in generation) == gen)
 
 
 def test_user_task_run_and_incremental_rerun(tmp_path):
