@@ -16,6 +16,7 @@ seeds' tasks), AG News and Amazon reviews (classification), XSum and bAbI (gener
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -98,21 +99,31 @@ def _tar_member(tar: tarfile.TarFile, name: str, archive: Path) -> IO[bytes]:
     return f
 
 
+def _tar_splits(url: str, archive: Path, task: str, member: Callable[[str], str],
+                read: Callable[[IO[bytes], str], pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], str]:
+    """Fetch (or reuse) a tar archive and read its train and test files: ``member(split)`` names the
+    file, ``read(file, where)`` parses it. Returns the two tables and the archive's sha256."""
+    digest = fetch_or_reuse(url, archive, task)
+    with _open_tar(archive) as tar:
+        frames = {split: read(_tar_member(tar, member(split), archive), f"{archive}:{member(split)}")
+                  for split in ("train", "test")}
+    return frames, digest
+
+
+def _amazon_frame(f: IO[bytes], where: str) -> pd.DataFrame:
+    try:  # label, title, review; a review may have no title
+        df = pd.read_csv(f, header=None, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, ValueError) as e:
+        raise LmftError(f"{where}: cannot parse as CSV: {e}") from e
+    if df.shape[1] != 3:
+        raise LmftError(f"{where}: {df.shape[1]} columns, expected 3 (label, title, review)")
+    return classification_frame(where, df[1] + " " + df[2], df[0])
+
+
 def read_amazon(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     archive = data_dir / "raw" / "_downloads" / "amazon_review_full_csv.tgz"
-    digest = fetch_or_reuse(AMAZON_URL, archive, task.name)
-    frames = {}
-    with _open_tar(archive) as tar:
-        for split in ("train", "test"):
-            member = f"amazon_review_full_csv/{split}.csv"
-            where = f"{archive}:{member}"
-            try:  # label, title, review; a review may have no title
-                df = pd.read_csv(_tar_member(tar, member, archive), header=None, dtype=str, keep_default_na=False)
-            except (pd.errors.ParserError, ValueError) as e:
-                raise LmftError(f"{where}: cannot parse as CSV: {e}") from e
-            if df.shape[1] != 3:
-                raise LmftError(f"{where}: {df.shape[1]} columns, expected 3 (label, title, review)")
-            frames[split] = classification_frame(where, df[1] + " " + df[2], df[0])
+    frames, digest = _tar_splits(AMAZON_URL, archive, task.name, lambda split: f"amazon_review_full_csv/{split}.csv",
+                                 _amazon_frame)
     return frames["train"], frames["test"], {"source": "network:amazon_review_full_csv", "path": str(archive),
                                              "test_cap_style": "csv", "sha256": {archive.name: digest}}
 
@@ -181,12 +192,8 @@ def _babi_frame(text: str, where: str) -> pd.DataFrame:
 def read_babi(task: GenerationTask, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     src = task.source
     archive = data_dir / "raw" / "_downloads" / "tasks_1-20_v1-2.tar.gz"
-    digest = fetch_or_reuse(BABI_URL, archive, task.name)
-    frames = {}
-    with _open_tar(archive) as tar:
-        for split in ("train", "test"):
-            member = f"tasks_1-20_v1-2/{src['lang']}/{src['subtask']}_{split}.txt"
-            frames[split] = _babi_frame(_tar_member(tar, member, archive).read().decode("utf-8"), f"{archive}:{member}")
+    frames, digest = _tar_splits(BABI_URL, archive, task.name,
+                                 lambda split: f"tasks_1-20_v1-2/{src['lang']}/{src['subtask']}_{split}.txt",
+                                 lambda f, where: _babi_frame(f.read().decode("utf-8"), where))
     return frames["train"], frames["test"], {"source": f"network:babi-v1.2 {src['lang']}/{src['subtask']}",
                                              "path": str(archive), "sha256": {archive.name: digest}}
-
