@@ -57,9 +57,10 @@ def prompt_text(task: GenerationTask, tokenizer: Any, text_a: str, text_b: str |
     ids = _ids(tokenizer, text_a)
     while keep > 0:  # a cut can merge with its neighbours into other tokens: shrink until it fits
         text = task.format_prompt(tokenizer.decode(ids[:keep]).rstrip(), text_b)
-        if len(_ids(tokenizer, text)) <= budget:
+        over = len(_ids(tokenizer, text)) - budget
+        if over <= 0:
             return text
-        keep -= max(1, (len(_ids(tokenizer, text)) - budget))
+        keep -= over
     raise LmftError(f"task {task.name!r}: the prompt without its input already has {fixed} tokens, "
                     f"more than max_length {budget}; raise max_length")
 
