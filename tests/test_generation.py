@@ -75,3 +75,5 @@ def test_methods_that_cannot_generate(setup):
         run(setup, "probe", {"type": "linear-probe"})
     with pytest.raises(LmftError, match="cannot decode text"):
         run(setup, "prefix", {"type": "ft", "mode": "prefix:2", "steps": 2})
+    with pytest.raises(LmftError, match="save_every and save_steps .* are not there for generation tasks"):
+        run(setup, "resumable", {"type": "ft", "steps": 2, "save_every": 1})

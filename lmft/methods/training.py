@@ -82,6 +82,9 @@ def train(job: Job, make_stepper: MakeStepper) -> Outcome:
 
 def train_generation(job: GenerationJob, make_stepper: MakeStepper) -> GenerationOutcome:
     """Train the job's causal LM on the target tokens, keeping the best dev step by teacher forcing."""
+    if job.cfg["save_every"] or job.cfg["save_steps"]:
+        raise LmftError("save_every and save_steps (resume files, step checkpoints) are not there for generation "
+                        f"tasks yet; remove them from the method of task {job.task.name!r}")
     train, dev = job.targets("train"), job.targets("dev")
     loop = loop_config(job.cfg, len(train))
     stepper = make_stepper(job.clf, job.cfg, loop.steps, job.model_seed,
