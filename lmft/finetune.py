@@ -76,13 +76,14 @@ from lmft.evaluate import Evaluation
 from lmft.generation import run_generation
 from lmft.grid import split_run, trial_fields
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
+from lmft.kshot import cap_rows
 from lmft.methods import Job, get_type, resolve_spec
 from lmft.methods.base import SPLITS
 from lmft.methods.training import selection
 from lmft.metrics import majority_share
 from lmft.models import read_manifest
 from lmft.params import count_trainable
-from lmft.runs import FORMAT, build_for_run, cap_rows, checkpoint_metadata, peak_mem_mb, resolve_device, uses_prompt
+from lmft.runs import FORMAT, build_for_run, checkpoint_metadata, peak_mem_mb, resolve_device, uses_prompt
 from lmft.tasks import GenerationTask, Task
 
 log = logging.getLogger(__name__)

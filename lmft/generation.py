@@ -15,7 +15,7 @@ The hook returns the dev and test prompts; :func:`run_generation` decodes them g
 (:mod:`lmft.textmetrics`). Dev selection inside a training loop is by teacher forcing: the target
 tokens' accuracy (argmax equals the reference token) ranks checkpoints, ties to the lower target
 loss, so no decoding runs in the loop. Test rows are capped like the classification runs'
-(:func:`lmft.runs.cap_rows`).
+(:func:`lmft.kshot.cap_rows`).
 
 Writes the same run directory as :func:`lmft.finetune.run_finetune`: ``metrics.json`` (``stage``
 ``generation``, so the aggregate sets it apart from the classification runs; ``metric`` is the task's primary score, ROUGE-L or token F1, and
@@ -44,12 +44,13 @@ from lmft.checkpoint import save_trainable
 from lmft.decode import generate_texts
 from lmft.heads import Classifier
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
+from lmft.kshot import cap_rows
 from lmft.methods import GenerationJob, MethodType
 from lmft.methods.base import SPLITS, freeze
 from lmft.methods.training import selection
 from lmft.models import load
 from lmft.params import count_trainable, parse_mode
-from lmft.runs import FORMAT, cap_rows, checkpoint_metadata, peak_mem_mb
+from lmft.runs import FORMAT, checkpoint_metadata, peak_mem_mb
 from lmft.tasks import GenerationTask
 from lmft.textmetrics import PRIMARY, example_scores, mean_scores
 

@@ -40,7 +40,8 @@ from lmft.graft_mask import DEFAULT_EXCLUDE, base_patch, graft, kept_fraction, r
 from lmft.graft_plan import OPTIONS
 from lmft.io import (ArtifactError, LmftError, load_tensor_metadata, load_tensors, read_parquet, save_tensors,
                      write_json)
-from lmft.runs import build_for_run, cap_rows, encode_split, load_run, peak_mem_mb, resolve_device
+from lmft.kshot import cap_rows
+from lmft.runs import build_for_run, encode_split, load_run, peak_mem_mb, resolve_device
 from lmft.substitute import Substituted
 from lmft.tasks import Task
 

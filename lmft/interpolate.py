@@ -37,7 +37,8 @@ from lmft.connectivity import (check_endpoints, curve_metrics, endpoint_distance
                                plot_curve, pretrained_endpoint)
 from lmft.evaluate import Split
 from lmft.io import LmftError, read_parquet, write_json, write_parquet
-from lmft.runs import LoadedRun, build_for_run, cap_rows, encode_split, load_run, peak_mem_mb, resolve_device
+from lmft.kshot import cap_rows
+from lmft.runs import LoadedRun, build_for_run, encode_split, load_run, peak_mem_mb, resolve_device
 from lmft.tasks import Task
 
 log = logging.getLogger(__name__)

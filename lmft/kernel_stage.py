@@ -28,7 +28,7 @@ training split (:func:`fit_head`) before the eNTK and f0 are taken. ``binary`` m
 the logit difference (C = 1) for two-class tasks; tasks with more classes keep their C logits. ``mode`` and
 ``freeze_embeddings`` select the differentiated parameters (:func:`lmft.params.select_trainable`).
 ``test_cap`` keeps that many test examples, the same fixed subset as the fine-tuning stage's
-``eval_cap`` (:func:`lmft.runs.cap_rows`).
+``eval_cap`` (:func:`lmft.kshot.cap_rows`).
 
 Solve ``metrics.json`` (``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/``,
 one solve job per kernel runs all its solvers): the shared keys (``stage="kernel"``,
@@ -60,10 +60,11 @@ from lmft.kernel_plan import col_shards, is_binary, num_logits
 # workflow/scripts/kernel_shard.py imports settings from here: a changed script would rerun every shard job
 from lmft.kernel_plan import settings  # noqa: F401
 from lmft.kernel_sets import load_kernel_set
+from lmft.kshot import cap_rows
 from lmft.metrics import majority_share
 from lmft.params import count_trainable, select_trainable
 from lmft.paths import SPLITS
-from lmft.runs import cap_rows, peak_mem_mb, resolve_device
+from lmft.runs import peak_mem_mb, resolve_device
 from lmft.tasks import Task
 
 log = logging.getLogger(__name__)

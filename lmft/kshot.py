@@ -108,11 +108,17 @@ def kshot_examples(train: pd.DataFrame, k: int, seed: int, task: str = "task") -
     return _rows(train, order[:k]), _rows(train, order[k:2 * k])
 
 
+def cap_rows(n: int, cap: int | None) -> list[int]:
+    """Positions of the rows kept of ``n`` under ``cap``: all, or ``cap`` drawn once with
+    ``RandomState(42)``, in file order (a generation task's test cap, and every stage's ``eval_cap``)."""
+    if cap is None or n <= cap:
+        return list(range(n))
+    return sorted(np.random.RandomState(TEST_SEED).permutation(n)[:cap].tolist())
+
+
 def cap_test_examples(test: pd.DataFrame, cap: int | None) -> pd.DataFrame:
     """A generation task's fixed test subset (:data:`EXAMPLES_TEST_DRAW`), rows numbered in ``idx``."""
-    if cap is None or len(test) <= cap:
-        return _rows(test, range(len(test)))
-    return _rows(test, sorted(np.random.RandomState(TEST_SEED).permutation(len(test))[:cap].tolist()))
+    return _rows(test, cap_rows(len(test), cap))
 
 
 def examples_info(splits: Mapping[str, pd.DataFrame], test_cap: int | None, n_test_source: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""What the stages share about fine-tuning runs: the job's device and memory, the test cap, the
+"""What the stages share about fine-tuning runs: the job's device and memory, the
 tokenisation, and rebuilding a finished run from its run directory.
 
 The fine-tuning stage (:mod:`lmft.finetune`) writes the runs; grafting, interpolation and the
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -28,7 +27,6 @@ from lmft.io import ArtifactError, LmftError, load_tensor_metadata
 from lmft.tasks import Task
 from lmft.templates import Encoded
 
-EVAL_SEED = 42  # the fixed test subset of eval_cap
 FORMAT = 2  # version of the checkpoint metadata (2: the cls head's pooling)
 
 
@@ -46,13 +44,6 @@ def peak_mem_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
-
-def cap_rows(n: int, cap: int | None) -> list[int]:
-    """Rows kept under ``eval_cap``: all, or ``cap`` drawn with ``RandomState(42)``, in file order."""
-    if cap is None or n <= cap:
-        return list(range(n))
-    return sorted(np.random.RandomState(EVAL_SEED).permutation(n)[:cap].tolist())
 
 
 def encode_plain(df: pd.DataFrame, tokenizer: Any, max_length: int) -> list[Encoded]:

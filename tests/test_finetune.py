@@ -14,9 +14,10 @@ from lmft.evaluate import predict
 from lmft.finetune import run_finetune
 from lmft.heads import build_classifier
 from lmft.io import ArtifactError, LmftError, load_tensors, read_json
+from lmft.kshot import cap_rows
 from lmft.methods import TYPES, job_spec, resolve_spec
 from lmft.plan import finetune_targets
-from lmft.runs import cap_rows, encode_split, load_finetuned, load_run
+from lmft.runs import encode_split, load_finetuned, load_run
 from lmft.tasks import get_task
 from tiny import make_tiny_model_dir, write_tiny_splits
 

@@ -15,8 +15,8 @@ from lmft import kernel_plan as kp
 from lmft import kernel_stage as ks
 from lmft.kernel_sets import load_kernel_set
 from lmft.paths import SPLITS
-from lmft.runs import cap_rows
 from lmft.io import LmftError, write_parquet
+from lmft.kshot import cap_rows
 from lmft.tasks import get_task
 
 CONFIG = {"models": {"tiny": {"source": "x"}, "other": {"source": "y"}}, "tasks": ["alpha", "three"],
