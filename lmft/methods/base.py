@@ -124,13 +124,18 @@ class GenerationJob:
         """The zero-shot prompt ids of the k-shot table ``name``."""
         return prompts(self.frames[name], self.task, self.tokenizer)
 
+    def eval_prompts(self) -> dict[str, list[list[int]]]:
+        """The zero-shot prompt ids of dev and test, what a type without prompts of its own decodes."""
+        return {s: self.prompts(s) for s in ("dev", "test")}
+
     def targets(self, name: str) -> LMSplit:
         """The k-shot table ``name`` for teacher forcing: prompt, target, labels -100 on the prompt."""
         return lm_split(self.frames[name], self.task, self.tokenizer, name)
 
-    def teacher_forced(self, split: LMSplit) -> tuple[float, float]:
+    def teacher_forced(self, split: LMSplit, desc: str | None = None) -> tuple[float, float]:
         """(target-token accuracy, target loss) of the model as it is on ``split``."""
-        return teacher_forced(self.clf.backbone, split, int(self.cfg["eval_batch_size"]), self.device, split.name)
+        return teacher_forced(self.clf.backbone, split, int(self.cfg["eval_batch_size"]), self.device,
+                              desc or split.name)
 
 
 @dataclass

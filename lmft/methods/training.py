@@ -19,7 +19,7 @@ import torch
 from lmft.checkpoint import save_trainable
 from lmft.heads import Classifier
 from lmft.io import LmftError
-from lmft.lm_targets import target_loss, teacher_forced
+from lmft.lm_targets import target_loss
 from lmft.methods.base import SPLITS, GenerationJob, GenerationOutcome, Job, MethodType, Outcome, Settings
 from lmft.methods.settings import COMMON, SELECT
 from lmft.params import select_trainable
@@ -90,10 +90,9 @@ def train_generation(job: GenerationJob, make_stepper: MakeStepper) -> Generatio
     stepper = make_stepper(job.clf, job.cfg, loop.steps, job.model_seed,
                            objective=lambda clf, batch: target_loss(clf.backbone, batch))
     result = train_loop(job.clf, stepper, train, dev, "token_acc", loop, job.model_seed, device=job.device,
-                        score_dev=lambda clf, desc: teacher_forced(clf.backbone, dev, loop.eval_batch_size,
-                                                                  job.device, desc))
-    return GenerationOutcome({s: job.prompts(s) for s in ("dev", "test")}, result.best_dev_metric,
-                             result.best_dev_loss, result.curve, steps=result.steps, best_step=result.best_step)
+                        score_dev=lambda clf, desc: job.teacher_forced(dev, desc))  # clf is job.clf
+    return GenerationOutcome(job.eval_prompts(), result.best_dev_metric, result.best_dev_loss, result.curve,
+                             steps=result.steps, best_step=result.best_step)
 
 
 def trainer(name: str, make_stepper: MakeStepper, settings: Settings) -> MethodType:

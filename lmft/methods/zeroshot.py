@@ -12,7 +12,7 @@ def run(job: Job) -> Outcome:
 
 def generate(job: GenerationJob) -> GenerationOutcome:
     """The task's prompts as they are."""
-    return GenerationOutcome({s: job.prompts(s) for s in ("dev", "test")}, *job.teacher_forced(job.targets("dev")))
+    return GenerationOutcome(job.eval_prompts(), *job.teacher_forced(job.targets("dev")))
 
 
 METHOD = MethodType("zeroshot", COMMON, run, heads=("prompt", "causal"),  # a cls head would be untrained
