@@ -1,51 +1,57 @@
 """Each paper's headline claims checked against this run: ``results/tables/findings.{csv,md,html}``.
 
 One row per claim and per (model, task, k) where the claim's main runs exist (per method for
-grafting, per pair for mode connectivity), columns :data:`COLUMNS`:
+grafting, per pair for mode connectivity, per parameter mode for MeZO's memory), columns :data:`COLUMNS`:
 
 ``measured``
-    every number the verdict uses: a method's test metric x100 over the seeds (each seed's
-    selected trial, :func:`lmft.gather.mark_selected`) as ``mean (std), n seeds``, or for one
-    seed ``mean ±se`` with the binomial standard error sqrt(p (1 - p) / n_test)
-    (:func:`lmft.summary.spread_text`); memory in MB, barriers in loss units.
+    the numbers behind the row: each method's test metric x100 over the seeds (each seed's
+    selected trial, :func:`lmft.gather.mark_selected`) as ``mean (std), n seeds``, or for one seed
+    ``mean ±se`` (:func:`lmft.summary.spread_text`); memory in MB; losses and distances.
 ``published``
     the papers' own figures for the claim (``lmft/data/paper_figures.csv``, rows copied from
     ``paper_tables/`` with their source line), on their models and budgets, not this run's.
+``rule``, ``effect``, ``ci_low``, ``ci_high``, ``n_test``, ``n_seeds``
+    the effect the claim is about (in the rule's unit: points x100, a ratio, nats, %) and its 95%
+    interval: a paired bootstrap (:mod:`lmft.bootstrap`) over the test examples both sides were
+    scored on and the data seeds both ran, or the range of repeated memory measurements.
 ``verdict``
-    ``holds`` / ``does not hold`` on the means against ``threshold``; read it beside the spread.
-    ``not measured``: the inputs lack a run the claim needs (a row with ``-`` for model, task and
-    k when none of the claim's main runs ran), or the claim is undefined on them (a graft when
-    fine-tuning gained nothing); ``reason`` says which and names the numbers.
+    :mod:`lmft.verdicts`: ``holds`` (the interval clears the claim's margin), ``does not hold``
+    (it excludes the claim), ``inconclusive`` (neither; ``reason`` says how many test examples the
+    observed effect would need), ``not measured`` (a run, a file or a precondition is missing:
+    no graft near 0.01%, a graft whose "pre" is not the pre-trained model, a fine-tuning gain that
+    is not significant, endpoints too close to tell); ``reason`` names the numbers.
 
 How a claim finds its runs (finetune fields ``type``, ``head``, ``mode``; "best" is the method
-with the highest mean dev metric, ties to the first name):
+with the highest mean dev metric, ties to the first name; every comparison is paired on the
+shared seeds and test examples):
 
 LM-BFF, at k = 16
     the best prompt fine-tuning (type ``ft``, head ``prompt`` or ``causal``) beats the best
-    zero-shot (type ``zeroshot``) of the same model and the best no-prompt fine-tuning (type
-    ``ft``, head ``cls``) of the same model, else of another model (named in ``measured``).
+    zero-shot (type ``zeroshot``), and the best no-prompt fine-tuning (type ``ft``, head ``cls``)
+    of the same model, else of another model (named in ``measured``): difference > 0.
 Kernel view, per (model, task, k, ``kernel.mode``)
-    the best ``prompt`` kernel (formula, solver) is within :data:`KERNEL_GAP` points of the best
-    prompt fine-tuning whose ``mode`` equals the kernel's ``kernel.mode`` (the same trainable
-    parameters); and the ``noprompt`` kernel's gap to the best ``cls`` fine-tuning of that mode
-    is larger than the prompt kernel's gap.
+    the best ``prompt`` kernel (formula, solver) is within :data:`KERNEL_MATCH` of the best prompt
+    fine-tuning whose ``mode`` equals the kernel's ``kernel.mode`` (the same trainable parameters);
+    the ``noprompt`` gap (FT with head ``cls`` - kernel) exceeds the prompt gap.
 MeZO, per (model, task, k) of type ``mezo``
-    the best MeZO beats the best zero-shot by :data:`MEZO_MARGIN` points; its ``peak_mem_mb``
-    is at most :data:`MEZO_MEMORY` x the zero-shot run's (inference); the best ``ft`` of the same
-    ``mode`` and ``head`` (none ran: the best ``ft`` of that ``head``, said in the reason) is at
-    most :data:`MEZO_FT_GAP` points ahead.
-Grafting, per (model, task, k, method), the graft of the largest sparsity <= :data:`GRAFT_SPARSITY`
-    keeps >= :data:`GRAFT_KEPT` of the fine-tuning gain (``kept_fraction``, else computed from
-    ``test_metric``, ``ft_test_metric``, ``pre_test_metric``; mean over seeds); its ``test_ece`` is
-    at most the fine-tuned model's (``ft_test_ece``, else the finetune run's ``test_ece``); on
-    every out-of-distribution task its score (``ood.{task}.graft``) is at least the fine-tuned
-    model's (``ood.{task}.ft``).
-Mode connectivity, per interpolate pair of the kind (:func:`lmft.interpolate_plan.pair_kinds`; the metrics do not say it)
-    ``pretrained-ft`` and ``seed-seed`` pairs: ``test_loss_barrier`` <= :data:`BARRIER_TOL`.
+    the best MeZO beats the best zero-shot; FT of the same ``mode`` and ``head`` is less than
+    :data:`MEZO_FT` ahead (no such FT: not measured). Memory, per measured parameter mode (the
+    ``memory:`` stage: peak memory of the training step over the loaded model, at one batch):
+    MeZO / inference < :data:`MEZO_MEM_INFERENCE` and MeZO / back-propagation FT (SGD) <
+    :data:`MEZO_MEM_FT`.
+Grafting, per (model, task, k, method), at the graft nearest the paper's 0.01% (within a factor 3)
+    read only when the fine-tuning gain over the pre-trained model is significant and "pre" is the
+    pre-trained model: the graft keeps > 95% of the gain (the smallest sparsity whose interval
+    clears it is named), its ECE is > 40% lower than the fine-tuned model's, and it beats the
+    fine-tuned model on every out-of-distribution task.
+Mode connectivity, per interpolate pair of a kind (:func:`lmft.interpolate_plan.pair_kinds`)
+    ``seed-seed`` and ``data-seed`` pairs: the test loss barrier < :data:`NO_BARRIER`;
+    ``task-task`` pairs: a barrier > :data:`TASK_BARRIER` (task boundaries); a pair whose endpoints
+    are closer than :data:`CLOSE_ENDPOINTS` of their distance from the pre-trained model is not
+    measured. Pre-trained -> fine-tuned paths are curves to look at, not claims.
 Few-shot LMs (the problem set), per (model, task, k) of a generation task's zero-shot run
-    the best ``ft``/``mezo`` and the best ``icl`` each beat the best zero-shot by :data:`GEN_MARGIN`
-    points of the task's primary score (ROUGE-L, token F1); one seed's spread is the standard error
-    over its test examples (``test_se``).
+    the best ``ft``/``mezo`` and the best ``icl`` each beat the best zero-shot on the task's primary
+    score (ROUGE-L, token F1) of each test example.
 """
 
 from __future__ import annotations
@@ -58,13 +64,14 @@ from importlib import resources
 
 import pandas as pd
 
-from lmft.claims import (BARRIER_TOL, GEN_MARGIN, GRAFT_KEPT, GRAFT_SPARSITY, KERNEL_GAP, LMBFF_K, MEZO_FT_GAP,
-                         MEZO_MARGIN, MEZO_MEMORY, findings)
+from lmft.claims import (CLOSE_ENDPOINTS, GRAFT_ECE, GRAFT_KEPT, GRAFT_SPARSITY, KERNEL_MATCH,
+                         MEZO_FT, MEZO_MEM_FT, MEZO_MEM_INFERENCE, NO_BARRIER, TASK_BARRIER, findings)
 from lmft.summary import MISSING, task_rank
 from lmft.tables import Table
 from lmft.topics import TOPIC_FILES
 
-COLUMNS = ("paper", "claim", "model", "task", "k", "measured", "published", "threshold", "verdict", "reason")
+COLUMNS = ("paper", "claim", "model", "task", "k", "measured", "published", "rule", "effect", "ci_low", "ci_high",
+           "n_test", "n_seeds", "verdict", "reason")
 
 
 @dataclass(frozen=True)
@@ -74,35 +81,33 @@ class Claim:
     key: str
     paper: str
     text: str
-    threshold: str
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("lmbff", "LM-BFF", f"prompt fine-tuning beats zero-shot and no-prompt fine-tuning (k={LMBFF_K})",
-          "prompt FT > zero-shot and > no-prompt FT"),
-    Claim("kernel-prompt", "Kernel view", "the prompt eNTK of the tuned parameters matches fine-tuning them",
-          f"FT - kernel <= {KERNEL_GAP:g} points"),
-    Claim("kernel-noprompt", "Kernel view", "no-prompt kernels fall further behind their fine-tuning than prompt ones",
-          "no-prompt gap > prompt gap"),
-    Claim("mezo-zeroshot", "MeZO", "MeZO improves on zero-shot", f"MeZO - zero-shot >= {MEZO_MARGIN:g} points"),
-    Claim("mezo-memory", "MeZO", "MeZO needs the memory of inference",
-          f"MeZO / zero-shot peak memory <= {MEZO_MEMORY:g}"),
-    Claim("mezo-ft", "MeZO", "MeZO comes close to fine-tuning the same parameters",
-          f"FT - MeZO <= {MEZO_FT_GAP:g} points"),
-    Claim("graft-kept", "Grafting", "a graft of <= 1% of the parameters keeps the fine-tuning gain",
-          f"kept >= {100 * GRAFT_KEPT:g}% of FT - pre-trained at sparsity <= {GRAFT_SPARSITY:g}"),
-    Claim("graft-ece", "Grafting", "the graft is calibrated at least as well as the fine-tuned model",
-          "graft ECE <= FT ECE"),
-    Claim("graft-ood", "Grafting", "the graft does at least as well out of distribution",
-          "graft OOD metric >= FT OOD metric"),
-    Claim("modeconn-pretrained", "Mode connectivity", "no loss barrier from the pre-trained to the fine-tuned model",
-          f"test loss barrier <= {BARRIER_TOL:g}"),
-    Claim("modeconn-seed", "Mode connectivity", "no loss barrier between two training seeds on the same data",
-          f"test loss barrier <= {BARRIER_TOL:g}"),
-    Claim("gen-ft", "Few-shot LMs (problem set)", "fine-tuning on the k examples beats zero-shot generation",
-          f"FT - zero-shot >= {GEN_MARGIN:g} points (ROUGE-L or token F1)"),
-    Claim("gen-icl", "Few-shot LMs (problem set)", "in-context demonstrations beat zero-shot generation",
-          f"ICL - zero-shot >= {GEN_MARGIN:g} points (ROUGE-L or token F1)"),
+    Claim("lmbff-zeroshot", "LM-BFF", "prompt fine-tuning beats zero-shot prompting (k=16)"),
+    Claim("lmbff-noprompt", "LM-BFF", "prompt fine-tuning beats standard (no-prompt) fine-tuning (k=16)"),
+    Claim("kernel-prompt", "Kernel view", "the prompt eNTK of the tuned parameters matches fine-tuning them "
+          f"(within {100 * KERNEL_MATCH.margin:g} points)"),
+    Claim("kernel-noprompt", "Kernel view", "no-prompt kernels fall further behind their fine-tuning than prompt ones"),
+    Claim("mezo-zeroshot", "MeZO", "MeZO improves on zero-shot"),
+    Claim("mezo-ft", "MeZO", f"MeZO comes within {100 * MEZO_FT.margin:g} points of fine-tuning the same parameters"),
+    Claim("mezo-memory-inference", "MeZO", "a MeZO step needs the memory of inference "
+          f"(< {MEZO_MEM_INFERENCE.margin:g}x at the same batch)"),
+    Claim("mezo-memory-ft", "MeZO", "a MeZO step needs far less memory than back-propagation of the same parameters "
+          f"(< {MEZO_MEM_FT.margin:g}x)"),
+    Claim("graft-kept", "Grafting", f"a graft of ~{100 * GRAFT_SPARSITY:g}% of the parameters keeps > "
+          f"{100 * GRAFT_KEPT.margin:g}% of the fine-tuning gain"),
+    Claim("graft-ece", "Grafting", f"the graft's calibration error is {100 * GRAFT_ECE.margin:g}-90% lower than the "
+          "fine-tuned model's"),
+    Claim("graft-ood", "Grafting", "the graft does better out of distribution than the fine-tuned model"),
+    Claim("modeconn-seed", "Mode connectivity", "two training seeds on the same data are linearly connected "
+          f"(barrier < {NO_BARRIER.margin:g} nats; endpoints apart by >= {CLOSE_ENDPOINTS:g} of their travel)"),
+    Claim("modeconn-data", "Mode connectivity", "two data splits of one task are linearly connected "
+          f"(barrier < {NO_BARRIER.margin:g} nats)"),
+    Claim("modeconn-task", "Mode connectivity", "minima of two tasks are separated by a loss barrier "
+          f"(> {TASK_BARRIER.margin:g} nats: a task boundary)"),
+    Claim("gen-ft", "Few-shot LMs (problem set)", "fine-tuning on the k examples beats zero-shot generation"),
+    Claim("gen-icl", "Few-shot LMs (problem set)", "in-context demonstrations beat zero-shot generation"),
 )
 _CLAIM = {c.key: c for c in CLAIMS}
 
@@ -118,6 +123,10 @@ def paper_figures() -> dict[str, str]:
             for claim, by_context in groups.items()}
 
 
+def _number(x: float) -> str:
+    return "nan" if x != x else f"{x:.3f}"
+
+
 def findings_table(runs: pd.DataFrame, pair_kinds: Mapping[str, str] | None = None,
                    labels: Mapping[str, str] | None = None, task_order: Sequence[str] = ()) -> Table:
     """The findings as a :class:`lmft.tables.Table` of :data:`COLUMNS`, rows by claim (in
@@ -130,6 +139,10 @@ def findings_table(runs: pd.DataFrame, pair_kinds: Mapping[str, str] | None = No
     rows = []
     for f in found:
         claim = _CLAIM[f.claim]
+        ci = f.ci
+        numbers = [MISSING] * 5 if ci is None else [
+            _number(f.scale * ci.estimate), _number(f.scale * ci.low), _number(f.scale * ci.high), str(ci.n_examples),
+            str(ci.n_seeds)]
         rows.append([claim.paper, claim.text, f.model, f.task, MISSING if f.k is None else str(f.k), f.measured,
-                     published.get(f.claim, MISSING), claim.threshold, f.verdict, f.reason])
+                     published.get(f.claim, MISSING), f.rule, *numbers, f.verdict, f.reason])
     return Table(TOPIC_FILES["findings"][2], pd.DataFrame(rows, columns=list(COLUMNS)), len(COLUMNS))

@@ -73,9 +73,11 @@ def interpolate_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def pair_kinds(config: Mapping[str, Any]) -> dict[str, str]:
     """Kind of each ``interpolate.pairs`` entry of ``config``: ``pretrained-ft`` (one end a run's
-    pre-trained values, the other that run's final checkpoint), ``seed-seed`` (the same checkpoint
-    of two runs on the same task, k and data seed whose methods differ only in the effective
-    ``model_seed`` and in which checkpoints they save), else ``other`` (also when the pair's jobs on several tasks disagree).
+    pre-trained values, the other that run's final checkpoint); for two checkpoints at the same
+    step and k of methods with the same settings (but the effective ``model_seed`` and which
+    checkpoints they save): ``seed-seed`` (same task and data seed, another ``model_seed``),
+    ``data-seed`` (same task, another k-shot data seed), ``task-task`` (same data seed, another
+    task); else ``other`` (also when the pair's jobs on several tasks disagree).
 
     The interpolate metrics name their endpoints by path only, so the workflow passes this to the aggregate.
     """
@@ -96,10 +98,15 @@ def pair_kinds(config: Mapping[str, Any]) -> dict[str, str]:
             final = b if a["pretrained"] else a
             same_run = {"method", "task", "k", "seed"} <= set(same)
             return "pretrained-ft" if same_run and final["step"] is None else "other"
-        if a["pretrained"] or not {"task", "k", "seed", "step"} <= set(same):
+        if a["pretrained"] or not {"k", "step"} <= set(same):
             return "other"
         (spec_a, seed_a), (spec_b, seed_b) = settings(a), settings(b)
-        return "seed-seed" if spec_a == spec_b and seed_a != seed_b else "other"
+        if spec_a != spec_b:
+            return "other"
+        differ = [f for f in ("task", "seed") if f not in same]
+        if not differ:
+            return "seed-seed" if seed_a != seed_b else "other"
+        return {("seed",): "data-seed", ("task",): "task-task"}.get(tuple(differ), "other")
 
     kinds: dict[str, set[str]] = {}
     for job in interpolate_jobs(config):

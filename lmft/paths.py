@@ -100,6 +100,24 @@ def interpolate_dir(results: str, model: str, task: str, pair: str) -> str:
     return f"{results}/interpolate/{model}/{task}/{pair}"
 
 
+PREDICTIONS = "predictions.parquet"  # per-example test predictions beside a run's metrics.json
+LOSSES = "losses.parquet"  # an interpolation pair's per-example losses along the path
+GRAFT_REFERENCE = "reference"  # beside a graft method's sparsity-* folders: pre and ft evaluated once
+
+
+def evidence_files(metrics: str, stage: str) -> list[str]:
+    """The per-example files a run of ``stage`` leaves beside its ``metrics`` (``metrics.json``) path,
+    which the findings compare pairwise (:mod:`lmft.evidence`)."""
+    here = metrics.rsplit("/", 1)[0]
+    if stage == "interpolate":
+        return [f"{here}/{LOSSES}"]
+    if stage == "graft":
+        return [f"{here}/{PREDICTIONS}", f"{here.rsplit('/', 1)[0]}/{GRAFT_REFERENCE}/{PREDICTIONS}"]
+    if stage in ("finetune", "generation", "kernel"):
+        return [f"{here}/{PREDICTIONS}"]
+    return []
+
+
 def tables_dir(results: str) -> str:
     """``{results}/tables``: the aggregate's tables."""
     return f"{results}/tables"

@@ -24,7 +24,8 @@ from lmft.graft_plan import graft_jobs, graft_methods, graft_options, overlap_gr
 from lmft.grid import check_pinned, expand_methods
 from lmft.interpolate_plan import interpolate_jobs, pair_kinds
 from lmft.kernel_plan import settings, solve_targets
-from lmft.paths import finetune_run, graft_dir, interpolate_dir, kshot_files, plots_dir, runs_table, tables_dir
+from lmft.paths import (evidence_files, finetune_run, graft_dir, interpolate_dir, kshot_files, plots_dir, runs_table,
+                        tables_dir)
 from lmft.tasks import BUILTIN, get_task
 from lmft.topics import output_files, topics_for
 
@@ -205,6 +206,11 @@ class Plan:
     def curves(self) -> list[str]:
         """The interpolation curves, which the interpolate jobs write beside their metrics.json."""
         return [str(Path(p).with_name("curve.parquet")) for p in self.metrics.get("interpolate", [])]
+
+    @cached_property
+    def evidence(self) -> list[str]:
+        """The per-example files beside the runs' metrics that the findings compare pairwise."""
+        return sorted({f for stage, files in self.metrics.items() for m in files for f in evidence_files(m, stage)})
 
     @cached_property
     def topics(self) -> list[str]:

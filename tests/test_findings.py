@@ -1,9 +1,9 @@
-"""The findings table (each paper's claims against the runs) on synthetic metrics.json files, the
-interpolate pair kinds of a config, and the main table's baselines and single-seed standard errors.
+"""The findings: every claim decided on its paired interval, fed runs (metrics.json and the
+per-example files beside them) where it holds, does not hold, is inconclusive and is not measured;
+the table's columns; the interpolate pair kinds of a config; the main table's baselines.
 
-Fixture: models m1 (two seeds; every claim holds on task t-hold and fails on t-fail) and m2 (one
-seed, n_test 100, no test_majority as in runs made before it existed; the cases where a claim
-cannot be measured).
+Scenarios are tasks: on ``t-hold`` each claim's effect is large and right, on ``t-fail`` large
+and wrong, on ``t-incon`` small against the test set's noise.
 """
 
 import hashlib
@@ -11,200 +11,315 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from lmft import claims, gather, interpolate_plan, summary, tables, topics
 from lmft import findings as fd
-from lmft.io import write_json
+from lmft.io import write_json, write_parquet
 
-HOLD, FAIL = "t-hold", "t-fail"
-KINDS = {"pre-ft": "pretrained-ft", "s-s": "seed-seed", "a-b": "other"}
+HOLD, FAIL, INCON = "t-hold", "t-fail", "t-incon"
+H, F, I, N = claims.HOLDS, claims.FAILS, claims.INCONCLUSIVE, claims.UNMEASURED
+N_TEST = 300
+LABELS = np.arange(N_TEST) % 2
 
 
-def write(root: Path, stage: str, **m) -> Path:
-    """One metrics.json at a path made of the stage's run keys."""
-    m = {"stage": stage, "k": 16, "metric": "acc"} | m
+def write(root: Path, stage: str, frame: pd.DataFrame | None = None, name: str = "predictions.parquet", **m) -> Path:
+    """One metrics.json at a path made of the stage's run keys, and its per-example file."""
+    m = {"stage": stage, "k": 16, "metric": "acc", "n_test": N_TEST} | m
     m.setdefault("dev_metric", m.get("test_metric"))
     path = Path(root, stage, *(str(m[key]) for key in gather.RUN_KEYS[stage]), "metrics.json")
     write_json(m, path)
+    if frame is not None:
+        write_parquet(frame, path.with_name(name))
     return path
 
 
-def per_seed(model: str, test: float, **extra):
-    """m1: seeds 13 and 21 at test -/+ 0.01 (std 1 point); m2: seed 13 at test."""
-    if model == "m2":
-        return [(13, test, extra)]
-    return [(13, test - 0.01, extra), (21, test + 0.01, extra)]
+def correct(acc: float, seed: int, like: np.ndarray | None = None, flips: int = 0) -> np.ndarray:
+    """A correctness pattern of accuracy ``acc`` (random order), or ``like`` with ``flips`` entries flipped."""
+    rng = np.random.default_rng(seed)
+    if like is not None:
+        out = like.copy()
+        idx = rng.choice(N_TEST, flips, replace=False)
+        out[idx] = ~out[idx]
+        return out
+    out = np.zeros(N_TEST, dtype=bool)
+    out[rng.choice(N_TEST, round(acc * N_TEST), replace=False)] = True
+    return out
 
 
-def ft(root, model, task, method, test, kind="ft", head="prompt", mode="all", dev=None, **extra):
-    fields = {"test_ece": 0.1, "n_test": 100, "device": "cpu"} | ({"test_majority": 0.55} if model == "m1" else {})
-    return [write(root, "finetune", model=model, task=task, seed=seed, method=method, type=kind, head=head, mode=mode,
-                  test_metric=t, dev_metric=t if dev is None else dev, **fields, **e)
-            for seed, t, e in per_seed(model, test, **extra)]
+def preds(right: np.ndarray, conf: float = 0.8) -> pd.DataFrame:
+    """Predictions right where ``right``; the predicted class has probability ``conf``."""
+    pred = np.where(right, LABELS, 1 - LABELS)
+    probs = [np.where(np.arange(2) == p, conf, 1 - conf) for p in pred]
+    return pd.DataFrame({"index": np.arange(N_TEST), "label": LABELS, "pred": pred, "probs": probs})
 
 
-def kernel(root, model, task, prompt, test, mode="all", formula="sgd", dev=None):
-    return [write(root, "kernel", model=model, task=task, seed=seed, method="kernel", formula=formula, prompt=prompt,
-                  solver="lstsq", test_metric=t, dev_metric=t if dev is None else dev, n_test=64,
-                  kernel={"mode": mode}) for seed, t, _ in per_seed(model, test)]
+def ft(root, task, method, right, seed=13, kind="ft", head="causal", mode="all", model="m", dev=None, **m) -> Path:
+    acc = float(right.mean())
+    return write(root, "finetune", preds(right), model=model, task=task, seed=seed, method=method, type=kind,
+                 head=head, mode=mode, test_metric=acc, dev_metric=acc if dev is None else dev, **m)
 
 
-def graft(root, model, task, sparsity, test, ft_metric, pre, ece, **extra):
-    return [write(root, "graft", model=model, task=task, seed=seed, method="ft-prompt", sparsity=sparsity,
-                  test_metric=t, ft_test_metric=ft_metric, pre_test_metric=pre, test_ece=ece, **e)
-            for seed, t, e in per_seed(model, test, **extra)]
+def verdict_of(paths, claim, task, kinds=None, extra=None):
+    found = [f for f in fd.findings(gather.load_runs(paths), kinds)
+             if f.claim == claim and f.task == task and (extra is None or f.extra == extra)]
+    assert len(found) == 1, found
+    return found[0]
 
 
-def interp(root, model, task, pair, barrier=None):
-    extra = {} if barrier is None else {"test_loss_barrier": barrier, "test_loss_a": 0.7, "test_loss_b": 0.3}
-    return [write(root, "interpolate", model=model, task=task, seed=13, method=pair, pair=pair, test_metric=0.8,
-                  **extra)]
+# accuracies (a, b) of "a beats b" on each scenario; independent patterns, so t-incon's 2 points sit
+# inside a ~7-point interval
+BEATS = {HOLD: (0.9, 0.6), FAIL: (0.6, 0.9), INCON: (0.72, 0.70)}
 
 
-def gen(root, model, task, method, test, kind, se=0.01):
-    """A generation run (stage generation, ROUGE-L the primary score)."""
-    return [write(root, "generation", model=model, task=task, seed=seed, method=method, type=kind, metric="rougeL",
-                  test_metric=t, test_se=se, n_test=64, test_scores={"rouge1": t + 0.05, "rouge2": t / 4, "rougeL": t},
-                  **e) for seed, t, e in per_seed(model, test)]
+@pytest.mark.parametrize("task", [HOLD, FAIL, INCON])
+def test_lmbff_and_mezo_zeroshot(tmp_path, task):
+    a, b = BEATS[task]
+    paths = [ft(tmp_path, task, "prompt-ft", correct(a, 1)), ft(tmp_path, task, "lora", correct(0.99, 2), dev=0.0),
+             ft(tmp_path, task, "zeroshot", correct(b, 3), kind="zeroshot", mode="none"),
+             ft(tmp_path, task, "cls", correct(b, 4), head="cls"),
+             ft(tmp_path, task, "mezo", correct(a, 5), kind="mezo", mode="prefix:5")]
+    want = {HOLD: H, FAIL: F, INCON: I}[task]
+    for claim in ("lmbff-zeroshot", "lmbff-noprompt", "mezo-zeroshot"):
+        f = verdict_of(paths, claim, task)
+        assert f.verdict == want, (claim, f.reason)
+        assert f.ci.n_examples == N_TEST and f.ci.low < f.ci.estimate < f.ci.high
+    f = verdict_of(paths, "lmbff-zeroshot", task)
+    assert f.ci.estimate == pytest.approx(a - b)  # prompt-ft (best dev), not lora (higher test, lower dev)
+    assert f.rule == "95% CI of prompt FT - zero-shot > 0 points"
+    if task == INCON:
+        assert "would need ~" in f.reason and f"(has {N_TEST})" in f.reason
+    # MeZO vs FT of the same parameters: no prefix FT ran, so not measured, whatever the scores
+    mezo_ft = verdict_of(paths, "mezo-ft", task)
+    assert mezo_ft.verdict == N and "no fine-tuning (type ft) of the same parameters (mode prefix:5" in mezo_ft.reason
 
 
-def all_runs(root: Path) -> list[Path]:
-    p = []
-    # LM-BFF; lora's test is higher but its dev lower, so ft-prompt is the prompt FT picked
-    for task, prompt, zs, cls in ((HOLD, 0.9, 0.6, 0.7), (FAIL, 0.6, 0.7, 0.65)):
-        p += ft(root, "m1", task, "ft-prompt", prompt, peak_mem_mb=3000.0)
-        p += ft(root, "m1", task, "lora", 0.95, mode="lora:8", dev=0.1)
-        p += ft(root, "m1", task, "zeroshot", zs, kind="zeroshot", mode="none", peak_mem_mb=1000.0)
-        p += ft(root, "m1", task, "ft-cls", cls, head="cls")
-    p += ft(root, "m2", HOLD, "llm-ft", 0.8, head="causal")  # no cls run of m2: m1's is compared
-    p += ft(root, "m2", HOLD, "llm-zeroshot", 0.5, kind="zeroshot", head="causal", mode="none")
-    p += ft(root, "m2", FAIL, "llm-ft", 0.7, head="causal")  # no zero-shot on t-fail
-    # kernel view (mode all = ft-prompt's); m2's kernel differentiates the biases, which no m2 run tuned
-    p += kernel(root, "m1", HOLD, "prompt", 0.88) + kernel(root, "m1", HOLD, "noprompt", 0.5)
-    p += kernel(root, "m1", HOLD, "prompt", 0.99, formula="asymmetric-signgd", dev=0.2)
-    p += kernel(root, "m1", FAIL, "prompt", 0.4) + kernel(root, "m1", FAIL, "noprompt", 0.64)
-    p += kernel(root, "m2", HOLD, "prompt", 0.7, mode="bias")
-    # MeZO
-    p += ft(root, "m1", HOLD, "mezo", 0.8, kind="mezo", peak_mem_mb=1100.0)
-    p += ft(root, "m1", FAIL, "mezo", 0.62, kind="mezo", peak_mem_mb=2000.0)
-    p += ft(root, "m2", HOLD, "mezo", 0.6, kind="mezo", head="causal", mode="lora:8")  # no memory, no FT of lora:8
-    p += ft(root, "m2", FAIL, "mezo", 0.69, kind="mezo", head="causal")
-    # grafting: kept 87.5% / 25%; the t-fail grafts carry no ft_test_ece (the finetune run's 0.1 counts)
-    p += graft(root, "m1", HOLD, 0.001, 0.6, 0.9, 0.5, 0.05, ft_test_ece=0.1)
-    p += graft(root, "m1", HOLD, 0.01, 0.85, 0.9, 0.5, 0.05, ft_test_ece=0.1, ood={FAIL: {"graft": 0.7, "ft": 0.6}})
-    p += graft(root, "m1", HOLD, 0.1, 0.2, 0.9, 0.5, 0.5, ft_test_ece=0.1)  # above 1%: not looked at
-    p += graft(root, "m1", FAIL, 0.01, 0.6, 0.9, 0.5, 0.2, ood={HOLD: {"graft": 0.5, "ft": 0.6}})
-    p += graft(root, "m2", HOLD, 0.1, 0.7, 0.8, 0.5, 0.1)
-    p += graft(root, "m2", FAIL, 0.01, 0.7, 0.7, 0.7, 0.1, ft_test_ece=0.1)  # FT gained nothing
-    # mode connectivity
-    p += interp(root, "m1", HOLD, "pre-ft", 0.01) + interp(root, "m1", HOLD, "s-s", 0.3)
-    p += interp(root, "m1", HOLD, "a-b", 0.9)
-    p += interp(root, "m1", FAIL, "pre-ft", 0.2) + interp(root, "m1", FAIL, "s-s", 0.0)
-    p += interp(root, "m2", HOLD, "s-s")
-    # the problem set's generation: on t-hold FT and ICL gain >= 1 point of ROUGE-L, on t-fail ICL loses
-    # and FT gains 0.5; m2 has zero-shot and ICL only
-    for task, tuned, icl in ((HOLD, 0.20, 0.17), (FAIL, 0.155, 0.12)):
-        p += gen(root, "m1", task, "gen-zs", 0.15, "zeroshot") + gen(root, "m1", task, "gen-icl", icl, "icl")
-        p += gen(root, "m1", task, "gen-lora", tuned, "ft")
-    p += gen(root, "m2", HOLD, "gen-zs", 0.15, "zeroshot") + gen(root, "m2", HOLD, "gen-icl", 0.2, "icl")
-    return p
+@pytest.mark.parametrize("task,ft_acc,mezo,want", [
+    (HOLD, 0.8, "paired", H),  # MeZO = FT but for 6 examples: |FT - MeZO| well below 5
+    (FAIL, 0.9, 0.6, F),
+    (INCON, 0.80, 0.77, I),
+])
+def test_mezo_against_ft_of_the_same_parameters(tmp_path, task, ft_acc, mezo, want):
+    tuned = correct(ft_acc, 1)
+    m = correct(0, 2, like=tuned, flips=6) if mezo == "paired" else correct(mezo, 2)
+    paths = [ft(tmp_path, task, "ft-prefix", tuned, mode="prefix:5"), ft(tmp_path, task, "ft-all", correct(1.0, 3)),
+             ft(tmp_path, task, "mezo", m, kind="mezo", mode="prefix:5")]
+    f = verdict_of(paths, "mezo-ft", task)
+    assert f.verdict == want, f.reason
+    assert f.rule == "95% CI of FT - MeZO < 5 points" and f.extra == "prefix:5"
 
 
-@pytest.fixture
-def runs(tmp_path):
-    return gather.load_runs(all_runs(tmp_path))
+def kernel(root, task, prompt, right, mode="lora:8", seed=13, formula="sgd", dev=None) -> Path:
+    acc = float(right.mean())
+    return write(root, "kernel", preds(right), model="m", task=task, seed=seed, method="kernel", formula=formula,
+                 prompt=prompt, solver="lstsq", test_metric=acc, dev_metric=acc if dev is None else dev,
+                 kernel={"mode": mode})
 
 
-def verdicts(found):
-    return {(f.claim, f.model, f.task): f.verdict for f in found}
+@pytest.mark.parametrize("task", [HOLD, FAIL, INCON])
+def test_kernel_claims(tmp_path, task):
+    ft_p = correct(0.8, 1)
+    # prompt: the kernel = FT but for 4 examples (holds), 30 points behind (fails), 5 behind (inconclusive)
+    k_p = {HOLD: correct(0, 2, like=ft_p, flips=4), FAIL: correct(0.5, 2), INCON: correct(0.75, 2)}[task]
+    # no-prompt gap: 30 points (holds: > the prompt gap ~0), none (fails: < the prompt gap 30), 2 (inconclusive)
+    ft_np, k_np = {HOLD: (0.8, 0.5), FAIL: (0.8, 0.8), INCON: (0.72, 0.65)}[task]
+    ft_np = correct(ft_np, 3)
+    k_np = correct(0, 4, like=ft_np, flips=0) if task == FAIL else correct(k_np, 4)
+    paths = [ft(tmp_path, task, "lora", ft_p, mode="lora:8"), ft(tmp_path, task, "lora-cls", ft_np, mode="lora:8", head="cls"),
+             ft(tmp_path, task, "other-mode", correct(1.0, 5), mode="all"),
+             kernel(tmp_path, task, "prompt", k_p), kernel(tmp_path, task, "noprompt", k_np)]
+    want_prompt = {HOLD: H, FAIL: F, INCON: I}[task]
+    f = verdict_of(paths, "kernel-prompt", task)
+    assert f.verdict == want_prompt, f.reason
+    assert f.rule == "95% CI of |FT - kernel| < 5 points" and f.extra == "lora:8"
+    g = verdict_of(paths, "kernel-noprompt", task)
+    want_gap = {HOLD: H, FAIL: F, INCON: I}[task]
+    assert g.verdict == want_gap, g.reason
 
 
-H, F, N = claims.HOLDS, claims.FAILS, claims.UNMEASURED
-EXPECTED = {
-    "lmbff": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): H, ("m2", FAIL): N},
-    "kernel-prompt": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N},
-    "kernel-noprompt": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N},
-    "mezo-zeroshot": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): H, ("m2", FAIL): N},
-    "mezo-memory": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N, ("m2", FAIL): N},
-    "mezo-ft": {("m1", HOLD): F, ("m1", FAIL): H, ("m2", HOLD): F, ("m2", FAIL): H},
-    "graft-kept": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N, ("m2", FAIL): N},
-    "graft-ece": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N, ("m2", FAIL): H},
-    "graft-ood": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N, ("m2", FAIL): N},
-    "modeconn-pretrained": {("m1", HOLD): H, ("m1", FAIL): F},
-    "modeconn-seed": {("m1", HOLD): F, ("m1", FAIL): H, ("m2", HOLD): N},
-    "gen-ft": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): N},
-    "gen-icl": {("m1", HOLD): H, ("m1", FAIL): F, ("m2", HOLD): H},
-}
+def test_cells_are_paired_on_the_seeds_both_sides_ran(tmp_path):
+    """FT on seeds 13 and 21, zero-shot on 13 only: the comparison uses seed 13 alone."""
+    paths = [ft(tmp_path, HOLD, "prompt-ft", correct(0.9, 1), seed=13), ft(tmp_path, HOLD, "prompt-ft", correct(0.5, 2), seed=21),
+             ft(tmp_path, HOLD, "zeroshot", correct(0.6, 3), seed=13, kind="zeroshot", mode="none")]
+    f = verdict_of(paths, "lmbff-zeroshot", HOLD)
+    assert f.ci.n_seeds == 1 and f.ci.estimate == pytest.approx(0.3)
+    paths.append(ft(tmp_path, HOLD, "zeroshot", correct(0.6, 4), seed=21, kind="zeroshot", mode="none"))
+    f = verdict_of(paths, "lmbff-zeroshot", HOLD)
+    assert f.ci.n_seeds == 2 and f.ci.estimate == pytest.approx(((0.9 - 0.6) + (0.5 - 0.6)) / 2)
 
 
-def test_every_claim_holds_fails_or_is_not_measured(runs):
-    got = verdicts(fd.findings(runs, KINDS))
-    assert got == {(c, m, t): v for c, cells in EXPECTED.items() for (m, t), v in cells.items()}
+def test_missing_predictions_are_not_measured(tmp_path):
+    paths = [ft(tmp_path, HOLD, "prompt-ft", correct(0.9, 1)),
+             ft(tmp_path, HOLD, "zeroshot", correct(0.6, 3), kind="zeroshot", mode="none")]
+    paths[1].with_name("predictions.parquet").unlink()
+    f = verdict_of(paths, "lmbff-zeroshot", HOLD)
+    assert f.verdict == N and "predictions.parquet is missing" in f.reason
 
 
-def test_reasons_name_the_numbers_and_the_runs_chosen(runs):
-    found = {(f.claim, f.model, f.task): f for f in fd.findings(runs, KINDS)}
-    lmbff = found[("lmbff", "m1", HOLD)]
-    assert lmbff.reason == "prompt FT 90.0 vs zero-shot 60.0 (+30.0) and no-prompt FT 70.0 (+20.0)"
-    assert lmbff.measured.startswith("prompt FT (ft-prompt): 90.0 (1.0), 2 seeds; ")  # best dev, not lora
-    single = found[("lmbff", "m2", HOLD)]  # one seed: ± the binomial SE sqrt(.8 .2 / 100) = 4.0
-    assert "prompt FT (llm-ft): 80.0 ±4.0, 1 seed" in single.measured and "(ft-cls of m1): 70.0 (1.0)" in single.measured
-    assert found[("lmbff", "m2", FAIL)].reason == "no zero-shot run (type zeroshot) of m2"
-    assert found[("kernel-prompt", "m1", HOLD)].reason == "FT 90.0 - kernel 88.0 = 2.0 points <= 5"
-    assert "it ran with mode all" in found[("kernel-prompt", "m2", HOLD)].reason
-    assert found[("kernel-noprompt", "m1", FAIL)].reason == "no-prompt gap 1.0 <= prompt gap 20.0 points (FT - kernel)"
-    memory = found[("mezo-memory", "m1", HOLD)].reason
-    assert memory.startswith("MeZO 1100 MB / zero-shot 1000 MB = 1.10x <= 1.2; on CPU peak_mem_mb is the peak RSS")
-    assert found[("mezo-ft", "m2", HOLD)].reason == ("FT 80.0 - MeZO 60.0 = 20.0 points > 5 (no FT of mode lora:8 "
-                                                     "ran: the best FT with head causal, mode all)")
-    kept = found[("graft-kept", "m1", HOLD)]
-    assert kept.reason == "the graft keeps 87.5% of the fine-tuning gain (FT 90.0, pre-trained 50.0) >= 80%"
-    assert kept.measured.startswith("graft (ft-prompt, sparsity 0.01): 85.0 (1.0), 2 seeds")
-    assert found[("graft-ece", "m1", FAIL)].reason == "graft ECE 20.0 > FT ECE 10.0 (x100)"
-    assert found[("graft-ood", "m1", FAIL)].reason == f"graft < FT somewhere (on {HOLD}: graft 50.0, FT 60.0 (-10.0))"
-    assert found[("graft-kept", "m2", HOLD)].reason == "no graft at sparsity <= 0.01 (ran 0.1)"
-    assert found[("graft-kept", "m2", FAIL)].reason.startswith("no fine-tuning gain to keep")
-    assert found[("modeconn-seed", "m1", HOLD)].measured == (
-        "pair s-s: test loss barrier 0.3000, loss at a 0.7000, loss at b 0.3000")
-    assert found[("modeconn-seed", "m2", HOLD)].reason == "no test_loss_barrier in the pair's metrics"
+def graft_run(root, task, sparsity, graft, pre, tuned, ood=None, seed=13, **m) -> Path:
+    """A graft run: its own predictions (model graft) and the reference's (pre, ft) beside it."""
+    def frame(model, parts):
+        return pd.concat([preds(*r).assign(model=model, split=split) for split, r in parts.items()])
+
+    ood = ood or {}
+    path = write(root, "graft", frame("graft", {"test": graft, **{f"ood:{t}": g for t, (g, _) in ood.items()}}),
+                 model="m", task=task, seed=seed, method="llm-ft", sparsity=sparsity,
+                 test_metric=float(graft[0].mean()), mask_moved=0.25, pre_is_pretrained=True,
+                 ood={t: {"graft": float(g[0].mean()), "ft": float(f[0].mean())} for t, (g, f) in ood.items()}, **m)
+    reference = pd.concat([frame("pre", {"test": pre}),
+                           frame("ft", {"test": tuned, **{f"ood:{t}": f for t, (_, f) in ood.items()}})])
+    write_parquet(reference, path.parent.parent / "reference" / "predictions.parquet")
+    return path
+
+
+@pytest.mark.parametrize("task", [HOLD, FAIL, INCON])
+def test_graft_claims(tmp_path, task):
+    pre, tuned = correct(0.5, 1), correct(0.9, 2)
+    # graft predictions: the fine-tuned model's (keeps 100%), the pre-trained one's (keeps 0), or 3 points
+    # short of FT (keeps ~92%, with an interval around 95%)
+    g = {HOLD: tuned, FAIL: pre, INCON: correct(0, 3, like=tuned, flips=9)}[task]
+    # calibration: FT at confidence 0.99 with 90% right (ECE 0.09); the graft's confidence = its accuracy (ECE ~0),
+    # or 0.99 where it is 50% right (ECE 0.49), or 0.965 with 87% right (reduction ~20%, noisy)
+    conf = {HOLD: float(g.mean()), FAIL: 0.99, INCON: 0.94}[task]
+    ood_g, ood_f = {HOLD: (0.8, 0.6), FAIL: (0.6, 0.8), INCON: (0.72, 0.70)}[task]
+    paths = [graft_run(tmp_path, task, s, (g, conf), (pre, 0.6), (tuned, 0.99),
+                       ood={"t2": ((correct(ood_g, 4), 0.8), (correct(ood_f, 5), 0.8))}) for s in (1e-4, 1e-2)]
+    want = {HOLD: H, FAIL: F, INCON: I}[task]
+    for claim in ("graft-kept", "graft-ood"):
+        f = verdict_of(paths, claim, task)
+        assert f.verdict == want, (claim, f.reason)
+    kept = verdict_of(paths, "graft-kept", task)
+    assert "sparsity 0.0001" in kept.measured and "1e-04: 25%" not in kept.measured
+    assert ("smallest sparsity whose interval clears 95%: 0.0001" in kept.reason) == (task == HOLD)
+    ece = verdict_of(paths, "graft-ece", task)
+    assert ece.verdict == {HOLD: H, FAIL: F, INCON: I}[task], ece.reason
+    assert ece.rule == "95% CI of (FT ECE - graft ECE) / FT ECE > 40 %"
+
+
+def test_graft_preconditions_are_not_measured(tmp_path):
+    pre, tuned = correct(0.5, 1), correct(0.9, 2)
+    only_1pct = graft_run(tmp_path / "a", HOLD, 1e-2, (tuned, 0.9), (pre, 0.6), (tuned, 0.9))
+    f = verdict_of([only_1pct], "graft-kept", HOLD)
+    assert f.verdict == N and "no graft near the paper's sparsity 0.0001 (ran 0.01)" in f.reason
+    no_gain = graft_run(tmp_path / "b", HOLD, 1e-4, (pre, 0.9), (pre, 0.6), (correct(0.52, 7), 0.9))
+    f = verdict_of([no_gain], "graft-kept", HOLD)
+    assert f.verdict == N and f.reason.startswith("the fine-tuning gain itself is not significant")
+    not_pre = graft_run(tmp_path / "c", HOLD, 1e-4, (tuned, 0.9), (pre, 0.6), (tuned, 0.9))
+    metrics = gather.load_runs([not_pre])
+    metrics["pre_is_pretrained"] = False
+    assert {f.verdict for f in fd.findings(metrics) if f.claim.startswith("graft")} == {N}
+
+
+def interp_run(root, task, pair, bump, rel=0.8, noise=0.3, seed=0) -> Path:
+    """Per-example test losses along a path: linear from 0.7 to 0.3, plus ``bump`` x 4 alpha (1 - alpha)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0.0, noise, N_TEST)
+    rows = []
+    for alpha in np.linspace(0, 1, 6):
+        loss = 0.7 - 0.4 * alpha + bump * 4 * alpha * (1 - alpha) + base + rng.normal(0, noise / 3, N_TEST)
+        rows.append(pd.DataFrame({"alpha": alpha, "split": "test", "index": np.arange(N_TEST), "loss": loss,
+                                  "correct": loss < 0.5}))
+    return write(root, "interpolate", pd.concat(rows), "losses.parquet", model="m", task=task, seed=13, method=pair,
+                 pair=pair, test_metric=0.8, test_loss_a=0.7, test_loss_b=0.3, l2=8.0 * rel, distance_a0=8.0,
+                 relative_distance=rel)
+
+
+@pytest.mark.parametrize("task,bump,want_none,want_task", [
+    (HOLD, 0.0, H, F),   # straight path: no barrier (connected), so no task boundary
+    (FAIL, 0.5, F, H),   # a 0.5-nat bump: a barrier
+    (INCON, 0.05, I, I),  # a bump at the margin
+])
+def test_mode_connectivity(tmp_path, task, bump, want_none, want_task):
+    kinds = {"s-s": "seed-seed", "d-d": "data-seed", "t-t": "task-task", "pre-ft": "pretrained-ft"}
+    paths = [interp_run(tmp_path, task, pair, bump) for pair in kinds]
+    found = [f for f in fd.findings(gather.load_runs(paths), kinds) if f.claim.startswith("modeconn")]
+    got = {f.claim: f.verdict for f in found}
+    assert got == {"modeconn-seed": want_none, "modeconn-data": want_none, "modeconn-task": want_task}
+    assert all(f.rule.startswith("95% CI of test loss barrier") for f in found)
+    close = interp_run(tmp_path / "close", task, "s-s", 0.5, rel=0.1)
+    f = verdict_of([close], "modeconn-seed", task, {"s-s": "seed-seed"})
+    assert f.verdict == N and "too close to tell" in f.reason and "relative distance 0.10" in f.measured
+
+
+def gen(root, task, method, scores, kind) -> Path:
+    frame = pd.DataFrame({"index": np.arange(len(scores)), "target": "x", "prediction": "y", "score": scores})
+    return write(root, "generation", frame, model="m", task=task, seed=13, method=method, type=kind, metric="rougeL",
+                 test_metric=float(np.mean(scores)), n_test=len(scores), test_se=0.01)
+
+
+@pytest.mark.parametrize("task,tuned,icl,want_ft,want_icl", [
+    (HOLD, 0.05, 0.05, H, H), (FAIL, -0.05, -0.05, F, F), (INCON, 0.002, -0.002, I, I)])
+def test_generation_claims(tmp_path, task, tuned, icl, want_ft, want_icl):
+    rng = np.random.default_rng(0)
+    zs = rng.uniform(0.05, 0.3, 200)
+    paths = [gen(tmp_path, task, "zs", zs, "zeroshot"),
+             gen(tmp_path, task, "ft", zs + tuned + rng.normal(0, 0.05, 200), "ft"),
+             gen(tmp_path, task, "icl", zs + icl + rng.normal(0, 0.05, 200), "icl")]
+    assert verdict_of(paths, "gen-ft", task).verdict == want_ft
+    assert verdict_of(paths, "gen-icl", task).verdict == want_icl
+
+
+def memory_rows(mezo, inference, sgd, mode="prefix:5"):
+    return [{"stage": "memory", "selected": True, "model": "m", "task": HOLD, "k": 16, "seed": 13, "mode": mode,
+             "what": what, "batch_size": 8, "measure": "cpu-rss-hwm", "repeats": 3,
+             "peak_mb_min": v * 0.95, "peak_mb_median": v, "peak_mb_max": v * 1.05}
+            for what, v in (("mezo", mezo), ("inference", inference), ("ft-sgd", sgd), ("ft-adamw", 3 * sgd))]
+
+
+@pytest.mark.parametrize("mezo,inference,sgd,want_inf,want_ft", [
+    (100.0, 100.0, 1000.0, H, H),   # MeZO at inference, a tenth of FT
+    (300.0, 100.0, 400.0, F, F),    # three times inference, most of FT
+    (118.0, 100.0, 236.0, I, I),    # the ranges straddle 1.2x and 0.5x
+])
+def test_mezo_memory(mezo, inference, sgd, want_inf, want_ft):
+    runs = pd.DataFrame(memory_rows(mezo, inference, sgd))
+    found = {f.claim: f for f in claims.findings(runs) if f.claim.startswith("mezo-memory")}
+    assert found["mezo-memory-inference"].verdict == want_inf, found["mezo-memory-inference"].reason
+    assert found["mezo-memory-ft"].verdict == want_ft, found["mezo-memory-ft"].reason
+    assert "range over 3 repeated measurements" in found["mezo-memory-ft"].reason
 
 
 def test_claims_without_runs_are_not_measured(tmp_path):
-    paths = ft(tmp_path, "m1", HOLD, "zeroshot", 0.6, kind="zeroshot")
-    paths += [write(tmp_path, "finetune", model="m1", task=HOLD, k=4, seed=13, method="ft-prompt", type="ft",
-                    head="prompt", test_metric=0.7)]
+    paths = [ft(tmp_path, HOLD, "zeroshot", correct(0.6, 1), kind="zeroshot", mode="none"),
+             write(tmp_path, "finetune", preds(correct(0.7, 2)), model="m", task=HOLD, k=4, seed=13, method="ft-prompt",
+                   type="ft", head="prompt", test_metric=0.7)]
     found = fd.findings(gather.load_runs(paths))
     assert {f.claim for f in found} == {c.key for c in fd.CLAIMS}
     assert all(f.verdict == claims.UNMEASURED and f.model == summary.MISSING for f in found)
     reasons = {f.claim: f.reason for f in found}
-    assert reasons["lmbff"] == "no prompt fine-tuning (type ft, head prompt or causal) at k=16; it ran at k=4"
-    assert reasons["mezo-memory"] == "no MeZO runs (finetune type mezo)"
+    assert reasons["lmbff-zeroshot"] == "no prompt fine-tuning (type ft, head prompt or causal) at k=16; it ran at k=4"
+    assert reasons["mezo-memory-ft"] == "no memory measurement (the config's memory: section)"
     assert reasons["modeconn-seed"].endswith("no pair kinds were given (lmft.interpolate_plan.pair_kinds of the config)")
 
 
-def test_table_columns_order_and_published_figures(runs):
-    table = fd.findings_table(runs, KINDS, task_order=[FAIL, HOLD])
-    frame = table.frame
+def table_runs(root: Path) -> list[Path]:
+    paths = []
+    for task, (a, b) in BEATS.items():
+        paths += [ft(root, task, "prompt-ft", correct(a, 1)), ft(root, task, "zeroshot", correct(b, 2), kind="zeroshot")]
+    return paths
+
+
+def test_table_columns_and_published_figures(tmp_path):
+    frame = fd.findings_table(gather.load_runs(table_runs(tmp_path)), task_order=[FAIL, HOLD, INCON]).frame
     assert list(frame.columns) == list(fd.COLUMNS)
     assert frame["paper"].drop_duplicates().tolist() == ["LM-BFF", "Kernel view", "MeZO", "Grafting",
                                                          "Mode connectivity", "Few-shot LMs (problem set)"]
-    lmbff = frame[frame["paper"] == "LM-BFF"]
-    assert list(zip(lmbff["model"], lmbff["task"], lmbff["k"])) == [("m1", FAIL, "16"), ("m1", HOLD, "16"),
-                                                                    ("m2", FAIL, "16"), ("m2", HOLD, "16")]
+    lmbff = frame[frame["claim"] == fd.CLAIMS[0].text]
+    assert lmbff["task"].tolist() == [FAIL, HOLD, INCON] and lmbff["verdict"].tolist() == [F, H, I]
+    assert lmbff["effect"].tolist() == ["-30.000", "30.000", "2.000"]  # points
+    assert all(float(lo) < float(e) < float(hi) for lo, e, hi in zip(lmbff["ci_low"], lmbff["effect"], lmbff["ci_high"]))
+    assert lmbff["n_test"].tolist() == [str(N_TEST)] * 3 and lmbff["n_seeds"].tolist() == ["1"] * 3
     assert "prompt FT 92.7 (0.9)" in lmbff["published"].iloc[0]
-    mezo = frame.loc[frame["threshold"] == "MeZO - zero-shot >= 5 points", "published"].iloc[0]
-    assert mezo == "RoBERTa-large SST-2 k=16 (Table 18): zero-shot 79.0, LP 76.0 (2.8), MeZO 90.5 (1.2)"
-    assert frame.loc[frame["paper"] == "Mode connectivity", "k"].tolist() == ["16"] * 5
-    assert set(frame["verdict"]) == {claims.HOLDS, claims.FAILS, claims.UNMEASURED}
     assert all(isinstance(v, str) and "\n" not in v for v in frame.to_numpy().ravel())
 
 
 def test_findings_are_byte_identical_whatever_the_input_order(tmp_path):
-    paths = all_runs(tmp_path / "results")
+    paths = table_runs(tmp_path / "results")
 
     def render(order, out):
-        table = fd.findings_table(gather.load_runs(order), KINDS)
+        table = fd.findings_table(gather.load_runs(order))
         written = tables.write_table(table, out / "findings", topics.table_formats("findings"))
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
 
@@ -230,15 +345,39 @@ def test_pair_kinds_from_the_config():
             "other-lr": {"a": {"method": "ft"}, "b": {"method": "ft-lr"}},
             "data-seeds": {"a": {"method": "ft", "seed": 13}, "b": {"method": "ft", "seed": 21}},
             "tasks": {"a": {"method": "ft", "task": "a"}, "b": {"method": "ft", "task": "b"}, "tasks": ["a"]},
+            "tasks-seeds": {"a": {"method": "ft", "task": "a"}, "b": {"method": "ft", "task": "b", "seed": 21}},
+            "tasks-lr": {"a": {"method": "ft", "task": "a"}, "b": {"method": "ft-lr", "task": "b"}},
         }},
     }
-    assert interpolate_plan.pair_kinds(config) == {"pre-ft": "pretrained-ft", "ft-pre": "pretrained-ft", "pre-step": "other",
-                                     "s-s": "seed-seed", "same-seed": "other", "other-lr": "other",
-                                     "data-seeds": "other", "tasks": "other"}
+    assert interpolate_plan.pair_kinds(config) == {
+        "pre-ft": "pretrained-ft", "ft-pre": "pretrained-ft", "pre-step": "other", "s-s": "seed-seed",
+        "same-seed": "other", "other-lr": "other", "data-seeds": "data-seed", "tasks": "task-task",
+        "tasks-seeds": "other", "tasks-lr": "other"}
     assert interpolate_plan.pair_kinds({}) == {}
 
 
-def test_main_table_baselines_and_single_seed_standard_error(runs):
+# --- the main table (baselines and single-seed standard errors), on metrics alone -----------------
+
+def metrics_only(root: Path, stage: str, **m) -> Path:
+    return write(root, stage, None, **m)
+
+
+def test_main_table_baselines_and_single_seed_standard_error(tmp_path):
+    def run(model, task, method, test, seed=13, **m):
+        fields = {"n_test": 100, "type": "ft", "head": "prompt"} | ({"test_majority": 0.55} if model == "m1" else {})
+        return metrics_only(tmp_path, "finetune", model=model, task=task, seed=seed, method=method, test_metric=test,
+                            **(fields | m))
+
+    paths = []
+    for task in (HOLD, FAIL):
+        paths += [run("m1", task, "ft-prompt", 0.89, 13), run("m1", task, "ft-prompt", 0.91, 21),
+                  run("m1", task, "zeroshot", 0.6, type="zeroshot")]
+        paths += [metrics_only(tmp_path, "kernel", model="m1", task=task, seed=13, method="kernel", formula="sgd",
+                               prompt="prompt", solver="lstsq", test_metric=0.8, n_test=64, test_majority=0.55)]
+    paths += [run("m2", HOLD, "llm-ft", 0.8), run("m2", FAIL, "mezo", 0.69, type="mezo")]
+    paths += [metrics_only(tmp_path, "kernel", model="m2", task=HOLD, seed=13, method="kernel", formula="sgd",
+                           prompt="prompt", solver="lstsq", test_metric=0.7, n_test=64)]
+    runs = gather.load_runs(paths)
     summarized = summary.summarize(runs, task_order=[HOLD, FAIL])
     table = tables.main_table(summarized, [HOLD, FAIL], summary.majority_baselines(runs)).frame
     m1 = table[table["model"] == "m1"].set_index("method")
@@ -252,5 +391,4 @@ def test_main_table_baselines_and_single_seed_standard_error(runs):
     assert m2.loc["kernel sgd/prompt/lstsq", HOLD] == "70.0 ±5.7"  # its n_test is 64
     assert summary.spread_text(0.8, 0.0, 1, summary.single_seed_se([0.8], None, "acc")) == "80.0"  # n_test unknown
     assert math.isnan(summary.single_seed_se([0.8], 100, "f1"))  # binomial: accuracy only
-    assert tables.main_table(summarized, [HOLD, FAIL]).frame["method"].tolist()[0] == "zeroshot"  # without baselines
-    assert "m2 & 16 & llm-ft & 80.0 $\\pm$4.0 & 70.0 $\\pm$4.6" in tables.to_latex(tables.Table("t", table, 3))
+    assert "m2 & 16 & llm-ft & 80.0 $\\pm$4.0" in tables.to_latex(tables.Table("t", table, 3))
