@@ -100,6 +100,11 @@ def interpolate_dir(results: str, model: str, task: str, pair: str) -> str:
     return f"{results}/interpolate/{model}/{task}/{pair}"
 
 
+def memory_metrics(results: str, model: str, task: str, k: Part, seed: Part) -> str:
+    """``{results}/memory/{model}/{task}/{k}-{seed}/metrics.json``: a memory job's measurements (:mod:`lmft.memory_stage`)."""
+    return f"{results}/memory/{model}/{task}/{k}-{seed}/metrics.json"
+
+
 def tables_dir(results: str) -> str:
     """``{results}/tables``: the aggregate's tables."""
     return f"{results}/tables"
