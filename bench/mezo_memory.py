@@ -194,7 +194,8 @@ def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{m} elements kept for the exact restore: {100 * rows[m]['kept_fraction']:.1f}% "
                      "(largest share in one excursion, mean over steps)")
     if "inference" in rows and "mezo" in rows:  # full-parameter MeZO: the closing line
-        lines.append(f"MeZO step / 2 forward passes = {rows['mezo']['step_s'] / (2 * rows['inference']['step_s']):.2f}x")
+        ratio = rows["mezo"]["step_s"] / (2 * rows["inference"]["step_s"])
+        lines.append(f"MeZO step / 2 forward passes = {ratio:.2f}x")
     return "\n".join(lines)
 
 

@@ -120,7 +120,8 @@ def run_memory(model_json: Path | str, task: Task, train_path: Path | str, out_p
     measure = PeakIncrease(dev).measure
     rows: list[dict[str, Any]] = []
     for mode in modes:
-        specs = {what: resolve_spec(spec | {"mode": mode}, f"memory {what}", grid=False) for what, spec in SPECS.items()}
+        specs = {what: resolve_spec(spec | {"mode": mode}, f"memory {what}", grid=False)
+                 for what, spec in SPECS.items()}
         base = specs["ft-sgd"]  # the keys every entry shares: selection, prompt, pooling, max_length, loss
         info = {"format": FORMAT, "type": "ft", "head": head, "mode": mode, "select": selection(base),
                 "model_seed": seed, "pooling": base["pooling"]}

@@ -84,8 +84,8 @@ def wide_llama(tmp_path_factory):
     root = tmp_path_factory.mktemp("wide")
     tokenizer = make_tokenizer("llama")
     config = make_config("llama", tokenizer)
-    config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads = 512, 2048, 8, 8
-    config.head_dim = 64
+    config.hidden_size, config.intermediate_size, config.head_dim = 512, 2048, 64
+    config.num_attention_heads = config.num_key_value_heads = 8
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "hf")
     tokenizer.save_pretrained(root / "hf")
@@ -109,11 +109,13 @@ def test_the_job_writes_one_row_per_mode_and_method(measured):
         "stage": "memory", "model": "wide", "task": "sst-2", "k": 16, "seed": 13, "device": "cpu", "head": "causal",
         "loss": "label-words", "batch_size": 8, "steps": 2, "repeats": 2}
     assert m["measure"] == measure_name("cpu") and m["seq_len"] > 5 and m["wall_time_s"] > 0
-    assert [(r["mode"], r["what"]) for r in m["rows"]] == [(mode, what) for mode in ("prefix:2", "all") for what in WHATS]
+    assert [(r["mode"], r["what"]) for r in m["rows"]] == [(mode, what) for mode in ("prefix:2", "all")
+                                                           for what in WHATS]
     for r in m["rows"]:
         assert len(r["peak_mb"]) == len(r["step_s"]) == 2 and r["params_mb"] > 33
     trainable = {r["mode"]: r["trainable_params"] for r in m["rows"]}
-    assert trainable["prefix:2"] == 2 * 2 * 2 * 512 and trainable["all"] > 8_800_000  # layers x (key, value) x P x width
+    assert trainable["prefix:2"] == 2 * 2 * 2 * 512  # layers x (key, value) x P x width
+    assert trainable["all"] > 8_800_000
 
 
 @linux
