@@ -24,12 +24,12 @@ Each method runs in its own fresh subprocess so that peaks do not mix:
   with the head are the tuned parameters; ``inference-lora`` is the forward pass of that model.
 
 Memory is the peak above what the process holds once the model and batch are built and one
-warm-up forward pass (no grad) has run: on CUDA
-``torch.cuda.max_memory_allocated`` after a reset; on CPU the peak resident set size (Linux
-``VmHWM``, reset through ``/proc/self/clear_refs`` after building; elsewhere ``ru_maxrss``, which
-then also counts the build). The workers fix glibc's mmap threshold so that freed tensors go back
-to the system and the next peak is seen. "total" adds the model's own bytes (LoRA adapters
-included). Step time is the mean (and the min, less disturbed by other processes) over the
+warm-up forward pass (no grad) has run, over all the steps (AdamW's moments, made in its first
+step, included): :class:`lmft.memory.PeakIncrease`, on CUDA ``torch.cuda.max_memory_allocated``
+above the allocation at entry, on Linux the peak resident set (``VmHWM``, reset through
+``/proc/self/clear_refs``) above the resident set at entry; elsewhere "not measured". The
+workers fix glibc's mmap threshold so that freed tensors go back to the system and the next
+peak is seen. "total" adds the model's own bytes (LoRA adapters included). Step time is the mean (and the min, less disturbed by other processes) over the
 steps after the first (the first allocates AdamW's state). The last line sets a full-parameter
 MeZO step beside the two forward passes it needs (mean times; issue 10's target: at most 1.5x).
 """
@@ -37,10 +37,8 @@ MeZO step beside the two forward passes it needs (mean times; issue 10's target:
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -51,6 +49,7 @@ from torch import Tensor, nn
 
 from lmft import benchmarks
 from lmft.heads import Classifier
+from lmft.memory import PeakIncrease
 
 METHODS = ("inference", "mezo", "adamw", "inference-lora", "mezo-lora", "adamw-lora")
 SHAPES = {  # BertConfig / LlamaConfig keywords
@@ -98,44 +97,6 @@ def make_batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[s
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-class PeakMemory:
-    """Peak bytes above the level at construction, for the device the steps run on."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            self.base = torch.cuda.memory_allocated(device)
-            self.how = "torch.cuda.max_memory_allocated"
-            return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.base, self.how = _status_kb("VmRSS") * 1024, "VmHWM after reset"
-        except OSError:
-            self.base, self.how = self._ru_maxrss(), "ru_maxrss (includes the build)"
-
-    @staticmethod
-    def _ru_maxrss() -> int:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) - self.base
-        if self.how.startswith("VmHWM"):
-            return _status_kb("VmHWM") * 1024 - self.base
-        return self._ru_maxrss() - self.base
-
-
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     from lmft.mezo import MeZO, classifier_loss
 
@@ -174,21 +135,21 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             adam.step()
             adam.zero_grad(set_to_none=True)
 
-    memory = PeakMemory(device)
     times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+    with PeakIncrease(device) as memory:
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
     timed = times[1:] or times
     if "kept_fraction" in extra:
         extra["kept_fraction"] = sum(extra["kept_fraction"]) / len(extra["kept_fraction"])
     return {"method": args.worker, "n_params": sum(p.numel() for p in model.parameters()),
             "n_trainable": sum(p.numel() for p in params),
             "model_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
-            "peak_over_model_mb": memory.peak() / 2**20, "memory_measure": memory.how,
+            "peak_over_model_mb": memory.mb, "memory_measure": memory.measure,
             "step_s": sum(timed) / len(timed), "step_min_s": min(timed), **extra}
 
 
@@ -199,33 +160,42 @@ def run_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     return benchmarks.run_worker(cmd, method)
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return "not measured" if a is None or b is None else f"{a / b:.2f}x"
+
+
 def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:
+    """The table, then memory ratios side by side: of the peak increase over the model, and of the total."""
     first = next(iter(rows.values()))
     lines = [f"model {args.model}: {first['n_params'] / 1e6:.2f}M parameters, batch {args.batch} x seq {args.seq}, "
              f"{args.steps} steps, {args.device}, {args.threads} thread(s); memory: {first['memory_measure']}",
              f"{'method':<14} {'trained':>9} {'peak over model MB':>19} {'total MB':>9} {'step s (mean)':>14} "
              f"{'(min)':>7}"]
-    total = {m: r["model_mb"] + r["peak_over_model_mb"] for m, r in rows.items()}
+    over = {m: r["peak_over_model_mb"] for m, r in rows.items()}
+    total = {m: None if over[m] is None else r["model_mb"] + over[m] for m, r in rows.items()}
     for m, r in rows.items():
-        lines.append(f"{m:<14} {r['n_trainable'] / 1e6:>8.3f}M {r['peak_over_model_mb']:>19.1f} {total[m]:>9.1f} "
-                     f"{r['step_s']:>14.3f} {r['step_min_s']:>7.3f}")
-    for lora in ("", "-lora"):
-        mezo, adamw = "mezo" + lora, "adamw" + lora
-        if mezo in rows and adamw in rows:
-            lines.append(f"{adamw} / {mezo}: memory (total) {total[adamw] / total[mezo]:.2f}x, step time (mean) "
-                         f"{rows[adamw]['step_s'] / rows[mezo]['step_s']:.2f}x")
-    mezos = [m for m in ("mezo-lora", "mezo") if m in rows]  # full-parameter MeZO last: the closing line
+        mb = "not measured" if over[m] is None else f"{over[m]:.1f}"
+        tot = "-" if total[m] is None else f"{total[m]:.1f}"
+        lines.append(f"{m:<14} {r['n_trainable'] / 1e6:>8.3f}M {mb:>19} {tot:>9} {r['step_s']:>14.3f} "
+                     f"{r['step_min_s']:>7.3f}")
+    pairs = [(f"{m}{lora}", f"{d}{lora}") for lora in ("", "-lora")
+             for m, d in (("mezo", "inference"), ("adamw", "mezo"), ("adamw", "inference"))]
+    for a, b in pairs:
+        if a in rows and b in rows:
+            lines.append(f"{a} / {b} memory: increase {_ratio(over[a], over[b])}, total {_ratio(total[a], total[b])}; "
+                         f"step time (mean) {rows[a]['step_s'] / rows[b]['step_s']:.2f}x")
+    mezos = [m for m in ("mezo-lora", "mezo") if m in rows]
     for m in mezos:
         forward = m.replace("mezo", "inference")
         if forward in rows:
-            lines.append(f"{m} / {forward} memory (total): {total[m] / total[forward]:.2f}x;  {m} step / 2 forward "
-                         f"passes: {rows[m]['step_s'] / (2 * rows[forward]['step_s']):.2f}x (mean), "
-                         f"{rows[m]['step_min_s'] / (2 * rows[forward]['step_min_s']):.2f}x (min)")
+            lines.append(f"{m} step / 2 forward passes: {rows[m]['step_s'] / (2 * rows[forward]['step_s']):.2f}x "
+                         f"(mean), {rows[m]['step_min_s'] / (2 * rows[forward]['step_min_s']):.2f}x (min)")
     for m in mezos:
         lines.append(f"{m} elements kept for the exact restore: {100 * rows[m]['kept_fraction']:.1f}% "
                      "(largest share in one excursion, mean over steps)")
-    if "inference" in rows and "mezo" in rows:
-        lines.append(f"MeZO step / 2 forward passes = {rows['mezo']['step_s'] / (2 * rows['inference']['step_s']):.2f}x")
+    if "inference" in rows and "mezo" in rows:  # full-parameter MeZO: the closing line
+        ratio = rows["mezo"]["step_s"] / (2 * rows["inference"]["step_s"])
+        lines.append(f"MeZO step / 2 forward passes = {ratio:.2f}x")
     return "\n".join(lines)
 
 

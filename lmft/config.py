@@ -101,6 +101,9 @@ def check_config(config: dict[str, Any]) -> None:
                 if m not in models:
                     raise LmftError(f"config: {name}.methods.{entry_name}.models names {m!r}, "
                                     f"not one of models: {sorted(models)}")
+    for m in (config.get("memory") or {}).get("models") or []:
+        if m not in models:
+            raise LmftError(f"config: memory.models names {m!r}, not one of models: {sorted(models)}")
     _check_methods(config, resolve=True)
 
 
@@ -118,7 +121,7 @@ def _check_methods(config: Mapping[str, Any], resolve: bool) -> None:
 
 def _classification_only(config: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
     """(config key, task names, whether the key is unset) wherever a stage that only classification
-    tasks go through (kernels, graft, interpolate) takes tasks; an unset key takes every task of the
+    tasks go through (kernels, graft, interpolate, memory) takes tasks; an unset key takes every task of the
     config, as the stages resolve it."""
     every = list(config.get("tasks") or [])
     out = []
@@ -128,6 +131,8 @@ def _classification_only(config: dict[str, Any]) -> list[tuple[str, list[str], b
     if (graft := config.get("graft")) is not None:
         out.append(("graft.tasks", graft.get("tasks") or every, not graft.get("tasks")))
         out += [(f"graft.ood.{task}", [task, *others], False) for task, others in (graft.get("ood") or {}).items()]
+    if (memory := config.get("memory")) is not None and memory.get("tasks"):  # unset: the classification tasks
+        out.append(("memory.tasks", memory["tasks"], False))
     for pair, spec in ((config.get("interpolate") or {}).get("pairs") or {}).items():
         ends = {end: e["task"] for end in ("a", "b") if isinstance(e := spec.get(end), dict) and e.get("task")}
         out += [(f"interpolate.pairs.{pair}.{end}.task", [task], False) for end, task in ends.items()]
@@ -147,8 +152,8 @@ def _check_generation_tasks(config: dict[str, Any]) -> None:
         if gen := generation(names):
             where = f"{key} is unset, so it takes every task of the config, including" if unset else f"{key} names"
             fix = f"set {key} to the classification tasks" if unset else "name classification tasks only"
-            raise LmftError(f"config: {where} the generation task(s) {gen}; kernels, grafts and interpolations are "
-                            f"for classification tasks only: {fix}")
+            raise LmftError(f"config: {where} the generation task(s) {gen}; kernels, grafts, interpolations and "
+                            f"memory measurements are for classification tasks only: {fix}")
     balance = (config.get("kshot") or {}).get("test_balance")
     if isinstance(balance, list) and (gen := generation(balance)):
         raise LmftError(f"config: kshot.test_balance names the generation task(s) {gen}, which have no labels to "

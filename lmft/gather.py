@@ -26,6 +26,10 @@ Inputs, one ``metrics.json`` per run (the stage's rules plan them, :class:`lmft.
 ``interpolate`` ``results/interpolate/{model}/{task}/{pair}/metrics.json`` and ``curve.parquet``
     beside it (columns alpha, split, loss, metric); keys used: ``model task pair``; ``l2``,
     ``cosine``, ``{split}_loss_barrier``, ``{split}_metric_barrier`` when present.
+``memory``    ``results/memory/{model}/{task}/{k}-{seed}/metrics.json`` (:mod:`lmft.memory_stage`): one row
+    per entry of its ``rows`` (mode, what), with the file's other keys, the entry's keys and
+    ``peak_mb_min``, ``peak_mb_median``, ``peak_mb_max`` over its repeats (NaN where not measured);
+    keys used: ``model task k seed rows``, and each row's ``mode what peak_mb``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ RUN_KEYS: dict[str, tuple[str, ...]] = {
     "kernel": ("model", "task", "k", "seed", "formula", "prompt", "solver"),
     "graft": ("model", "task", "k", "seed", "method", "sparsity"),
     "interpolate": ("model", "task", "pair"),
+    "memory": ("model", "task", "k", "seed", "mode", "what"),
 }
 _SCORED = ("metric", "test_metric")
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -57,6 +62,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "kernel": RUN_KEYS["kernel"] + _SCORED,
     "graft": RUN_KEYS["graft"] + _SCORED,
     "interpolate": RUN_KEYS["interpolate"],
+    "memory": ("model", "task", "k", "seed"),  # and ``rows``, each with mode, what and peak_mb (:func:`_memory_rows`)
 }
 _INTS = ("k", "seed")
 _NUMBERS = ("sparsity", "test_metric")
@@ -73,7 +79,7 @@ def load_runs(paths: Sequence[PathLike]) -> pd.DataFrame:
     """
     if not paths:
         raise LmftError("aggregate: no metrics.json files to gather (no stage registered any run)")
-    records = [_read_run(Path(p)) for p in paths]
+    records = [row for p in paths for row in _read_run(Path(p))]
     columns = sorted({c for r in records for c in r})
     data = {c: _column([r.get(c) for r in records]) for c in columns}
     runs = pd.DataFrame(data)
@@ -86,7 +92,8 @@ def load_runs(paths: Sequence[PathLike]) -> pd.DataFrame:
     return mark_selected(runs)
 
 
-def _read_run(path: Path) -> dict[str, Any]:
+def _read_run(path: Path) -> list[dict[str, Any]]:
+    """The rows of one metrics.json: one, or a memory file's one per (mode, what)."""
     m = read_json(path)
     if not isinstance(m, dict):
         raise ArtifactError(f"{path}: expected a JSON object, got {type(m).__name__}")
@@ -106,9 +113,31 @@ def _read_run(path: Path) -> dict[str, Any]:
             ok = isinstance(v, str) and v != ""
         if not ok:
             raise ArtifactError(f"{path}: key {key!r} has a bad value {v!r}")
+    if stage == "memory":
+        return _memory_rows(path, m)
     row = _flatten(m)
     row["path"] = str(path)
-    return row
+    return [row]
+
+
+def _memory_rows(path: Path, m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A memory file's rows: its keys but ``rows``, each entry's keys, and the peaks' min, median and max."""
+    entries = m.get("rows")
+    if not isinstance(entries, list) or not entries:
+        raise ArtifactError(f"{path}: memory metrics need a non-empty list 'rows'; delete it and rerun the job")
+    shared = _flatten({k: v for k, v in m.items() if k != "rows"})
+    out = []
+    for i, entry in enumerate(entries):
+        bad = [k for k in ("mode", "what") if not (isinstance(entry, Mapping) and isinstance(entry.get(k), str))]
+        peaks = entry.get("peak_mb") if isinstance(entry, Mapping) else None
+        if bad or not isinstance(peaks, list):
+            raise ArtifactError(f"{path}: rows[{i}] needs strings 'mode' and 'what' and a list 'peak_mb'; "
+                                "delete it and rerun the job")
+        measured = [float(p) for p in peaks if not is_missing(p)]
+        summary = {f"peak_mb_{name}": float(f(measured)) if measured else math.nan
+                   for name, f in (("min", np.min), ("median", np.median), ("max", np.max))}
+        out.append(shared | _flatten(entry) | summary | {"path": str(path)})
+    return out
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

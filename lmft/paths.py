@@ -100,6 +100,11 @@ def interpolate_dir(results: str, model: str, task: str, pair: str) -> str:
     return f"{results}/interpolate/{model}/{task}/{pair}"
 
 
+def memory_metrics(results: str, model: str, task: str, k: Part, seed: Part) -> str:
+    """``{results}/memory/{model}/{task}/{k}-{seed}/metrics.json``: a memory job's measurements (:mod:`lmft.memory_stage`)."""
+    return f"{results}/memory/{model}/{task}/{k}-{seed}/metrics.json"
+
+
 PREDICTIONS = "predictions.parquet"  # per-example test predictions beside a run's metrics.json
 LOSSES = "losses.parquet"  # an interpolation pair's per-example losses along the path
 GRAFT_REFERENCE = "reference"  # beside a graft method's sparsity-* folders: pre and ft evaluated once

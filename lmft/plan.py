@@ -7,7 +7,7 @@ own parts live beside it: :mod:`lmft.kernel_plan`, :mod:`lmft.graft_plan`,
 :mod:`lmft.interpolate_plan`; paths come from :mod:`lmft.paths`.
 
 A stage is planned when the config has its section (``finetune:``, ``kernels:``, ``graft:``,
-``interpolate:``), and the aggregate when some stage has runs. Every default comes from the config
+``interpolate:``, ``memory:``), and the aggregate when some stage has runs. Every default comes from the config
 schema: a config that Snakemake validated has them all, and ``Plan`` fills in the missing ones
 (:func:`lmft.config.with_defaults`), so a hand-made config plans what the workflow would.
 """
@@ -22,10 +22,11 @@ from typing import Any
 from lmft.config import section, with_defaults
 from lmft.graft_plan import graft_jobs, graft_methods, graft_options, overlap_groups, overlap_path
 from lmft.grid import check_pinned, expand_methods
+from lmft.io import LmftError
 from lmft.interpolate_plan import interpolate_jobs, pair_kinds
 from lmft.kernel_plan import settings, solve_targets
-from lmft.paths import (evidence_files, finetune_run, graft_dir, interpolate_dir, kshot_files, plots_dir, runs_table,
-                        tables_dir)
+from lmft.paths import (evidence_files, finetune_run, graft_dir, interpolate_dir, kshot_files, memory_metrics, plots_dir,
+                        runs_table, tables_dir)
 from lmft.tasks import BUILTIN, get_task
 from lmft.topics import output_files, topics_for
 
@@ -188,6 +189,44 @@ class Plan:
     def pair_kinds(self) -> dict[str, str]:
         return pair_kinds(self.config)
 
+    # --- memory -------------------------------------------------------------------------------------
+
+    @cached_property
+    def memory(self) -> dict[str, Any]:
+        return section(self.config, "memory")
+
+    @cached_property
+    def memory_settings(self) -> dict[str, Any]:
+        """What a memory job's measurements depend on (its rule's params): changing one reruns them."""
+        return {key: self.memory[key] for key in ("modes", "batch_size", "steps", "repeats")}
+
+    @cached_property
+    def memory_resources(self) -> dict[str, Any]:
+        """A memory job's resources (mem_mb, runtime, gpu): the section's, else 4000 MB, 30 minutes, no GPU."""
+        return {"mem_mb": 4000, "runtime": 30, "gpu": 0, **(self.memory.get("resources") or {})}
+
+    @cached_property
+    def memory_jobs(self) -> list[dict[str, Any]]:
+        """One job per model, classification task, k and seed of the ``memory:`` section (unset: all the config's)."""
+        if not self._planned("memory"):
+            return []
+        from lmft.params import parse_mode  # heavy (torch): only where memory is planned
+
+        m, kshot = self.memory, self.config["kshot"]
+        for mode in m["modes"]:
+            try:
+                parse_mode(mode)
+            except LmftError as e:
+                raise LmftError(f"config: memory.modes: {e}") from e
+        tasks = m["tasks"] or [t for t in self.config["tasks"] if get_task(t, self.config).kind == "classification"]
+        return [{"model": model, "task": task, "k": k, "seed": seed}
+                for model in m["models"] or list(self.config["models"]) for task in tasks
+                for k in m["k"] or kshot["k"] for seed in m["seeds"] or kshot["seeds"]]
+
+    @cached_property
+    def memory_metrics(self) -> list[str]:
+        return [memory_metrics(self.results, **job) for job in self.memory_jobs]
+
     # --- the aggregate and all targets -----------------------------------------------------------
 
     @cached_property
@@ -199,7 +238,8 @@ class Plan:
                   "generation": finetune_targets(self.config, "generation") if planned else [],
                   "kernel": self.kernel_metrics,
                   "graft": [f"{graft_dir(self.results, **job)}/metrics.json" for job in self.graft_jobs],
-                  "interpolate": [f"{path}/metrics.json" for path in self.interpolate_jobs]}
+                  "interpolate": [f"{path}/metrics.json" for path in self.interpolate_jobs],
+                  "memory": self.memory_metrics}
         return {stage: files for stage, files in stages.items() if files}
 
     @cached_property
@@ -227,5 +267,5 @@ class Plan:
     def targets(self) -> list[str]:
         """Everything the config asks for: the k-shot splits, every stage's runs, the overlap tables, the aggregate."""
         return [*self.kshot_targets, *self.finetune_metrics, *self.kernel_metrics, *self.metrics.get("graft", []),
-                *self.overlap_groups, *self.metrics.get("interpolate", []),
+                *self.overlap_groups, *self.metrics.get("interpolate", []), *self.memory_metrics,
                 *(self.aggregate_files.values() if self.topics else [])]

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from lmft.io import LmftError, PathLike
 
 # The stages whose metrics.json files the aggregate gathers (``generation``: the fine-tuning stage's
-# runs of generation tasks, which have a table of their own).
-STAGES = ("finetune", "generation", "kernel", "graft", "interpolate")
+# runs of generation tasks, which have a table of their own; ``memory``: measurements the findings read).
+STAGES = ("finetune", "generation", "kernel", "graft", "interpolate", "memory")
 
 TOPICS = ("main", "generation", "kernel", "graft", "interpolate", "findings")
 TABLE_FORMATS = ("csv", "md", "tex", "html")

@@ -13,7 +13,7 @@
 # deletes declared outputs only), and the rerun continues from it bit for bit. No `shadow:`: a
 # shadow directory is thrown away with the resume file in it.
 from lmft.methods import job_spec
-from lmft.paths import finetune_run, kshot_splits, model_manifest, one_of
+from lmft.paths import finetune_run, kshot_split, kshot_splits, memory_metrics, model_manifest, one_of
 
 FT_RUNS = PLAN.finetune_runs  # run name -> settings (a grid's trials apart)
 FT_RUN = finetune_run(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}")
@@ -47,3 +47,27 @@ rule finetune:
         gpu=lambda w: PLAN.run_resources(w.method).get("gpu", 0),
     script:
         "../workflow/scripts/finetune.py"
+
+
+# Memory of training steps (MeZO's claim: the memory of inference, far below back-propagation): one job
+# per model, task, k and seed of the `memory:` section, on the run's first training batch, every mode
+# and method in one process (lmft/memory_stage.py). Its metrics.json goes to the aggregate.
+rule memory:
+    input:
+        train=kshot_split(DATA, "{task}", "{k}", "{seed}", "train"),
+        model=model_manifest(RESULTS, "{model}"),
+    output:
+        metrics=memory_metrics(RESULTS, "{model}", "{task}", "{k}", "{seed}"),
+    params:
+        settings=PLAN.memory_settings,
+        task=lambda w: PLAN.task_config(w.task),
+        device=PLAN.memory["device"],
+    log:
+        "logs/memory/{model}/{task}/{k}-{seed}.log",
+    benchmark:
+        "benchmarks/memory/{model}/{task}/{k}-{seed}.tsv"
+    threads: PLAN.memory["threads"]
+    resources:
+        **PLAN.memory_resources,
+    script:
+        "../workflow/scripts/memory.py"
