@@ -228,8 +228,11 @@ def _memory(rows: Sequence[dict[str, Any]]) -> list[Finding]:
     for (model, task, k, seed, mode), by in sorted(groups.items()):
         cell = (model, task, k)
         some = next(iter(by.values()))
-        measured = (f"seed {seed}, batch {some.get('batch_size')}, {as_text(some.get('measure'))}: "
-                    + ", ".join(f"{w} {float(r['peak_mb_median']):.0f} MB" for w, r in sorted(by.items())))
+        weights = "" if is_missing(some.get("params_mb")) else f", weights {float(some['params_mb']):.0f} MB"
+        measured = (f"seed {seed}, batch {some.get('batch_size')}, peak increase over the loaded model "
+                    f"({as_text(some.get('measure'))}){weights}: "
+                    + ", ".join(f"{w} {float(r['peak_mb_median']):.1f} MB" for w, r in sorted(by.items())
+                                if not is_missing(r.get("peak_mb_median"))))
         ft_key = "ft-sgd" if "ft-sgd" in by else "ft-adamw"
         for claim, other, rule in (("mezo-memory-inference", "inference", MEZO_MEM_INFERENCE),
                                    ("mezo-memory-ft", ft_key, MEZO_MEM_FT)):
