@@ -24,7 +24,8 @@ With ``published_dir`` the solve jobs read ``{published_dir}/{model}/{task}/{k}-
 Settings. ``prompt`` means the task's LM-BFF template with the ``prompt`` head (``causal`` on a
 causal LM); ``noprompt`` the no-prompt input with a new linear ``cls`` head set, as for the paper's
 released no-prompt kernels, to the logistic regression on the frozen features of the whole k-shot
-training split (:func:`fit_head`) before the eNTK and f0 are taken. ``binary`` makes the kernel of
+training split, at the paper's scale (:func:`fit_paper_head`: with two classes the logit difference
+is half the log-odds), before the eNTK and f0 are taken. ``binary`` makes the kernel of
 the logit difference (C = 1) for two-class tasks; tasks with more classes keep their C logits. ``mode`` and
 ``freeze_embeddings`` select the differentiated parameters (:func:`lmft.params.select_trainable`).
 ``test_cap`` keeps that many test examples, the same fixed subset as the fine-tuning stage's
@@ -74,7 +75,7 @@ HEAD_INIT = {"prompt": "pretrained", "noprompt": "logistic"}
 # Examples per forward pass of fit_head: fixed (not row_batch), so every shard job of a kernel fits
 # the same head bit for bit whatever the batch settings.
 HEAD_BATCH = 16
-# The paper's head fit: LogisticRegressionCV(max_iter=5000) with its default ten Cs.
+# The paper's head fit: LogisticRegressionCV(max_iter=5000, multi_class="multinomial") with its default ten Cs.
 HEAD_CS = solvers.GRIDS["logistic"]
 HEAD_MAX_ITER = 5000
 
@@ -123,23 +124,44 @@ def load_split(path: PathLike, task: Task, clf: Classifier, tokenizer: Any, cap:
 @torch.no_grad()
 def fit_head(clf: Classifier, train: Mapping[str, torch.Tensor]) -> float:
     """Set ``clf``'s ``cls`` head to the logistic regression on its frozen features, as the paper's
-    no-prompt kernels (its ``--from_linearhead``: ``LogisticRegressionCV(max_iter=5000)``).
+    no-prompt kernels (its ``--from_linearhead``), with :func:`fit_paper_head`.
 
     ``train`` is the whole training split as one batch (:func:`load_split`). The features ``[N, H]``
-    come in eval mode, :data:`HEAD_BATCH` rows at a time in row order; ``C`` is cross-validated over
-    :data:`HEAD_CS` (:func:`lmft.solvers.fit_logistic_cv`) and :func:`lmft.heads.fit_linear_head` fits
-    the head with it in float64. The same split thus gives the same head in every shard job.
-    Returns the chosen ``C``.
+    come in eval mode, :data:`HEAD_BATCH` rows at a time in row order, so the same split gives the
+    same head in every shard job. Returns the chosen ``C``.
     """
     device = next(clf.parameters()).device
     keys = ("input_ids", "attention_mask", "token_type_ids", "mask_pos")
     clf.eval()
     feats = torch.cat([clf.features(**{k: train[k][i:i + HEAD_BATCH].to(device) for k in keys}).double().cpu()
                        for i in range(0, train["input_ids"].shape[0], HEAD_BATCH)])
-    labels = train["labels"]
-    _, c = solvers.fit_logistic_cv(feats.numpy(), labels.numpy(), HEAD_CS, max_iter=HEAD_MAX_ITER)
-    fit_linear_head(clf, feats, labels, l2=1.0 / c, max_iter=HEAD_MAX_ITER)
-    return c
+    return fit_paper_head(clf, feats, train["labels"])
+
+
+@torch.no_grad()
+def fit_paper_head(clf: Classifier, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Set ``clf``'s ``cls`` head as LM-Kernel-FT's ``linearhead_trainer.py`` does (lines 140-154):
+    ``LogisticRegressionCV(max_iter=5000, multi_class="multinomial", random_state=0)`` on features
+    ``[N, H]`` and class indices ``[N]``, and with two classes its single row ``u`` (of the fitted
+    rows ``[-u, u]``) written as ``[-u/2, u/2]``, the intercept likewise: the head's logit difference
+    is ``u.x + b``, half the log-odds of the fitted model. Returns the paper's ``C`` (of :data:`HEAD_CS`).
+
+    scikit-learn >= 1.8 fits two classes only as a binary regression, ``v.x + c``. The multinomial
+    objective with rows ``[-u, u]`` penalises ``u`` twice, ``C * sum loss(2u.x + 2b) + ||u||^2``,
+    which is the binary one at ``2C`` with ``v = 2u``, ``c = 2b``: so ``C`` is cross-validated
+    (:func:`lmft.solvers.fit_logistic_cv`) over ``2 * HEAD_CS`` (the same fold models, hence the
+    same choice), :func:`lmft.heads.fit_linear_head` writes ``[-v/2, v/2]`` at that ``C`` in
+    float64, and the head is halved to ``[-v/4, v/4] = [-u/2, u/2]``. More classes fit the
+    multinomial regression as the paper does, rows written as fitted.
+    """
+    binary_c = 2.0 if clf.num_labels == 2 else 1.0  # the binary fit's C per multinomial C (see above)
+    _, c = solvers.fit_logistic_cv(features.double().numpy(), labels.numpy(), [binary_c * c for c in HEAD_CS],
+                                   max_iter=HEAD_MAX_ITER)
+    fit_linear_head(clf, features, labels, l2=1.0 / c, max_iter=HEAD_MAX_ITER)
+    if clf.num_labels == 2:
+        clf.linear.weight.mul_(0.5)
+        clf.linear.bias.mul_(0.5)
+    return c / binary_c
 
 
 def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path: PathLike, out: Mapping[str, PathLike],
