@@ -31,8 +31,11 @@ the logit difference (C = 1) for two-class tasks; tasks with more classes keep t
 ``test_cap`` keeps that many test examples, the same fixed subset as the fine-tuning stage's
 ``eval_cap`` (:func:`lmft.kshot.cap_rows`).
 
-Solve ``metrics.json`` (``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/``,
-one solve job per kernel runs all its solvers): the shared keys (``stage="kernel"``,
+Solve files, in ``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/`` (one
+solve job per kernel runs all its solvers): ``predictions.parquet``, the shared per-example table
+(:meth:`lmft.evaluate.Evaluation.predictions`: ``index``, ``label``, ``pred``, ``probs`` = the softmax
+of the solver's test logits; ``index`` is the row of the k-shot ``test.parquet``, the ``test_cap``
+subset's rows, or for a published kernel its column), and ``metrics.json``: the shared keys (``stage="kernel"``,
 ``method="kernel"``, task, k, seed, model, metric, dev_metric, test_metric, test_ece,
 ``wall_time_s`` of loading the kernels and running this solver, ``peak_mem_mb`` of the job) plus ``formula``,
 ``prompt``, ``solver``, ``reg_name``, ``reg``, ``grid``, ``dev_scores``, ``dev_ece``, ``f0_scaling``,
@@ -46,15 +49,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmft import kernels, solvers
 from lmft.batching import collate, encode_frame, label_ids, pad_id
+from lmft.evaluate import Evaluation
 from lmft.formulas import PROMPTS
 from lmft.heads import Classifier, build_classifier, fit_linear_head
-from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json
+from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json, write_parquet
 from lmft.jacobians import logits
 from lmft.kernel_files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
 from lmft.kernel_plan import col_shards, is_binary, num_logits
@@ -224,14 +229,33 @@ def merge(shard_files: Mapping[str, Sequence[PathLike]], f0_files: Sequence[Path
     save_logits(f0_out, f0, labels)
 
 
+def kshot_test_rows(test_split: PathLike | None, labels: torch.Tensor, task: Task, cap: int | None) -> list[int]:
+    """The rows of the k-shot test table ``test_split`` that a kernel's test columns (labels ``[M]``) are:
+    the ``cap`` fixed subset (:func:`lmft.kshot.cap_rows`, as :func:`load_split` kept it), checked
+    against the kernel's labels. ``test_split`` None (a published kernel, whose columns follow its
+    authors' files) gives the column positions."""
+    if test_split is None:
+        return list(range(labels.shape[0]))
+    df = read_parquet(test_split, ["label"])
+    rows = cap_rows(len(df), cap)
+    if label_ids(df.iloc[rows], task) != labels.tolist():
+        raise LmftError(f"{test_split}: the labels of its {len(rows)} test rows (test_cap {cap}) are not the kernel's "
+                        f"{labels.shape[0]} test labels; the kernel was computed from another test split: rerun it")
+    return rows
+
+
 def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike] | None,
           outs: Mapping[str, PathLike], specs: Mapping[str, Mapping[str, Any]], *, task: Task, model: str, k: int,
-          seed: int, formula: str, prompt: str, kernel_info: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Run kernel solvers on one kernel's train/dev/test files and write each solver's ``metrics.json``.
+          seed: int, formula: str, prompt: str, kernel_info: Mapping[str, Any],
+          test_split: PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Run kernel solvers on one kernel's train/dev/test files and write each solver's ``metrics.json``
+    and, beside it, its ``predictions.parquet`` (see the module doc).
 
     ``kernel_files`` and ``f0_files`` map ``train``/``dev``/``test`` to files (f0 needed only when
     a solver adjusts for the initial logits); ``outs`` maps each solver to its metrics file and
-    ``specs`` to its entry of :func:`solver_specs`. Returns solver -> metrics.
+    ``specs`` to its entry of :func:`solver_specs`. ``test_split`` is the k-shot test table a
+    computed kernel's columns come from (None for a published kernel, :func:`kshot_test_rows`).
+    Returns solver -> metrics.
     """
     started = time.perf_counter()
     needs_f0 = [s for s in outs if specs[s].get("f0_scaling") is not None]
@@ -240,6 +264,7 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
     sets = {s: load_kernel_set(kernel_files[s], f0_files[s] if needs_f0 else None, formula) for s in SPLITS}
     source = kernel_info.get("source", "computed")
     made = dict(kernel_info) | ({"head_init": HEAD_INIT[prompt]} if source == "computed" else {})
+    rows = kshot_test_rows(test_split, sets["test"].labels, task, kernel_info.get("test_cap"))
     loaded = time.perf_counter() - started
     results = {}
     for solver, out in outs.items():
@@ -259,6 +284,8 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
                    "kernel_source": source, "kernel": made,
                    "wall_time_s": loaded + time.perf_counter() - began,
                    "peak_mem_mb": peak_mem_mb(torch.device("cpu"))}
+        predictions = Evaluation(sol.test_logits, sets["test"].labels, task.metric).predictions(rows)
+        write_parquet(predictions, Path(out).with_name("predictions.parquet"))
         write_json(metrics, out)
         results[solver] = metrics
     return results

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -179,9 +180,10 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
     assert torch.equal(f0, jacobians.logits(clf, cols, binary=True))
 
     info = kp.kernel_info(cfg)
-    outs = {s: tmp / f"{s}.json" for s in ("lstsq", "asym")}
+    outs = {s: tmp / f"solve/{s}/metrics.json" for s in ("lstsq", "asym")}
     results = ks.solve({s: files[s]["asymmetric-signgd"] for s in SPLITS}, None, outs, cfg["solvers"], task=task,
-                       model="tiny", k=4, seed=13, formula="asymmetric-signgd", prompt="prompt", kernel_info=info)
+                       model="tiny", k=4, seed=13, formula="asymmetric-signgd", prompt="prompt", kernel_info=info,
+                       test_split=paths["test"])
     for solver, metrics in results.items():
         assert json.loads(outs[solver].read_text()) == json.loads(json.dumps(metrics))
         assert (metrics["stage"], metrics["method"], metrics["solver"], metrics["num_logits"]) == \
@@ -190,12 +192,37 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
         assert metrics["kernel"] == info | {"head_init": "pretrained"}
     assert info == {"source": "computed", "mode": "all", "freeze_embeddings": False, "binary": True, "test_cap": 10}
 
+    # every solver leaves its per-example test predictions beside its metrics: the k-shot test rows of the cap
+    plain = kp.settings(CONFIG | {"kernels": {"solvers": ["lstsq", "logistic", "logistic-dev", "svm"]}})["solvers"]
+    outs_sgd = {s: tmp / f"solve-sgd/{s}/metrics.json" for s in plain}
+    results |= ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, outs_sgd, plain, task=task, model="tiny", k=4,
+                        seed=13, formula="sgd", prompt="prompt", kernel_info=info, test_split=paths["test"])
+    sets = {f: {s: load_kernel_set(files[s][f], None, f) for s in SPLITS} for f in cfg["formulas"]}
+    for solver, out in {**outs, **outs_sgd}.items():
+        preds = pd.read_parquet(out.with_name("predictions.parquet"))
+        assert list(preds.columns) == ["index", "label", "pred", "probs"]
+        assert [str(t) for t in preds.dtypes.iloc[:3]] == ["int64", "int64", "int64"]
+        assert preds["index"].tolist() == cap_rows(12, 10) and preds["label"].tolist() == cols["labels"].tolist()
+        k = sets["asymmetric-signgd" if solver == "asym" else "sgd"]
+        sol = solvers.solve(solver, k["train"], k["dev"], k["test"], **({"lam": 0.5} if solver == "asym" else {}))
+        probs = torch.tensor(np.stack(preds["probs"].to_numpy()))
+        torch.testing.assert_close(probs, sol.test_logits.softmax(1), rtol=1e-12, atol=1e-12)
+        assert preds["pred"].tolist() == sol.test_logits.argmax(1).tolist()
+        assert (preds["pred"] == preds["label"]).mean() == pytest.approx(results[solver]["test_metric"])
+    with pytest.raises(LmftError, match=r"dev.parquet: the labels of its 6 test rows \(test_cap 10\) are not the kernel"):
+        ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"svm": tmp / "x/metrics.json"}, plain, task=task,
+                 model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info, test_split=paths["dev"])
+    # a published kernel (no k-shot table): its column positions
+    ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"svm": tmp / "pub/metrics.json"}, plain, task=task,
+             model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info={"source": "published"})
+    assert pd.read_parquet(tmp / "pub/predictions.parquet")["index"].tolist() == list(range(10))
+
     f0_files = {s: tmp / f"f0-prompt/{s}.pt" for s in SPLITS}
     specs = {"lstsq": {"grid": [0.0], "f0_scaling": 1.0, "lam": 0.5}}
     with pytest.raises(LmftError, match="solver lstsq has f0_scaling 1.0 but no f0 files"):
-        ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"lstsq": tmp / "x.json"}, specs, task=task,
+        ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"lstsq": tmp / "x/metrics.json"}, specs, task=task,
                  model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
-    adjusted = ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x.json"}, specs,
+    adjusted = ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x/metrics.json"}, specs,
                         task=task, model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
     # r = 0 interpolates the training labels exactly, with or without the f0 offset
     train = load_kernel_set(files["train"]["sgd"], f0_files["train"])
