@@ -160,7 +160,7 @@ def fit_paper_head(clf: Classifier, features: torch.Tensor, labels: torch.Tensor
     multinomial regression as the paper does, rows written as fitted.
     """
     binary_c = 2.0 if clf.num_labels == 2 else 1.0  # the binary fit's C per multinomial C (see above)
-    _, c = solvers.fit_logistic_cv(features.double().numpy(), labels.numpy(), [binary_c * c for c in HEAD_CS],
+    _, c = solvers.fit_logistic_cv(features.double().numpy(), labels.numpy(), [binary_c * x for x in HEAD_CS],
                                    max_iter=HEAD_MAX_ITER)
     fit_linear_head(clf, features, labels, l2=1.0 / c, max_iter=HEAD_MAX_ITER)
     if clf.num_labels == 2:
@@ -254,7 +254,7 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
     ``kernel_files`` and ``f0_files`` map ``train``/``dev``/``test`` to files (f0 needed only when
     a solver adjusts for the initial logits); ``outs`` maps each solver to its metrics file and
     ``specs`` to its entry of :func:`solver_specs`. ``test_split`` is the k-shot test table a
-    computed kernel's columns come from (None for a published kernel, :func:`kshot_test_rows`).
+    computed kernel's columns come from (required; None for a published kernel, :func:`kshot_test_rows`).
     Returns solver -> metrics.
     """
     started = time.perf_counter()
@@ -264,6 +264,9 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
     sets = {s: load_kernel_set(kernel_files[s], f0_files[s] if needs_f0 else None, formula) for s in SPLITS}
     source = kernel_info.get("source", "computed")
     made = dict(kernel_info) | ({"head_init": HEAD_INIT[prompt]} if source == "computed" else {})
+    if source == "computed" and test_split is None:
+        raise LmftError(f"{kernel_files['test']}: a computed kernel's solve needs the k-shot test table its columns "
+                        "come from (test_split), to number its predictions")
     rows = kshot_test_rows(test_split, sets["test"].labels, task, kernel_info.get("test_cap"))
     loaded = time.perf_counter() - started
     results = {}

@@ -221,9 +221,13 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
     specs = {"lstsq": {"grid": [0.0], "f0_scaling": 1.0, "lam": 0.5}}
     with pytest.raises(LmftError, match="solver lstsq has f0_scaling 1.0 but no f0 files"):
         ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"lstsq": tmp / "x/metrics.json"}, specs, task=task,
+                 model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info, test_split=paths["test"])
+    with pytest.raises(LmftError, match="needs the k-shot test table"):
+        ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x/metrics.json"}, specs, task=task,
                  model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
     adjusted = ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x/metrics.json"}, specs,
-                        task=task, model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
+                        task=task, model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info,
+                        test_split=paths["test"])
     # r = 0 interpolates the training labels exactly, with or without the f0 offset
     train = load_kernel_set(files["train"]["sgd"], f0_files["train"])
     assert adjusted["lstsq"]["f0_scaling"] == 1.0 and adjusted["lstsq"]["grid"] == [0.0]
