@@ -10,11 +10,20 @@ LoRA it is the fine-tuned adapter with ``lora_B`` set to zero (which is the pre-
 exactly) and ``lora_A`` kept, so that the path moves the merged weight ``W0 + alpha B A``
 linearly, as interpolating full weights would.
 
-The curve records, per ``alpha`` and split, the mean cross-entropy, the task metric and the ECE; on
-request also per-example correctness on the training set (which examples are forgotten between
-the ends). Barrier heights: for the loss ``max_alpha [L(alpha) - line(alpha)]`` with ``line``
+The curve records, per ``alpha`` and split, the mean cross-entropy, the task metric and the ECE,
+and per example of each split its loss and correctness (what a bootstrap interval on the barrier
+resamples); on request also per-example correctness on the training set (which examples are
+forgotten between the ends). Barrier heights: for the loss ``max_alpha [L(alpha) - line(alpha)]`` with ``line``
 the straight line between the end losses, for the metric ``max_alpha [line(alpha) - M(alpha)]``;
 both are >= 0 and 0 for a path that never leaves the chord.
+
+Distances. :func:`endpoint_distance` gives the L2 distance and cosine of the flattened tuned
+tensors. A barrier says little about endpoints that hardly differ, so the endpoints are also
+measured against where training started, theta0 (each run's tuned tensors as built, before
+training: :func:`pretrained_endpoint`), in the space of the weights the tensors add to the model
+(:func:`weight_distance`): the tensors themselves, except that a LoRA layer counts as its update
+``scaling * B A`` (``B`` starts at 0, so theta0's update is 0 whatever the random ``A``; the two
+adapters of a pair are compared through their updates, not their factors).
 
 :mod:`lmft.interpolate` runs it as a stage of the workflow (one pair of checkpoints a job).
 """
@@ -22,6 +31,7 @@ both are >= 0 and 0 for a path that never leaves the chord.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmft.evaluate import Split, evaluate
@@ -86,6 +97,52 @@ def endpoint_distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> dict[
     return {"l2": math.sqrt(dist), "cosine": cosine, "norm_a": math.sqrt(na), "norm_b": math.sqrt(nb)}
 
 
+# a LoRA layer's factor as peft names it: {module}.lora_A.{adapter}.weight ([r, in]) and lora_B ([out, r])
+_LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight$")
+
+
+def lora_scaling(model: nn.Module) -> dict[str, float]:
+    """``{module name: scaling}`` of ``model``'s LoRA layers (peft adds ``scaling * B A x`` to a layer's output)."""
+    out = {}
+    for n, _ in model.named_parameters():
+        m = _LORA.match(n)
+        if m and m["part"] == "A":
+            out[m["module"]] = float(model.get_submodule(m["module"]).scaling[m["adapter"]])
+    return out
+
+
+def weight_distance(x: Mapping[str, Tensor], y: Mapping[str, Tensor], scaling: Mapping[str, float]) -> float:
+    """L2 distance of two states of the same tuned tensors as the weights they add to the model (module
+    doc): each LoRA pair by its update ``scaling[module] * B A`` ``[out, in]``, every other tensor as it
+    is (then the plain L2 distance). Accumulated in float64, one tensor at a time."""
+    check_endpoints(x, y)
+    total = 0.0
+    for n in x:
+        m = _LORA.match(n)
+        if m is None:
+            d = x[n].double() - y[n].to(x[n].device).double()
+        elif m["part"] == "A":
+            if m["module"] not in scaling:
+                raise LmftError(f"interpolate: no LoRA scaling for {m['module']!r}")
+            b = f"{m['module']}.lora_B.{m['adapter']}.weight"
+            d = scaling[m["module"]] * (x[b].double() @ x[n].double()
+                                        - y[b].to(x[b].device).double() @ y[n].to(x[n].device).double())
+        else:
+            continue  # a lora_B: in its lora_A's update
+        total += float((d * d).sum())
+    return math.sqrt(total)
+
+
+def relative_distance(ab: float, a0: float, b0: float) -> dict[str, float | str | None]:
+    """``distance_a0``, ``distance_b0`` (each endpoint's :func:`weight_distance` from theta0),
+    ``distance_ab`` (between the endpoints) and ``relative_distance`` = ``ab / a0``, or ``ab / b0``
+    when ``a`` is theta0 itself (a pre-trained endpoint; ``relative_to`` says which), None when
+    both are."""
+    to = "a" if a0 > 0 else "b" if b0 > 0 else None
+    return {"distance_a0": a0, "distance_b0": b0, "distance_ab": ab,
+            "relative_distance": None if to is None else ab / (a0 if to == "a" else b0), "relative_to": to}
+
+
 def barrier(alphas: Sequence[float], values: Sequence[float], higher_is_better: bool = False) -> float:
     """Height of the curve above (loss) or below (``higher_is_better``, a metric) the chord between its ends."""
     x, y = np.asarray(alphas, dtype=float), np.asarray(values, dtype=float)
@@ -103,6 +160,7 @@ class Curve:
     """Output of :func:`interpolation_curve`."""
 
     curve: pd.DataFrame  # alpha, split, loss, metric, ece
+    losses: pd.DataFrame  # alpha, split, index, loss, correct: per example of each split
     examples: pd.DataFrame | None  # alpha, example, correct (training set), when tracked
 
 
@@ -115,11 +173,14 @@ def alphas(points: int) -> list[float]:
 
 def interpolation_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
                         splits: Mapping[str, Split], metric_name: str, points: int = 11,
-                        track: Split | None = None, batch_size: int = 32) -> Curve:
+                        track: Split | None = None, batch_size: int = 32,
+                        rows: Mapping[str, Sequence[int]] | None = None) -> Curve:
     """Loss and metric (``acc``/``f1``) on each split along the path from ``a`` to ``b``.
 
     ``model`` is a Classifier whose tuned tensors are named as in ``a``/``b``; it is not modified
     (each point is a functional forward). ``track`` (the training split) adds per-example correctness.
+    ``rows`` numbers each split's examples in ``losses`` (``index``: the row of the split's parquet
+    file; by default their positions).
     """
     check_endpoints(a, b)
     params = dict(model.named_parameters())
@@ -129,17 +190,26 @@ def interpolation_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
     device = next(iter(params.values())).device
     a = {n: t.to(device) for n, t in a.items()}
     b = {n: t.to(device) for n, t in b.items()}
-    rows, examples = [], []
+    index = {name: list(rows[name]) if rows is not None else list(range(len(split))) for name, split in splits.items()}
+    for name, split in splits.items():
+        if len(index[name]) != len(split):
+            raise LmftError(f"interpolate: {len(index[name])} row indices for the {len(split)} {name} examples")
+    curve, losses, examples = [], [], []
     for alpha in alphas(points):
         m = Substituted(model, lerp_state(a, b, alpha))
         for name, split in splits.items():
             ev = evaluate(m, split, metric_name, batch_size=batch_size, device=device)
-            rows.append({"alpha": alpha, "split": name, "loss": ev.loss, "metric": ev.metric, "ece": ev.ece})
+            curve.append({"alpha": alpha, "split": name, "loss": ev.loss, "metric": ev.metric, "ece": ev.ece})
+            losses.append(pd.DataFrame({
+                "alpha": alpha, "split": name, "index": pd.array(index[name], dtype="int64"),
+                "loss": F.cross_entropy(ev.logits.double(), ev.labels, reduction="none").numpy(),
+                "correct": (ev.preds == ev.labels).numpy()}))
         if track is not None:
             ev = evaluate(m, track, metric_name, batch_size=batch_size, device=device)
             correct = (ev.preds == ev.labels).tolist()
             examples += [{"alpha": alpha, "example": i, "correct": c} for i, c in enumerate(correct)]
-    return Curve(curve=pd.DataFrame(rows), examples=pd.DataFrame(examples) if track is not None else None)
+    return Curve(curve=pd.DataFrame(curve), losses=pd.concat(losses, ignore_index=True),
+                 examples=pd.DataFrame(examples) if track is not None else None)
 
 
 def curve_metrics(curve: pd.DataFrame) -> dict[str, float]:

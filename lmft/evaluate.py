@@ -9,8 +9,10 @@ the logits in the split's row order.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -70,6 +72,15 @@ class Evaluation:
     @property
     def preds(self) -> torch.Tensor:
         return self.logits.argmax(-1)
+
+    def predictions(self, rows: Sequence[int]) -> pd.DataFrame:
+        """The per-example table every scored run leaves beside its metrics.json (``predictions.parquet``):
+        ``index`` (int64, the row of the split's parquet file that each example ``[N]`` is), ``label``,
+        ``pred`` (int64) and ``probs`` (a list of C floats: the softmax of the logits)."""
+        if len(rows) != len(self.labels):
+            raise LmftError(f"predictions: {len(rows)} row indices for {len(self.labels)} examples")
+        return pd.DataFrame({"index": pd.array(rows, dtype="int64"), "label": self.labels.tolist(),
+                             "pred": self.preds.tolist(), "probs": list(self.probs.double().numpy())})
 
 
 def score(preds: torch.Tensor, labels: torch.Tensor, metric_name: str) -> float:

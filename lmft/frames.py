@@ -1,5 +1,6 @@
 """The tables every source's reader builds, and what they share: where data packages are, the
-holdout of sources without a test split, and the one text normalisation.
+holdout of sources without a test split, the one text normalisation and the dropping of repeated
+examples.
 
 Sources without a test split hold one out deterministically (:func:`holdout`): a permutation from
 ``np.random.RandomState(0)``, its first ``HOLDOUT_FRACTION`` of the rows (rounded down) is the test
@@ -13,6 +14,15 @@ ends; rt-polarity's snippets, for one, keep the source's line wraps. A text that
 holdout): nothing is dropped silently, and none of the embedded sources has one. (Two sources drop
 rows by a rule of their own and list them in source.json: xsum's empty rows, bbc-summary's articles
 without a first sentence.)
+
+The embedded sources repeat some examples (rt-polarity's snippets, BBC articles filed twice,
+retweets), so that a test example can also be a training example. Their readers drop repeats
+before the holdout (:func:`drop_duplicates`): an example is its key, the normalised texts
+(``text_a``, ``text_b``; a generation task's input texts), and of the rows that share a key the
+first in source order is kept, unless they disagree in label (or target), in which case every copy
+is dropped, since no label of that text is the right one. source.json counts both:
+``duplicates_dropped`` (the later copies) and ``conflicting_dropped`` (every row of a key with
+conflicting labels; ``conflicting_texts`` such keys).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +66,36 @@ def holdout(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     is_test = np.zeros(len(df), dtype=bool)
     is_test[perm[:n_test]] = True
     return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
+
+
+def drop_duplicates(df: pd.DataFrame, label: str = "label", key: Sequence[str] = ("text_a", "text_b")
+                    ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``df`` without repeated examples (see the module doc), index reset, and the counts for source.json.
+
+    ``key`` names the columns that make an example (normalised texts; a missing ``text_b`` is one
+    value), ``label`` the column whose disagreement between copies drops them all.
+    """
+    keys = df[list(key)].fillna("")
+    conflicting = df[label].groupby([keys[c] for c in key], sort=False).transform("nunique").to_numpy() > 1
+    repeat = keys.duplicated(keep="first").to_numpy() & ~conflicting
+    counts = {"duplicates_dropped": int(repeat.sum()), "conflicting_dropped": int(conflicting.sum()),
+              "conflicting_texts": len(keys[conflicting].drop_duplicates())}
+    return df[~(repeat | conflicting)].reset_index(drop=True), counts
+
+
+def drop_duplicates_given_test(train: pd.DataFrame, test: pd.DataFrame, label: str = "label"
+                               ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """:func:`drop_duplicates` for a source with a test split of its own: the test rows come first,
+    so a training row that repeats a test row is the copy dropped. Returns (train, test, counts)."""
+    both = pd.concat([test.assign(is_test=True), train.assign(is_test=False)], ignore_index=True)
+    both, counts = drop_duplicates(both, label)
+    split = both.pop("is_test").to_numpy()
+    return both[~split].reset_index(drop=True), both[split].reset_index(drop=True), counts
+
+
+def add_counts(*counts: dict[str, int]) -> dict[str, int]:
+    """The sum of several :func:`drop_duplicates` counts (a source that drops repeats in steps)."""
+    return {k: sum(c[k] for c in counts) for k in counts[0]}
 
 
 def normalise_text(text: str) -> str:

@@ -24,14 +24,18 @@ With ``published_dir`` the solve jobs read ``{published_dir}/{model}/{task}/{k}-
 Settings. ``prompt`` means the task's LM-BFF template with the ``prompt`` head (``causal`` on a
 causal LM); ``noprompt`` the no-prompt input with a new linear ``cls`` head set, as for the paper's
 released no-prompt kernels, to the logistic regression on the frozen features of the whole k-shot
-training split (:func:`fit_head`) before the eNTK and f0 are taken. ``binary`` makes the kernel of
+training split, at the paper's scale (:func:`fit_paper_head`: with two classes the logit difference
+is half the log-odds), before the eNTK and f0 are taken. ``binary`` makes the kernel of
 the logit difference (C = 1) for two-class tasks; tasks with more classes keep their C logits. ``mode`` and
 ``freeze_embeddings`` select the differentiated parameters (:func:`lmft.params.select_trainable`).
 ``test_cap`` keeps that many test examples, the same fixed subset as the fine-tuning stage's
 ``eval_cap`` (:func:`lmft.kshot.cap_rows`).
 
-Solve ``metrics.json`` (``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/``,
-one solve job per kernel runs all its solvers): the shared keys (``stage="kernel"``,
+Solve files, in ``results/kernel_solve/{model}/{task}/{k}-{seed}/{formula}-{prompt}/{solver}/`` (one
+solve job per kernel runs all its solvers): ``predictions.parquet``, the shared per-example table
+(:meth:`lmft.evaluate.Evaluation.predictions`: ``index``, ``label``, ``pred``, ``probs`` = the softmax
+of the solver's test logits; ``index`` is the row of the k-shot ``test.parquet``, the ``test_cap``
+subset's rows, or for a published kernel its column), and ``metrics.json``: the shared keys (``stage="kernel"``,
 ``method="kernel"``, task, k, seed, model, metric, dev_metric, test_metric, test_ece,
 ``wall_time_s`` of loading the kernels and running this solver, ``peak_mem_mb`` of the job) plus ``formula``,
 ``prompt``, ``solver``, ``reg_name``, ``reg``, ``grid``, ``dev_scores``, ``dev_ece``, ``f0_scaling``,
@@ -45,15 +49,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmft import kernels, solvers
 from lmft.batching import collate, encode_frame, label_ids, pad_id
+from lmft.evaluate import Evaluation
 from lmft.formulas import PROMPTS
 from lmft.heads import Classifier, build_classifier, fit_linear_head
-from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json
+from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json, write_parquet
 from lmft.jacobians import logits
 from lmft.kernel_files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
 from lmft.kernel_plan import col_shards, is_binary, num_logits
@@ -74,7 +80,7 @@ HEAD_INIT = {"prompt": "pretrained", "noprompt": "logistic"}
 # Examples per forward pass of fit_head: fixed (not row_batch), so every shard job of a kernel fits
 # the same head bit for bit whatever the batch settings.
 HEAD_BATCH = 16
-# The paper's head fit: LogisticRegressionCV(max_iter=5000) with its default ten Cs.
+# The paper's head fit: LogisticRegressionCV(max_iter=5000, multi_class="multinomial") with its default ten Cs.
 HEAD_CS = solvers.GRIDS["logistic"]
 HEAD_MAX_ITER = 5000
 
@@ -123,23 +129,44 @@ def load_split(path: PathLike, task: Task, clf: Classifier, tokenizer: Any, cap:
 @torch.no_grad()
 def fit_head(clf: Classifier, train: Mapping[str, torch.Tensor]) -> float:
     """Set ``clf``'s ``cls`` head to the logistic regression on its frozen features, as the paper's
-    no-prompt kernels (its ``--from_linearhead``: ``LogisticRegressionCV(max_iter=5000)``).
+    no-prompt kernels (its ``--from_linearhead``), with :func:`fit_paper_head`.
 
     ``train`` is the whole training split as one batch (:func:`load_split`). The features ``[N, H]``
-    come in eval mode, :data:`HEAD_BATCH` rows at a time in row order; ``C`` is cross-validated over
-    :data:`HEAD_CS` (:func:`lmft.solvers.fit_logistic_cv`) and :func:`lmft.heads.fit_linear_head` fits
-    the head with it in float64. The same split thus gives the same head in every shard job.
-    Returns the chosen ``C``.
+    come in eval mode, :data:`HEAD_BATCH` rows at a time in row order, so the same split gives the
+    same head in every shard job. Returns the chosen ``C``.
     """
     device = next(clf.parameters()).device
     keys = ("input_ids", "attention_mask", "token_type_ids", "mask_pos")
     clf.eval()
     feats = torch.cat([clf.features(**{k: train[k][i:i + HEAD_BATCH].to(device) for k in keys}).double().cpu()
                        for i in range(0, train["input_ids"].shape[0], HEAD_BATCH)])
-    labels = train["labels"]
-    _, c = solvers.fit_logistic_cv(feats.numpy(), labels.numpy(), HEAD_CS, max_iter=HEAD_MAX_ITER)
-    fit_linear_head(clf, feats, labels, l2=1.0 / c, max_iter=HEAD_MAX_ITER)
-    return c
+    return fit_paper_head(clf, feats, train["labels"])
+
+
+@torch.no_grad()
+def fit_paper_head(clf: Classifier, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Set ``clf``'s ``cls`` head as LM-Kernel-FT's ``linearhead_trainer.py`` does (lines 140-154):
+    ``LogisticRegressionCV(max_iter=5000, multi_class="multinomial", random_state=0)`` on features
+    ``[N, H]`` and class indices ``[N]``, and with two classes its single row ``u`` (of the fitted
+    rows ``[-u, u]``) written as ``[-u/2, u/2]``, the intercept likewise: the head's logit difference
+    is ``u.x + b``, half the log-odds of the fitted model. Returns the paper's ``C`` (of :data:`HEAD_CS`).
+
+    scikit-learn >= 1.8 fits two classes only as a binary regression, ``v.x + c``. The multinomial
+    objective with rows ``[-u, u]`` penalises ``u`` twice, ``C * sum loss(2u.x + 2b) + ||u||^2``,
+    which is the binary one at ``2C`` with ``v = 2u``, ``c = 2b``: so ``C`` is cross-validated
+    (:func:`lmft.solvers.fit_logistic_cv`) over ``2 * HEAD_CS`` (the same fold models, hence the
+    same choice), :func:`lmft.heads.fit_linear_head` writes ``[-v/2, v/2]`` at that ``C`` in
+    float64, and the head is halved to ``[-v/4, v/4] = [-u/2, u/2]``. More classes fit the
+    multinomial regression as the paper does, rows written as fitted.
+    """
+    binary_c = 2.0 if clf.num_labels == 2 else 1.0  # the binary fit's C per multinomial C (see above)
+    _, c = solvers.fit_logistic_cv(features.double().numpy(), labels.numpy(), [binary_c * x for x in HEAD_CS],
+                                   max_iter=HEAD_MAX_ITER)
+    fit_linear_head(clf, features, labels, l2=1.0 / c, max_iter=HEAD_MAX_ITER)
+    if clf.num_labels == 2:
+        clf.linear.weight.mul_(0.5)
+        clf.linear.bias.mul_(0.5)
+    return c / binary_c
 
 
 def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path: PathLike, out: Mapping[str, PathLike],
@@ -202,14 +229,33 @@ def merge(shard_files: Mapping[str, Sequence[PathLike]], f0_files: Sequence[Path
     save_logits(f0_out, f0, labels)
 
 
+def kshot_test_rows(test_split: PathLike | None, labels: torch.Tensor, task: Task, cap: int | None) -> list[int]:
+    """The rows of the k-shot test table ``test_split`` that a kernel's test columns (labels ``[M]``) are:
+    the ``cap`` fixed subset (:func:`lmft.kshot.cap_rows`, as :func:`load_split` kept it), checked
+    against the kernel's labels. ``test_split`` None (a published kernel, whose columns follow its
+    authors' files) gives the column positions."""
+    if test_split is None:
+        return list(range(labels.shape[0]))
+    df = read_parquet(test_split, ["label"])
+    rows = cap_rows(len(df), cap)
+    if label_ids(df.iloc[rows], task) != labels.tolist():
+        raise LmftError(f"{test_split}: the labels of its {len(rows)} test rows (test_cap {cap}) are not the kernel's "
+                        f"{labels.shape[0]} test labels; the kernel was computed from another test split: rerun it")
+    return rows
+
+
 def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike] | None,
           outs: Mapping[str, PathLike], specs: Mapping[str, Mapping[str, Any]], *, task: Task, model: str, k: int,
-          seed: int, formula: str, prompt: str, kernel_info: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Run kernel solvers on one kernel's train/dev/test files and write each solver's ``metrics.json``.
+          seed: int, formula: str, prompt: str, kernel_info: Mapping[str, Any],
+          test_split: PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Run kernel solvers on one kernel's train/dev/test files and write each solver's ``metrics.json``
+    and, beside it, its ``predictions.parquet`` (see the module doc).
 
     ``kernel_files`` and ``f0_files`` map ``train``/``dev``/``test`` to files (f0 needed only when
     a solver adjusts for the initial logits); ``outs`` maps each solver to its metrics file and
-    ``specs`` to its entry of :func:`solver_specs`. Returns solver -> metrics.
+    ``specs`` to its entry of :func:`solver_specs`. ``test_split`` is the k-shot test table a
+    computed kernel's columns come from (required; None for a published kernel, :func:`kshot_test_rows`).
+    Returns solver -> metrics.
     """
     started = time.perf_counter()
     needs_f0 = [s for s in outs if specs[s].get("f0_scaling") is not None]
@@ -218,6 +264,10 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
     sets = {s: load_kernel_set(kernel_files[s], f0_files[s] if needs_f0 else None, formula) for s in SPLITS}
     source = kernel_info.get("source", "computed")
     made = dict(kernel_info) | ({"head_init": HEAD_INIT[prompt]} if source == "computed" else {})
+    if source == "computed" and test_split is None:
+        raise LmftError(f"{kernel_files['test']}: a computed kernel's solve needs the k-shot test table its columns "
+                        "come from (test_split), to number its predictions")
+    rows = kshot_test_rows(test_split, sets["test"].labels, task, kernel_info.get("test_cap"))
     loaded = time.perf_counter() - started
     results = {}
     for solver, out in outs.items():
@@ -237,6 +287,8 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
                    "kernel_source": source, "kernel": made,
                    "wall_time_s": loaded + time.perf_counter() - began,
                    "peak_mem_mb": peak_mem_mb(torch.device("cpu"))}
+        predictions = Evaluation(sol.test_logits, sets["test"].labels, task.metric).predictions(rows)
+        write_parquet(predictions, Path(out).with_name("predictions.parquet"))
         write_json(metrics, out)
         results[solver] = metrics
     return results

@@ -79,6 +79,11 @@ def kernel_solve_metrics(solve_dir: str, formula: str, prompt: str, solver: str)
     return f"{solve_dir}/{formula}-{prompt}/{solver}/metrics.json"
 
 
+def kernel_solve_predictions(solve_dir: str, formula: str, prompt: str, solver: str) -> str:
+    """``predictions.parquet`` beside :func:`kernel_solve_metrics`: that solver's per-example test predictions."""
+    return f"{solve_dir}/{formula}-{prompt}/{solver}/predictions.parquet"
+
+
 def graft_dir(results: str, model: str, task: str, k: Part, seed: Part, method: str, sparsity: float | str) -> str:
     """``{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{s:g}``: a graft job's folder (the
     arguments are a graft job's keys, :func:`lmft.graft_plan.graft_jobs`)."""

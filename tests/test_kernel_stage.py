@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -179,9 +180,10 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
     assert torch.equal(f0, jacobians.logits(clf, cols, binary=True))
 
     info = kp.kernel_info(cfg)
-    outs = {s: tmp / f"{s}.json" for s in ("lstsq", "asym")}
+    outs = {s: tmp / f"solve/{s}/metrics.json" for s in ("lstsq", "asym")}
     results = ks.solve({s: files[s]["asymmetric-signgd"] for s in SPLITS}, None, outs, cfg["solvers"], task=task,
-                       model="tiny", k=4, seed=13, formula="asymmetric-signgd", prompt="prompt", kernel_info=info)
+                       model="tiny", k=4, seed=13, formula="asymmetric-signgd", prompt="prompt", kernel_info=info,
+                       test_split=paths["test"])
     for solver, metrics in results.items():
         assert json.loads(outs[solver].read_text()) == json.loads(json.dumps(metrics))
         assert (metrics["stage"], metrics["method"], metrics["solver"], metrics["num_logits"]) == \
@@ -190,13 +192,42 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
         assert metrics["kernel"] == info | {"head_init": "pretrained"}
     assert info == {"source": "computed", "mode": "all", "freeze_embeddings": False, "binary": True, "test_cap": 10}
 
+    # every solver leaves its per-example test predictions beside its metrics: the k-shot test rows of the cap
+    plain = kp.settings(CONFIG | {"kernels": {"solvers": ["lstsq", "logistic", "logistic-dev", "svm"]}})["solvers"]
+    outs_sgd = {s: tmp / f"solve-sgd/{s}/metrics.json" for s in plain}
+    results |= ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, outs_sgd, plain, task=task, model="tiny", k=4,
+                        seed=13, formula="sgd", prompt="prompt", kernel_info=info, test_split=paths["test"])
+    sets = {f: {s: load_kernel_set(files[s][f], None, f) for s in SPLITS} for f in cfg["formulas"]}
+    for solver, out in {**outs, **outs_sgd}.items():
+        preds = pd.read_parquet(out.with_name("predictions.parquet"))
+        assert list(preds.columns) == ["index", "label", "pred", "probs"]
+        assert [str(t) for t in preds.dtypes.iloc[:3]] == ["int64", "int64", "int64"]
+        assert preds["index"].tolist() == cap_rows(12, 10) and preds["label"].tolist() == cols["labels"].tolist()
+        k = sets["asymmetric-signgd" if solver == "asym" else "sgd"]
+        sol = solvers.solve(solver, k["train"], k["dev"], k["test"], **({"lam": 0.5} if solver == "asym" else {}))
+        probs = torch.tensor(np.stack(preds["probs"].to_numpy()))
+        torch.testing.assert_close(probs, sol.test_logits.softmax(1), rtol=1e-12, atol=1e-12)
+        assert preds["pred"].tolist() == sol.test_logits.argmax(1).tolist()
+        assert (preds["pred"] == preds["label"]).mean() == pytest.approx(results[solver]["test_metric"])
+    with pytest.raises(LmftError, match=r"dev.parquet: the labels of its 6 test rows \(test_cap 10\) are not the kernel"):
+        ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"svm": tmp / "x/metrics.json"}, plain, task=task,
+                 model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info, test_split=paths["dev"])
+    # a published kernel (no k-shot table): its column positions
+    ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"svm": tmp / "pub/metrics.json"}, plain, task=task,
+             model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info={"source": "published"})
+    assert pd.read_parquet(tmp / "pub/predictions.parquet")["index"].tolist() == list(range(10))
+
     f0_files = {s: tmp / f"f0-prompt/{s}.pt" for s in SPLITS}
     specs = {"lstsq": {"grid": [0.0], "f0_scaling": 1.0, "lam": 0.5}}
     with pytest.raises(LmftError, match="solver lstsq has f0_scaling 1.0 but no f0 files"):
-        ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"lstsq": tmp / "x.json"}, specs, task=task,
+        ks.solve({s: files[s]["sgd"] for s in SPLITS}, None, {"lstsq": tmp / "x/metrics.json"}, specs, task=task,
+                 model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info, test_split=paths["test"])
+    with pytest.raises(LmftError, match="needs the k-shot test table"):
+        ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x/metrics.json"}, specs, task=task,
                  model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
-    adjusted = ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x.json"}, specs,
-                        task=task, model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info)
+    adjusted = ks.solve({s: files[s]["sgd"] for s in SPLITS}, f0_files, {"lstsq": tmp / "x/metrics.json"}, specs,
+                        task=task, model="tiny", k=4, seed=13, formula="sgd", prompt="prompt", kernel_info=info,
+                        test_split=paths["test"])
     # r = 0 interpolates the training labels exactly, with or without the f0 offset
     train = load_kernel_set(files["train"]["sgd"], f0_files["train"])
     assert adjusted["lstsq"]["f0_scaling"] == 1.0 and adjusted["lstsq"]["grid"] == [0.0]
@@ -228,28 +259,88 @@ def test_noprompt_kernels_start_from_the_logistic_regression_head(tiny, tmp_path
     ks.merge({"sgd": [tmp_path / f"{r}-{c}/sgd.pt" for r, c in grid]}, [tmp_path / f"0-{c}/f0.pt" for c in range(2)],
              {"sgd": tmp_path / "sgd.pt"}, tmp_path / "f0.pt")
 
-    # by hand: the [CLS] features of the 8 training examples, C by the paper's CV (4 folds: 4 per class), then LR
+    # by hand: the [CLS] features of the 8 training examples, C by the paper's CV (4 folds: 4 per class), then LR;
+    # the binary fit at 2C is the paper's multinomial one at C, written at half its log-odds (fit_paper_head)
     clf, tok = ks.build_model(model_json, task, "noprompt", seed=13)
     rows, cols = ks.load_split(paths["train"], task, clf, tok), ks.load_split(paths["test"], task, clf, tok)
     with torch.no_grad():
         feats, test_feats = (clf.features(b["input_ids"], b["attention_mask"], b["token_type_ids"]).double().numpy()
                              for b in (rows, cols))
     y = rows["labels"].numpy()
-    cv = LogisticRegressionCV(Cs=list(solvers.GRIDS["logistic"]), cv=StratifiedKFold(4), scoring="accuracy",
-                              max_iter=5000, random_state=0).fit(feats, y)
+    cv = LogisticRegressionCV(Cs=[2 * c for c in solvers.GRIDS["logistic"]], cv=StratifiedKFold(4),
+                              scoring="accuracy", max_iter=5000, random_state=0).fit(feats, y)
     lr = LogisticRegression(C=float(np.ravel(cv.C_)[0]), max_iter=5000).fit(feats, y)
-    assert ks.fit_head(clf, rows) == float(np.ravel(cv.C_)[0])
+    assert ks.fit_head(clf, rows) == float(np.ravel(cv.C_)[0]) / 2
     # relative tolerances only: on these 8 examples the CV ties and keeps the smallest C, so the head is small
     w, b = torch.from_numpy(lr.coef_[0]).float(), torch.from_numpy(lr.intercept_).float()
-    torch.testing.assert_close(clf.linear.weight.data, torch.stack([-w / 2, w / 2]), rtol=1e-6, atol=0)
-    torch.testing.assert_close(clf.linear.bias.data, torch.cat([-b / 2, b / 2]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(clf.linear.weight.data, torch.stack([-w / 4, w / 4]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(clf.linear.bias.data, torch.cat([-b / 4, b / 4]), rtol=1e-6, atol=0)
 
-    # f0 is the regression's logit difference, no longer a random head's: it fits the training labels
+    # f0 is the head's logit difference, no longer a random head's: half the regression's log-odds
     f0, _ = kernel_files.load_logits(tmp_path / "f0.pt")
-    expected = torch.from_numpy(lr.decision_function(test_feats))
+    expected = torch.from_numpy(lr.decision_function(test_feats)) / 2
     torch.testing.assert_close(f0[:, 0], expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     train_f0 = jacobians.logits(clf, rows, binary=True)[:, 0]
     assert torch.equal((train_f0 > 0).long(), torch.from_numpy(lr.predict(feats))) and lr.score(feats, y) > 0.5
     # every shard job fit the same head: the 2x2 shards are the kernel of one pass of this model, bit for bit
     kernel, _ = kernel_files.load_kernel(tmp_path / "sgd.pt")
     assert torch.equal(kernel, kernels.compute_shards(clf, rows, cols, ["sgd"], binary=True)["sgd"].kernel)
+
+
+def multinomial_fit(x, y, C, classes):
+    """scikit-learn's multinomial objective, C * sum of cross-entropies + ||W||^2 / 2 (intercepts free), minimised
+    directly: the reference for the paper's ``LogisticRegressionCV(multi_class="multinomial")`` fit."""
+    from scipy.optimize import minimize
+
+    n, h = x.shape
+
+    def objective(p):
+        w, b = p[:classes * h].reshape(classes, h), p[classes * h:]
+        z = x @ w.T + b
+        logp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+        g = np.exp(logp)
+        g[np.arange(n), y] -= 1
+        return (-C * logp[np.arange(n), y].sum() + 0.5 * (w * w).sum(),
+                np.concatenate([(C * g.T @ x + w).ravel(), C * g.sum(0)]))
+
+    p = minimize(objective, np.zeros(classes * (h + 1)), jac=True, method="L-BFGS-B",
+                 options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000}).x
+    return p[:classes * h].reshape(classes, h), p[classes * h:]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_paper_head_is_the_multinomial_fit_at_half_its_log_odds(tiny):
+    """LM-Kernel-FT's linearhead_trainer.py: multinomial LogisticRegressionCV, two classes written [-coef/2, coef/2]."""
+    from sklearn.linear_model import LogisticRegression
+
+    _, model_json, _, task = tiny
+    clf, _ = ks.build_model(model_json, task, "noprompt", seed=13)
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(40, clf.linear.in_features, generator=gen, dtype=torch.float64)
+    labels = (feats[:, 0] + 0.8 * torch.randn(40, generator=gen, dtype=torch.float64) > 0).long()  # not separable
+    c = ks.fit_paper_head(clf, feats, labels)
+    assert c in ks.HEAD_CS
+    # the fitted rows are [-u, u] (the penalty splits the difference evenly); the paper writes coef_ = u halved
+    w, b = multinomial_fit(feats.numpy(), labels.numpy(), c, 2)
+    u, bu = torch.from_numpy(w[1] - w[0]) / 2, torch.tensor((b[1] - b[0]) / 2)
+    head_w, head_b = clf.linear.weight.double(), clf.linear.bias.double()
+    tol = 1e-3 * float(u.abs().max())  # scikit-learn's lbfgs stops at tol=1e-4; halving or doubling is far off
+    torch.testing.assert_close(head_w, torch.stack([-u / 2, u / 2]), rtol=0, atol=tol)
+    torch.testing.assert_close(head_b, torch.stack([-bu / 2, bu / 2]), rtol=0, atol=tol)
+    # so the head's logit difference is half the log-odds of the binary regression at 2C (scikit-learn)
+    lr = LogisticRegression(C=2 * c, max_iter=5000).fit(feats.numpy(), labels.numpy())
+    diff = clf.linear(feats.float()).double() @ torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(diff, torch.from_numpy(lr.decision_function(feats.numpy())) / 2, rtol=1e-5, atol=1e-5)
+
+    # three classes: the multinomial fit's rows as they are
+    three = get_task("three", CONFIG)
+    clf3, _ = ks.build_model(model_json, three, "noprompt", seed=13)
+    noise = 0.8 * torch.randn(40, generator=gen, dtype=torch.float64)
+    labels3 = torch.bucketize(feats[:, 0] + noise, torch.tensor([-0.4, 0.4], dtype=torch.float64))
+    c3 = ks.fit_paper_head(clf3, feats, labels3)
+    w3, b3 = multinomial_fit(feats.numpy(), labels3.numpy(), c3, 3)
+    tol3 = 2e-3 * float(max(np.abs(w3).max(), np.abs(b3).max()))
+    torch.testing.assert_close(clf3.linear.weight.double(), torch.from_numpy(w3), rtol=0, atol=tol3)
+    # intercepts are unpenalised, so only their differences are determined
+    torch.testing.assert_close(clf3.linear.bias.double() - clf3.linear.bias.double().mean(),
+                               torch.from_numpy(b3 - b3.mean()), rtol=0, atol=tol3)

@@ -10,6 +10,7 @@ from tiny import save_tiny_hf_dir
 from workflow_utils import planned_jobs, snakemake, write_config
 
 from lmft.kernel_files import load_logits
+from lmft.kshot import cap_rows
 
 pytestmark = pytest.mark.workflow
 
@@ -116,6 +117,15 @@ def test_solve_metrics_have_the_common_keys(sharded_run):
     assert (m["n_train"], m["n_dev"], m["n_test"], m["num_logits"], m["f0_scaling"]) == (8, 8, 6, 1, 1.0)
     assert 0.0 <= m["test_metric"] <= 1.0 and m["reg"] in m["grid"]
     assert m["kernel"]["source"] == "computed"
+    # each solver's per-example test predictions: rows of the k-shot test.parquet (8) kept by the kernel's test_cap (6)
+    test = pd.read_parquet(tmp / "data/kshot/alpha/4-13/test.parquet")
+    for run in SOLVES:
+        preds = pd.read_parquet(solve / run / "predictions.parquet")
+        assert list(preds.columns) == ["index", "label", "pred", "probs"] and len(test) == 8
+        assert preds["index"].tolist() == cap_rows(8, 6)
+        assert preds["label"].tolist() == [int(lab == "pos") for lab in test["label"].iloc[cap_rows(8, 6)]]
+        metrics = json.loads((solve / run / "metrics.json").read_text())
+        assert (preds["pred"] == preds["label"]).mean() == pytest.approx(metrics["test_metric"])
 
 
 def test_published_kernels_are_solved_without_shard_jobs(sharded_run):
@@ -131,6 +141,8 @@ def test_published_kernels_are_solved_without_shard_jobs(sharded_run):
     assert pub["kernel"]["source"] == "published"
     assert (pub["dev_scores"], pub["test_metric"], pub["test_ece"]) == \
         (computed["dev_scores"], computed["test_metric"], computed["test_ece"])
+    pub_preds = pd.read_parquet((tmp / "pub" / solve).with_name("predictions.parquet"))
+    assert pub_preds["index"].tolist() == list(range(6))  # a published kernel's columns
 
 
 def test_bad_kernel_config_stops_before_any_job(tmp_path):

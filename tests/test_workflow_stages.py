@@ -104,6 +104,11 @@ def test_every_stage_writes_its_outputs(full_run):
         curve = pd.read_parquet(res / f"interpolate/tiny/{task}/seed-seed/curve.parquet")
         assert sorted(curve["alpha"].unique()) == [0.0, 0.5, 1.0]
         assert (res / f"interpolate/tiny/{task}/alpha-beta/plot.png").stat().st_size > 1000
+        losses = pd.read_parquet(res / f"interpolate/tiny/{task}/seed-seed/losses.parquet")
+        assert list(losses.columns) == ["alpha", "split", "index", "loss", "correct"]
+        assert set(losses["split"]) == {"dev", "test"} and len(losses) == 3 * (8 + 8)
+        i = json.loads((res / f"interpolate/tiny/{task}/seed-seed/metrics.json").read_text())
+        assert i["relative_to"] == "a" and i["relative_distance"] == pytest.approx(i["distance_ab"] / i["distance_a0"])
     runs = pd.read_parquet(res / "tables/runs.parquet")
     assert set(runs["stage"]) == {"finetune", "graft", "interpolate", "kernel"}
     for name in ("main.csv", "main.md", "main.tex", "graft.csv", "interpolate.csv", "kernel_vs_ft.csv"):
