@@ -402,7 +402,7 @@ def _modeconn(interp: Sequence[dict[str, Any]], kinds: Mapping[str, str]) -> lis
             cell = (r["model"], r["task"], None if is_missing(r.get("k")) else int(r["k"]))
             parts = [f"{name} {float(r[c]):.{d}f}" for name, c, d in
                      (("test loss at a", "test_loss_a", 3), ("at b", "test_loss_b", 3),
-                      ("||a - b||", "l2", 2), ("||a - theta0||", "distance_a0", 2),
+                      ("||a - b||", "distance_ab", 2), ("||a - theta0||", "distance_a0", 2),
                       ("relative distance", "relative_distance", 2)) if not is_missing(r.get(c))]
             measured = f"pair {r['pair']}: " + (", ".join(parts) or MISSING)
             rel = r.get("relative_distance")

@@ -222,7 +222,7 @@ def interp_run(root, task, pair, bump, rel=0.8, noise=0.3, seed=0) -> Path:
         rows.append(pd.DataFrame({"alpha": alpha, "split": "test", "index": np.arange(N_TEST), "loss": loss,
                                   "correct": loss < 0.5}))
     return write(root, "interpolate", pd.concat(rows), "losses.parquet", model="m", task=task, seed=13, method=pair,
-                 pair=pair, test_metric=0.8, test_loss_a=0.7, test_loss_b=0.3, l2=8.0 * rel, distance_a0=8.0,
+                 pair=pair, test_metric=0.8, test_loss_a=0.7, test_loss_b=0.3, distance_ab=8.0 * rel, distance_a0=8.0,
                  relative_distance=rel)
 
 
