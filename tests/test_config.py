@@ -42,7 +42,7 @@ def test_unknown_task_in_config(default, tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("cfg", ["config.yaml", "config/paper.yaml"])
+@pytest.mark.parametrize("cfg", ["config.yaml", "config/paper.yaml", "config/findings.yaml"])
 def test_shipped_configs_valid(cfg):
     path = SCHEMA.parent.parent.parent / cfg
     if not path.exists():
@@ -109,7 +109,7 @@ def test_classification_only_stages_accept_named_classification_tasks():
     check_config(cfg)
 
 
-@pytest.mark.parametrize("cfg", ["config.yaml", "config/paper.yaml"])
+@pytest.mark.parametrize("cfg", ["config.yaml", "config/paper.yaml", "config/findings.yaml"])
 def test_validation_fills_the_defaults_snakemake_fills(cfg):
     """The schema is the one place of the defaults: validate_schema fills them as Snakemake's validate does
     (same values, same key order, which the rules' params depend on); with_defaults on the result changes nothing."""

@@ -392,3 +392,13 @@ def test_main_table_baselines_and_single_seed_standard_error(tmp_path):
     assert summary.spread_text(0.8, 0.0, 1, summary.single_seed_se([0.8], None, "acc")) == "80.0"  # n_test unknown
     assert math.isnan(summary.single_seed_se([0.8], 100, "f1"))  # binomial: accuracy only
     assert "m2 & 16 & llm-ft & 80.0 $\\pm$4.0" in tables.to_latex(tables.Table("t", table, 3))
+
+
+@pytest.mark.parametrize("cfg,kinds", [
+    ("config.yaml", {"data-seed": "data-seed", "task-task": "task-task"}),
+    ("config/findings.yaml", {"pretrained-ft": "pretrained-ft", "seed-seed": "seed-seed", "data-seed": "data-seed",
+                              "data-seed-2": "data-seed", "task-task": "task-task", "step-final": "other"})])
+def test_shipped_configs_plan_the_pair_kinds_their_claims_need(cfg, kinds):
+    from lmft.config import load_config
+
+    assert interpolate_plan.pair_kinds(load_config(Path(__file__).parent.parent / cfg)) == kinds
