@@ -124,25 +124,38 @@ def write_runs(results: Path, tasks, seeds) -> None:
     def score(*parts):
         return 0.5 + (sum(ord(c) for c in "".join(map(str, parts))) % 50) / 100
 
+    def predictions(acc: float, path: Path) -> None:  # 20 test examples, the first round(20 acc) right
+        labels = [i % 2 for i in range(20)]
+        preds = [y if i < round(20 * acc) else 1 - y for i, y in enumerate(labels)]
+        write_parquet(pd.DataFrame({"index": range(20), "label": labels, "pred": preds,
+                                    "probs": [[0.2, 0.8] if p else [0.8, 0.2] for p in preds]}),
+                      path.with_name("predictions.parquet"))
+
     common = {"model": "tiny", "k": 16, "metric": "acc", "test_ece": 0.1}
     for task in tasks:
         for seed in seeds:
             for method in ("zeroshot", "ft-prompt"):
                 s = score(task, seed, method)
+                path = results / f"finetune/tiny/{task}/16-{seed}/{method}/metrics.json"
                 write_json(common | {"stage": "finetune", "task": task, "seed": seed, "method": method,
                                      "type": "zeroshot" if method == "zeroshot" else "ft", "head": "prompt",
-                                     "dev_metric": s, "test_metric": s},
-                           results / f"finetune/tiny/{task}/16-{seed}/{method}/metrics.json")
+                                     "dev_metric": s, "test_metric": s}, path)
+                predictions(s, path)
             s = score(task, seed, "kernel")
+            path = results / f"kernel_solve/tiny/{task}/16-{seed}/sgd-prompt/lstsq/metrics.json"
             write_json(common | {"stage": "kernel", "task": task, "seed": seed, "formula": "sgd", "prompt": "prompt",
-                                 "solver": "lstsq", "dev_metric": s, "test_metric": s},
-                       results / f"kernel_solve/tiny/{task}/16-{seed}/sgd-prompt/lstsq/metrics.json")
+                                 "solver": "lstsq", "dev_metric": s, "test_metric": s}, path)
+            predictions(s, path)
         run = results / f"interpolate/tiny/{task}/seed13-seed21"
         write_json({"stage": "interpolate", "task": task, "model": "tiny", "pair": "seed13-seed21", "metric": "acc",
                     "l2": 2.5, "cosine": 0.75, "test_loss_barrier": 0.125, "test_metric_barrier": 0.25},
                    run / "metrics.json")
         write_parquet(pd.DataFrame({"alpha": [0.0, 0.5, 1.0], "split": "test", "loss": [0.5, 0.625, 0.5],
                                     "metric": [0.9, 0.65, 0.9]}), run / "curve.parquet")
+        write_parquet(pd.DataFrame({"alpha": [a for a in (0.0, 0.5, 1.0) for _ in range(20)], "split": "test",
+                                    "index": list(range(20)) * 3, "loss": [v for v in (0.5, 0.625, 0.5) for _ in range(20)],
+                                    "correct": True}),
+                      run / "losses.parquet")
 
 
 @pytest.fixture(scope="module")
