@@ -9,8 +9,10 @@ the logits in the split's row order.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -70,6 +72,17 @@ class Evaluation:
     @property
     def preds(self) -> torch.Tensor:
         return self.logits.argmax(-1)
+
+
+def predictions_frame(ev: Evaluation, rows: Sequence[int], **tags: str) -> pd.DataFrame:
+    """One row per scored example (``predictions.parquet``): the ``tags`` as constant leading columns
+    (e.g. ``model``, ``split``), then ``index`` (int64: the row of the split's file), ``label`` and
+    ``pred`` (int64) and ``probs`` (the class probabilities, a list of float64)."""
+    if len(rows) != len(ev.labels):
+        raise LmftError(f"predictions: {len(rows)} row indices for {len(ev.labels)} scored examples")
+    return pd.DataFrame({**{k: [v] * len(rows) for k, v in tags.items()},
+                         "index": pd.array(rows, dtype="int64"), "label": ev.labels.numpy().astype("int64"),
+                         "pred": ev.preds.numpy().astype("int64"), "probs": list(ev.probs.double().numpy())})
 
 
 def score(preds: torch.Tensor, labels: torch.Tensor, metric_name: str) -> float:

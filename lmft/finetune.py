@@ -72,7 +72,7 @@ import pandas as pd
 import torch
 
 from lmft.checkpoint import save_trainable
-from lmft.evaluate import Evaluation
+from lmft.evaluate import predictions_frame
 from lmft.generation import run_generation
 from lmft.grid import split_run, trial_fields
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
@@ -95,11 +95,6 @@ def default_head(model_json: Path | str) -> str:
 
 def _fingerprint(**kw: Any) -> str:
     return hashlib.sha256(json.dumps(kw, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _predictions(ev: Evaluation, rows: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({"index": rows, "label": ev.labels.tolist(), "pred": ev.preds.tolist(),
-                         "probs": [p for p in ev.probs.double().numpy()]})
 
 
 def run_finetune(model_json: Path | str, task: Task | GenerationTask, splits: Mapping[str, Path | str], out_dir: Path | str, *,
@@ -161,7 +156,7 @@ def run_finetune(model_json: Path | str, task: Task | GenerationTask, splits: Ma
     else:
         save_tensors({}, out / "model.safetensors", ckpt_meta)
     _finish_steps(pending, out / "steps")
-    write_parquet(_predictions(test_ev, test_rows), out / "predictions.parquet")
+    write_parquet(predictions_frame(test_ev, test_rows), out / "predictions.parquet")
     write_parquet(pd.DataFrame(curve, columns=["step", "split", "loss", "metric"]), out / "curve.parquet")
     metrics = {"stage": "finetune", "task": task.name, "k": k, "seed": seed, "model": model, "method": method,
                "type": kind.name, "mode": info["mode"] or kind.tuned, "head": head, "metric": task.metric,
