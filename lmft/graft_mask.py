@@ -245,7 +245,7 @@ def relax_mask(model: nn.Module, ft: Mapping[str, Tensor], base: Mapping[str, Te
     at their fine-tuned values) and is not modified. Returns the mask rounded to exactly as many
     entries as ``base`` keeps: the last epoch's, or with ``select`` (mask -> score, higher is
     better) the best epoch's, earliest on ties. ``history`` has per epoch ``soft_train_loss`` (before
-    the step), ``max_step`` (the largest change of a score ``S``), ``moved`` (:func:`mask_moved` of the
+    the step), ``max_step`` (the largest step of a score ``S`` towards a flip, i.e. up; 0 if none), ``moved`` (:func:`mask_moved` of the
     epoch's rounded mask) and, with ``select``, ``select``.
     """
     if epochs < 1:
@@ -281,8 +281,8 @@ def relax_mask(model: nn.Module, ft: Mapping[str, Tensor], base: Mapping[str, Te
             with torch.no_grad():
                 for s in scores.values():
                     s.sub_(s.grad, alpha=lr / len(batches))
-                    if s.numel():
-                        step = max(step, float(s.grad.abs().max()) * lr / len(batches))
+                    if s.numel():  # S up: towards a flip, inside the patch or outside
+                        step = max(step, float(-s.grad.min()) * lr / len(batches))
                     s.grad = None
                     s.requires_grad_(False)
             mask = top_k_mask(_Logits(scores, base, sigmoid_bias), k)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.workflow
 
 TASKS = ("alpha", "beta")
 SEEDS = (13, 21)
-SPARSITIES = (0.01, 0.1)
+SPARSITIES = (1e-4, 0.1)  # the paper's ~0.01% keeps at least one entry of a tiny model
 TRAIN = {"steps": 4, "eval_every": 2, "batch_size": 4}
 VOLATILE = {"wall_time_s", "peak_mem_mb", "resumed_from"}
 
@@ -102,6 +102,8 @@ def test_every_stage_writes_its_outputs(full_run):
         g = json.loads((res / f"graft/tiny/{task}/4-21/ft/sparsity-0.1/metrics.json").read_text())
         other = "beta" if task == "alpha" else "alpha"
         assert g["count"] == round(0.1 * g["n_graftable"]) and set(g["ood"]) == {other}
+        small = json.loads((res / f"graft/tiny/{task}/4-21/ft/sparsity-0.0001/metrics.json").read_text())
+        assert small["count"] >= 1 and small["relax_epochs"] == 2
         ref = json.loads((res / f"graft/tiny/{task}/4-21/ft/reference/metrics.json").read_text())
         assert (g["pre_test_metric"], g["ft_test_metric"]) == (ref["pre_test_metric"], ref["ft_test_metric"])
         assert g["ood"][other]["ft"] == ref["ood"][other]["ft"] and 0 <= g["mask_moved"] <= 1
@@ -292,7 +294,7 @@ def test_killed_kernel_shard_leaves_nothing_and_reruns(full_run, tmp_path_factor
 
 
 @pytest.mark.parametrize("artifact, target", [
-    ("results/finetune/tiny/alpha/4-13/ft/model.safetensors", "results/graft/tiny/alpha/4-13/ft/sparsity-0.01/metrics.json"),
+    ("results/finetune/tiny/alpha/4-13/ft/model.safetensors", "results/graft/tiny/alpha/4-13/ft/sparsity-0.0001/metrics.json"),
     ("results/kernels/tiny/alpha/4-13/sgd-prompt/train.pt", "results/kernel_solve/tiny/alpha/4-13/sgd-prompt/lstsq/metrics.json"),
     ("data/kshot/alpha/4-13/dev.parquet", "results/finetune/tiny/alpha/4-13/zeroshot/metrics.json"),
 ])
