@@ -97,7 +97,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         theta0 = {n: p.detach() for n, p in model.named_parameters() if n in ft}
         mask = base_patch(theta0, ft, args.sparsity)
         if args.worker == "relax":
-            mask = relax_mask(model, ft, mask, split, epochs=args.epochs, lr=1e7, batch_size=args.batch).mask
+            mask = relax_mask(model, ft, mask, split, epochs=args.epochs, lr=1e7, sigmoid_bias=10.0,
+                              batch_size=args.batch).mask
         predict(Substituted(model, graft(theta0, ft, mask)), split, batch_size=args.batch)
     peak = (_status_kb("VmHWM") * 1024 if base else _ru_maxrss()) - base
     return {"phase": args.worker, "n_params": n_params, "model_mb": model_bytes / 2**20,

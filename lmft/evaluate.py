@@ -73,14 +73,16 @@ class Evaluation:
     def preds(self) -> torch.Tensor:
         return self.logits.argmax(-1)
 
-    def predictions(self, rows: Sequence[int]) -> pd.DataFrame:
+    def predictions(self, rows: Sequence[int], **tags: str) -> pd.DataFrame:
         """The per-example table every scored run leaves beside its metrics.json (``predictions.parquet``):
-        ``index`` (int64, the row of the split's parquet file that each example ``[N]`` is), ``label``,
-        ``pred`` (int64) and ``probs`` (a list of C floats: the softmax of the logits)."""
+        the ``tags`` as constant leading columns (e.g. ``model``, ``split``), then ``index`` (int64: the
+        row of the split's file that each scored example ``[N]`` is), ``label`` and ``pred`` (int64) and
+        ``probs`` (a list of C float64: the softmax of the logits)."""
         if len(rows) != len(self.labels):
-            raise LmftError(f"predictions: {len(rows)} row indices for {len(self.labels)} examples")
-        return pd.DataFrame({"index": pd.array(rows, dtype="int64"), "label": self.labels.tolist(),
-                             "pred": self.preds.tolist(), "probs": list(self.probs.double().numpy())})
+            raise LmftError(f"predictions: {len(rows)} row indices for {len(self.labels)} scored examples")
+        return pd.DataFrame({**{k: [v] * len(rows) for k, v in tags.items()},
+                             "index": pd.array(rows, dtype="int64"), "label": self.labels.numpy().astype("int64"),
+                             "pred": self.preds.numpy().astype("int64"), "probs": list(self.probs.double().numpy())})
 
 
 def score(preds: torch.Tensor, labels: torch.Tensor, metric_name: str) -> float:

@@ -11,7 +11,8 @@ values in the graft *and* in the reference model (a linear head trained on [CLS]
 one, as the released code loads it into every model); "pre" below is that reference, which is
 the graft at sparsity 0.
 
-Finding the mask, for a sparsity ``s`` (fraction of graftable entries kept) and ``k = round(s N)``:
+Finding the mask, for a sparsity ``s`` (fraction of graftable entries kept) and ``k = round(s N)``
+(at least 1 for ``s > 0``):
 
 1. base patch ``gamma_0``: the top ``k`` entries of ``|theta_ft - theta_0|`` over all graftable
    tensors together;
@@ -28,6 +29,15 @@ Finding the mask, for a sparsity ``s`` (fraction of graftable entries kept) and 
    mask is the top ``k`` entries of ``u`` (the same order as ``gamma``), so every mask keeps
    exactly ``k`` entries. With ``select`` given (the workflow passes train + dev metric, as the
    released code does) the rounded mask of the best epoch is kept, else the last one.
+
+How far the mask moves: per epoch a score moves by ``lr * a * sigmoid'(u)``, where the entry's drive
+``a = -/+ dL/dtheta * (theta_ft - theta_0)`` (outside / inside the patch; > 0 pushes it towards a flip)
+and ``sigmoid'(u) ~ exp(S - b)`` is ~7.5e-5 at the start. While ``S`` is far below ``b`` the step grows
+as ``exp(S)``, so an entry flips within ``E`` epochs about when ``lr * a * E >= exp(b - S_0) ~ 1.3e4``;
+``lr * epochs`` sets how far the mask moves (the released code: 1e7 x 100 epochs). A run whose
+fine-tuning moved its weights little (few steps, small lr) drives no entry that far, and its graft
+stays the base patch: the stage reports the share of the mask outside the base patch
+(:func:`mask_moved`), per epoch too.
 
 Ties in any top-``k`` are broken by position (tensor order, then flat index), so masks are
 deterministic. Memory: the model holds ``theta_0``; beside it live the fine-tuned values of the
@@ -89,10 +99,18 @@ def split_state(state: Mapping[str, Tensor], exclude: Sequence[str] = DEFAULT_EX
 
 
 def mask_count(sparsity: float, n: int) -> int:
-    """Number of entries a mask of ``sparsity`` (fraction kept, in [0, 1]) keeps out of ``n``."""
+    """Number of entries a mask of ``sparsity`` (fraction kept, in [0, 1]) keeps out of ``n``: ``round(s n)``,
+    but at least one for ``s > 0`` (a small model at the paper's 1e-4 would otherwise graft nothing)."""
     if not 0.0 <= sparsity <= 1.0:
         raise LmftError(f"graft: sparsity must be in [0, 1] (the fraction of graftable entries kept), got {sparsity}")
-    return min(n, round(sparsity * n))
+    return min(n, max(round(sparsity * n), 1 if sparsity > 0 else 0))
+
+
+def mask_moved(mask: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> float:
+    """Share of ``mask``'s entries outside the ``base`` patch (0: the mask is the base patch, or empty)."""
+    kept = sum(int(m.sum()) for m in mask.values())
+    outside = sum(int((m & ~base[n].to(m.device)).sum()) for n, m in mask.items())
+    return outside / kept if kept else 0.0
 
 
 class _AbsDelta(Mapping[str, Tensor]):
@@ -218,15 +236,17 @@ class Relaxed:
 
 
 def relax_mask(model: nn.Module, ft: Mapping[str, Tensor], base: Mapping[str, Tensor], train: Split,
-               *, epochs: int = 10, lr: float = 1e7, sigmoid_bias: float = 10.0, seed: int = 0,
-               batch_size: int = 8, select: Callable[[dict[str, Tensor]], float] | None = None) -> Relaxed:
+               *, epochs: int, lr: float, sigmoid_bias: float, seed: int = 0, batch_size: int = 8,
+               select: Callable[[dict[str, Tensor]], float] | None = None) -> Relaxed:
     """Optimise the relaxed mask from ``base`` on the training split (see the module docstring).
 
     Each epoch averages the gradients of the batches of ``batch_size`` rows (in row order) and
     takes one step. ``model`` holds ``theta_0`` for the tensors named in ``ft`` (its other tuned tensors already
     at their fine-tuned values) and is not modified. Returns the mask rounded to exactly as many
     entries as ``base`` keeps: the last epoch's, or with ``select`` (mask -> score, higher is
-    better) the best epoch's, earliest on ties.
+    better) the best epoch's, earliest on ties. ``history`` has per epoch ``soft_train_loss`` (before
+    the step), ``max_step`` (the largest step of a score ``S`` towards a flip, i.e. up; 0 if none), ``moved`` (:func:`mask_moved` of the
+    epoch's rounded mask) and, with ``select``, ``select``.
     """
     if epochs < 1:
         raise LmftError(f"graft: relaxation epochs must be >= 1, got {epochs}")
@@ -257,13 +277,17 @@ def relax_mask(model: nn.Module, ft: Mapping[str, Tensor], base: Mapping[str, Te
                 loss = F.cross_entropy(logits.float(), batch["labels"].to(device))
                 loss.backward()
                 total += loss.item()
+            step = 0.0
             with torch.no_grad():
                 for s in scores.values():
                     s.sub_(s.grad, alpha=lr / len(batches))
+                    if s.numel():  # S up: towards a flip, inside the patch or outside
+                        step = max(step, float(-s.grad.min()) * lr / len(batches))
                     s.grad = None
                     s.requires_grad_(False)
             mask = top_k_mask(_Logits(scores, base, sigmoid_bias), k)
-            entry = {"epoch": epoch, "soft_train_loss": total / len(batches)}
+            entry = {"epoch": epoch, "soft_train_loss": total / len(batches), "max_step": step,
+                     "moved": mask_moved(mask, base)}
             if select is None:
                 best = (-math.inf, epoch, mask)
             else:

@@ -15,6 +15,9 @@ from lmft.paths import overlap_seeds, overlap_tasks
 
 # The settings a graft's numbers depend on (its rule's params): the section's, or a method entry's.
 OPTIONS = ("epochs", "lr", "sigmoid_bias", "batch_size", "mask_seed", "select", "exclude", "eval_batch_size")
+# Those the scores of "pre" and "ft" depend on (the graft_reference rule's params): a change of the
+# relaxation's settings reruns the grafts, not their reference.
+REFERENCE_OPTIONS = ("exclude", "eval_batch_size")
 
 
 def graft_methods(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -40,6 +43,11 @@ def graft_options(config: Mapping[str, Any], method: str) -> dict[str, Any]:
     a config that Snakemake validated has them all."""
     entry = graft_methods(config).get(method) or {}
     return {key: value for key, value in {**(config.get("graft") or {}), **entry}.items() if key in OPTIONS}
+
+
+def reference_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a method's graft settings (:func:`graft_options`) that its reference job takes."""
+    return {key: value for key, value in options.items() if key in REFERENCE_OPTIONS}
 
 
 def graft_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:

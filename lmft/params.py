@@ -32,6 +32,10 @@ The ``cls`` head's linear layer is new and random, so it trains in every mode. T
 causal heads add no parameters. ``freeze_embeddings`` additionally freezes every ``nn.Embedding``
 of the backbone (word, position and token-type embeddings; with a tied decoder that is the
 decoder too); the embedding LayerNorm is not an embedding and keeps its mode's setting.
+``train_only`` (regexes searched in the parameter names) keeps, of what the mode selects, only
+the parameters that match one: ``["\\.encoder\\.layer\\."]`` trains a BERT/RoBERTa's transformer
+blocks only, as the grafting paper's released code does (``fix_head``, ``fix_embeddings``: the MLM
+head's transform and bias and the embeddings' LayerNorm stay frozen too).
 """
 
 from __future__ import annotations
@@ -90,9 +94,16 @@ def _inject_lora(clf: Classifier, rank: int, targets: list[str] | None, alpha: f
         raise LmftError(f"LoRA targets {targets} for {model_type}: {e}") from e
 
 
+def _patterns(train_only: list[str]) -> list[re.Pattern[str]]:
+    try:
+        return [re.compile(p) for p in train_only]
+    except re.error as e:
+        raise LmftError(f"train_only: bad pattern ({e}); patterns are Python regexes: {list(train_only)}") from e
+
+
 def select_trainable(clf: Classifier, mode: str, freeze_embeddings: bool = False,
                      lora_targets: list[str] | None = None, lora_alpha: float | None = None,
-                     lora_dropout: float = 0.0) -> list[str]:
+                     lora_dropout: float = 0.0, train_only: list[str] | None = None) -> list[str]:
     """Set ``requires_grad`` on ``clf``'s parameters by ``mode``; return the trainable names in order.
 
     ``lora:R`` and ``prefix:P`` add parameters to ``clf`` (once: a second call raises); the
@@ -129,8 +140,12 @@ def select_trainable(clf: Classifier, mode: str, freeze_embeddings: bool = False
     if freeze_embeddings:  # by identity: a tied decoder is the same tensor as the word embeddings
         frozen = {id(p) for mod in clf.modules() if isinstance(mod, nn.Embedding) for p in mod.parameters()}
         chosen = {name for name, p in clf.named_parameters() if name in chosen and id(p) not in frozen}
+    if train_only is not None:
+        patterns = _patterns(train_only)
+        chosen = {name for name in chosen if any(p.search(name) for p in patterns)}
     if not chosen:
-        raise LmftError(f"mode {mode!r} selects no parameters of this {clf.backbone.config.model_type} model "
+        only = f" with train_only {list(train_only)}" if train_only is not None else ""
+        raise LmftError(f"mode {mode!r}{only} selects no parameters of this {clf.backbone.config.model_type} model "
                         "(e.g. Llama has no biases); choose another mode")
     for name, p in clf.named_parameters():
         p.requires_grad_(name in chosen)

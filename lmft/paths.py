@@ -90,6 +90,12 @@ def graft_dir(results: str, model: str, task: str, k: Part, seed: Part, method: 
     return f"{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{_g(sparsity)}"
 
 
+def graft_reference(results: str, model: str, task: str, k: Part, seed: Part, method: str) -> str:
+    """``{results}/graft/{model}/{task}/{k}-{seed}/{method}/reference``: the scores of the pre-trained
+    ("pre") and fine-tuned ("ft") models that every sparsity of one run's grafts shares."""
+    return f"{results}/graft/{model}/{task}/{k}-{seed}/{method}/reference"
+
+
 def overlap_tasks(results: str, model: str, k: Part, seed: Part, method: str, sparsity: float | str) -> str:
     """The overlap table of the masks of every task of one (model, k, seed, method, sparsity)."""
     return f"{results}/graft/{model}/overlap-tasks/{k}-{seed}/{method}/sparsity-{_g(sparsity)}.parquet"

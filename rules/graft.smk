@@ -1,34 +1,68 @@
 # Grafting (Panigrahi et al. 2023): a sparse mask per fine-tuning run and sparsity, and how the
 # masks of several tasks (or seeds) overlap. Runs only when the config has a `graft:` section
-# (lmft/graft_plan.py plans it, lmft/graft.py runs its jobs).
-from lmft.paths import (finetune_run, graft_dir, kshot_split, kshot_splits, model_manifest, overlap_seeds,
-                        overlap_tasks)
+# (lmft/graft_plan.py plans it, lmft/graft.py runs its jobs). The scores of the pre-trained and
+# fine-tuned ends are made once per run (graft_reference) and read by every sparsity's job.
+from lmft.graft_plan import reference_options
+from lmft.paths import (finetune_run, graft_dir, graft_reference, kshot_split, kshot_splits, model_manifest,
+                        overlap_seeds, overlap_tasks)
 
 GRAFT = PLAN.graft
 GRAFT_RESOURCES = GRAFT.get("resources") or {}
 GRAFT_RUN = graft_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}", "{sparsity}")
+GRAFT_REFERENCE = graft_reference(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}")
 GRAFTED = finetune_run(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}")  # the run a graft reads
+GRAFT_INPUTS = {  # what the reference and the grafts both read
+    "model_json": model_manifest(RESULTS, "{model}"),
+    "run_metrics": f"{GRAFTED}/metrics.json",
+    "checkpoint": f"{GRAFTED}/model.safetensors",
+    "ood": lambda w: [kshot_split(DATA, t, w.k, w.seed, "test") for t in PLAN.graft_ood(w.task)],
+}
+GRAFT_PARAMS = {
+    "ood": lambda w: PLAN.graft_ood(w.task),
+    "tasks": lambda w: PLAN.tasks_config([w.task, *PLAN.graft_ood(w.task)]),
+    "eval_cap": lambda w: PLAN.eval_cap(w.method),
+    "device": GRAFT["device"],
+}
 
 wildcard_constraints:
     sparsity=r"[0-9.eE+\-]+",
 
 
+rule graft_reference:
+    input:
+        **GRAFT_INPUTS,
+        **{s: kshot_split(DATA, "{task}", "{k}", "{seed}", s) for s in ("dev", "test")},
+    output:
+        metrics=f"{GRAFT_REFERENCE}/metrics.json",
+        predictions=f"{GRAFT_REFERENCE}/predictions.parquet",
+    params:
+        options=lambda w: reference_options(PLAN.graft_options(w.method)),
+        **GRAFT_PARAMS,
+    log:
+        "logs/graft/{model}/{task}/{k}-{seed}/{method}/reference.log",
+    benchmark:
+        "benchmarks/graft/{model}/{task}/{k}-{seed}/{method}/reference.tsv"
+    threads: GRAFT["threads"]
+    resources:
+        mem_mb=GRAFT_RESOURCES.get("mem_mb", 8000),
+        runtime=GRAFT_RESOURCES.get("runtime", 60),
+        gpu=GRAFT_RESOURCES.get("gpu", 0),
+    script:
+        "../workflow/scripts/graft_reference.py"
+
+
 rule graft:
     input:
-        model_json=model_manifest(RESULTS, "{model}"),
-        run_metrics=f"{GRAFTED}/metrics.json",
-        checkpoint=f"{GRAFTED}/model.safetensors",
+        **GRAFT_INPUTS,
         **kshot_splits(DATA, "{task}", "{k}", "{seed}"),
-        ood=lambda w: [kshot_split(DATA, t, w.k, w.seed, "test") for t in PLAN.graft_ood(w.task)],
+        reference=f"{GRAFT_REFERENCE}/metrics.json",
     output:
         mask=f"{GRAFT_RUN}/mask.safetensors",
         metrics=f"{GRAFT_RUN}/metrics.json",
+        predictions=f"{GRAFT_RUN}/predictions.parquet",
     params:
         options=lambda w: PLAN.graft_options(w.method),
-        ood=lambda w: PLAN.graft_ood(w.task),
-        tasks=lambda w: PLAN.tasks_config([w.task, *PLAN.graft_ood(w.task)]),
-        eval_cap=lambda w: PLAN.eval_cap(w.method),
-        device=GRAFT["device"],
+        **GRAFT_PARAMS,
     log:
         "logs/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{sparsity}.log",
     benchmark:

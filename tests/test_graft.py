@@ -5,30 +5,36 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tiny import make_tiny_model_dir, tiny_frame, tiny_prompt_split, write_tiny_splits
 
 from lmft.checkpoint import apply_state
+from lmft.config import SCHEMA, load_config
 from lmft.evaluate import evaluate, predict
-from lmft.graft import load_mask, run_graft, save_mask
+from lmft.graft import REFERENCE_KEYS, load_mask, run_graft, run_reference, save_mask
 from lmft.graft_mask import (
     DEFAULT_EXCLUDE,
     base_patch,
     graft,
     kept_fraction,
     mask_count,
+    mask_moved,
     relax_mask,
     select_graftable,
     soft_graft,
     split_state,
 )
-from lmft.graft_plan import graft_jobs, graft_options, overlap_groups, overlap_path
+from lmft.graft_plan import graft_jobs, graft_options, overlap_groups, overlap_path, reference_options
 from lmft.finetune import run_finetune
 from lmft.heads import build_classifier
-from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_parquet
+from lmft.methods import job_spec, resolve_spec
+from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_json, write_parquet
 from lmft.overlap import mask_overlap
-from lmft.paths import graft_dir
+from lmft.paths import graft_dir, graft_reference
+from lmft.runs import load_run
 from lmft.substitute import Substituted, substitute
 from lmft.tasks import get_task
 from lmft.topk import top_k_mask
@@ -103,12 +109,13 @@ def test_classifier_names_of_other_heads_are_excluded():
     assert select_graftable(names, exclude=()) == names
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 1e-4, 0.003, 0.01, 0.37, 0.5, 1.0])
+@pytest.mark.parametrize("sparsity", [0.0, 1e-5, 1e-4, 0.003, 0.01, 0.37, 0.5, 1.0])
 def test_base_patch_keeps_exactly_the_requested_count(tiny, sparsity):
     graftable, _ = split_state(tiny["ft"])
     n = sum(t.numel() for t in graftable.values())
     mask = base_patch(tiny["pre"], graftable, sparsity)
-    assert sum(int(m.sum()) for m in mask.values()) == mask_count(sparsity, n) == round(sparsity * n)
+    want = max(round(sparsity * n), 1) if sparsity else 0  # at least one entry at a small model's 1e-4
+    assert sum(int(m.sum()) for m in mask.values()) == mask_count(sparsity, n) == want
     assert all(m.dtype == torch.bool and m.shape == graftable[k].shape for k, m in mask.items())
 
 
@@ -168,7 +175,8 @@ def relax(tiny, **kw):
     model = fresh(tiny, rest)
     theta0 = theta0_of(model, graftable)
     base = base_patch(theta0, graftable, 0.01)
-    out = relax_mask(model, graftable, base, tiny["split"], **{"epochs": 3, "lr": 1e8, "batch_size": 6, **kw})
+    out = relax_mask(model, graftable, base, tiny["split"],
+                     **{"epochs": 3, "lr": 1e8, "sigmoid_bias": 10.0, "batch_size": 6, **kw})
     return model, theta0, graftable, base, out
 
 
@@ -199,7 +207,8 @@ def test_relaxation_leaves_the_model_as_it_was(tiny):
     model.backbone.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     theta0 = theta0_of(model, graftable)
-    relax_mask(model, graftable, base_patch(theta0, graftable, 0.05), tiny["split"], epochs=1, lr=1e9)
+    relax_mask(model, graftable, base_patch(theta0, graftable, 0.05), tiny["split"], epochs=1, lr=1e9,
+               sigmoid_bias=10.0)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags and model.training
 
@@ -252,7 +261,13 @@ def test_bad_input_raises_clear_errors(tiny):
         graft({"w": torch.zeros(2)}, {"w": torch.ones(2)}, {"v": torch.ones(2, dtype=torch.bool)})
     graftable, _ = split_state(tiny["ft"])
     with pytest.raises(LmftError, match="epochs must be"):
-        relax_mask(fresh(tiny), graftable, base_patch(tiny["pre"], graftable, 0.1), tiny["split"], epochs=0)
+        relax_mask(fresh(tiny), graftable, base_patch(tiny["pre"], graftable, 0.1), tiny["split"], epochs=0, lr=1.0,
+                   sigmoid_bias=10.0)
+
+
+def test_mask_count_rounds_but_keeps_one_entry_for_a_positive_sparsity():
+    assert [mask_count(s, 5000) for s in (0.0, 1e-5, 1e-4, 4e-4, 1e-3, 1.0)] == [0, 1, 1, 2, 5, 5000]
+    assert mask_count(1e-4, 106_000_000) == 10_600 and mask_count(1e-4, 1) == 1
 
 
 def test_kept_fraction():
@@ -309,35 +324,139 @@ def runs(tmp_path_factory):
     return {"model_json": model_json, "splits": splits, "ood": root / "ood.parquet", "dirs": dirs}
 
 
+def reference_of(runs, out, method="ft", ood=True, **kw):
+    """Run the graft reference of ``method``'s run into ``out``; returns its metrics."""
+    return run_reference(runs["model_json"], get_task("sst-2"), runs["dirs"][method], runs["splits"], out, model="tiny",
+                         k=6, seed=13, method=method, ood=OOD(runs) if ood else None, **kw)
+
+
+def graft_of(runs, out, reference, sparsity, method="ft", ood=True, **kw):
+    return run_graft(runs["model_json"], get_task("sst-2"), runs["dirs"][method], runs["splits"], out,
+                     reference / "metrics.json", model="tiny", k=6, seed=13, method=method, sparsity=sparsity,
+                     ood=OOD(runs) if ood else None, **kw)
+
+
+def OOD(runs):
+    return {"rt-polarity": (get_task("rt-polarity"), runs["ood"])}
+
+
+def check_predictions(path, metrics, models):
+    """predictions.parquet: the columns of the shared interface, and per model the metrics' accuracy."""
+    df = pd.read_parquet(path)
+    assert list(df.columns) == ["model", "split", "index", "label", "pred", "probs"]
+    assert all(str(df[c].dtype) == "int64" for c in ("index", "label", "pred"))
+    assert set(df["model"]) == set(models) and set(df["split"]) == {"test", "ood:rt-polarity"}
+    probs = np.stack(df["probs"].to_numpy())
+    assert np.allclose(probs.sum(1), 1) and (probs.argmax(1) == df["pred"]).all()
+    for model, want in models.items():
+        test = df[(df["model"] == model) & (df["split"] == "test")]
+        ood = df[(df["model"] == model) & (df["split"] == "ood:rt-polarity")]
+        assert test["index"].tolist() == list(range(metrics["n_test"])) and len(ood) == 10
+        assert (test["pred"] == test["label"]).mean() == pytest.approx(want["test"])
+        assert (ood["pred"] == ood["label"]).mean() == pytest.approx(want["ood"])
+    return df
+
+
 @pytest.mark.parametrize("method", ["ft", "lora"])
-def test_run_graft_writes_mask_and_metrics(runs, tmp_path, method):
+def test_reference_and_grafts_write_masks_metrics_and_predictions(runs, tmp_path, method):
     ft_metrics = read_json(runs["dirs"][method] / "metrics.json")
-    ood = {"rt-polarity": (get_task("rt-polarity"), runs["ood"])}
+    ref_dir = tmp_path / "reference"
+    ref = reference_of(runs, ref_dir, method)
+    assert read_json(ref_dir / "metrics.json") == json.loads(json.dumps(ref))
+    assert ref["ft_test_metric"] == pytest.approx(ft_metrics["test_metric"])
+    assert ref["pre_is_pretrained"] is (method == "lora")  # full FT tuned the embeddings too
+    ood_ref = ref["ood"]["rt-polarity"]
+    check_predictions(ref_dir / "predictions.parquet", ref,
+                      {end: {"test": ref[f"{end}_test_metric"], "ood": ood_ref[end]} for end in ("pre", "ft")})
     results = {}
-    for s in (0.0, 0.05, 1.0):
+    for s in (0.0, 1e-4, 0.05, 1.0):
         out = tmp_path / f"sparsity-{s}"
-        results[s] = run_graft(runs["model_json"], get_task("sst-2"), runs["dirs"][method], runs["splits"], out,
-                               model="tiny", k=6, seed=13, method=method, sparsity=s, ood=ood,
-                               options={"epochs": 2, "lr": 1e8})
-        m = read_json(out / "metrics.json")
-        assert m == json.loads(json.dumps(results[s]))
+        results[s] = m = graft_of(runs, out, ref_dir, s, method, options={"epochs": 2, "lr": 1e8})
+        assert read_json(out / "metrics.json") == json.loads(json.dumps(m))
         mask = load_mask(out / "mask.safetensors")
-        assert sum(int(v.sum()) for v in mask.values()) == m["count"] == round(s * m["n_graftable"])
+        kept = sum(int(v.sum()) for v in mask.values())
+        assert kept == m["count"] == m["base_count"] == mask_count(s, m["n_graftable"])
         assert {"stage", "task", "k", "seed", "model", "method", "metric", "dev_metric", "test_metric", "test_ece",
-                "wall_time_s", "peak_mem_mb", "sparsity", "kept_fraction", "ood"} <= set(m)
-        assert m["ft_test_metric"] == pytest.approx(ft_metrics["test_metric"])
-        assert set(m["ood"]) == {"rt-polarity"} and set(m["ood"]["rt-polarity"]) == {"pre", "ft", "graft"}
-    assert results[1.0]["test_metric"] == results[1.0]["ft_test_metric"]
-    assert results[0.0]["test_metric"] == results[0.0]["pre_test_metric"]
-    assert results[1.0]["ood"]["rt-polarity"]["graft"] == results[1.0]["ood"]["rt-polarity"]["ft"]
+                "wall_time_s", "peak_mem_mb", "sparsity", "kept_fraction", "ood", "mask_moved"} <= set(m)
+        assert {key: m[key] for key in REFERENCE_KEYS} == {key: ref[key] for key in REFERENCE_KEYS}
+        assert m["ood"]["rt-polarity"]["pre"] == ood_ref["pre"] and m["ood"]["rt-polarity"]["ft"] == ood_ref["ft"]
+        check_predictions(out / "predictions.parquet", m,
+                          {"graft": {"test": m["test_metric"], "ood": m["ood"]["rt-polarity"]["graft"]}})
+        assert 0 <= m["mask_moved"] <= 1
+    # the graft's ends are the reference's, scored by the other job
+    assert results[1.0]["test_metric"] == ref["ft_test_metric"] and results[1.0]["dev_metric"] == ref["ft_dev_metric"]
+    assert results[0.0]["test_metric"] == ref["pre_test_metric"] and results[0.0]["test_ece"] == ref["pre_test_ece"]
+    assert results[1.0]["ood"]["rt-polarity"]["graft"] == ood_ref["ft"]
+    assert results[0.0]["ood"]["rt-polarity"]["graft"] == ood_ref["pre"]
+    assert results[1e-4]["count"] >= 1 and results[1e-4]["relax_epochs"] == 2  # the paper's ~0.01% on a tiny model
     assert results[0.05]["relax_epochs"] == 2 and results[0.0]["relax_epochs"] == 0
+    assert results[0.0]["mask_moved"] == results[1.0]["mask_moved"] == 0
     if method == "lora":
         assert all("lora_" in n for n in results[1.0]["graftable"])
 
 
+def test_grafts_read_pre_and_ft_from_the_reference_without_scoring_them(runs, tmp_path, monkeypatch):
+    ref_dir = tmp_path / "reference"
+    ref = reference_of(runs, ref_dir)
+    doctored = {**ref, "pre_test_metric": 0.125, "ft_test_metric": 0.625, "pre_test_ece": 0.5,
+                "ood": {"rt-polarity": {"pre": 0.25, "ft": 0.75}}}
+    write_json(doctored, ref_dir / "metrics.json")
+    import lmft.graft as stage
+    scored = []
+    monkeypatch.setattr(stage, "evaluate", lambda clf, split, *a, **kw: scored.append(split.name) or evaluate(
+        clf, split, *a, **kw))
+    m = graft_of(runs, tmp_path / "g", ref_dir, 0.05, options={"epochs": 1, "lr": 1e8, "select": "last"})
+    assert (m["pre_test_metric"], m["ft_test_metric"], m["pre_test_ece"]) == (0.125, 0.625, 0.5)
+    assert m["ood"]["rt-polarity"] == {"pre": 0.25, "ft": 0.75, "graft": m["ood"]["rt-polarity"]["graft"]}
+    assert m["kept_fraction"] == pytest.approx((m["test_metric"] - 0.125) / 0.5)
+    # base patch (train, dev, test) and the graft (train, dev, test, OOD): nothing else
+    assert sorted(scored) == sorted(["train", "dev", "test", "train", "dev", "test", "ood:rt-polarity"])
+
+
+def test_graft_refuses_a_reference_of_other_settings(runs, tmp_path):
+    ref_dir = tmp_path / "reference"
+    reference_of(runs, ref_dir, ood=False)
+    with pytest.raises(ArtifactError, match="not the graft reference of this run.*ood"):
+        graft_of(runs, tmp_path / "g", ref_dir, 0.05, options={"epochs": 1})
+    reference_of(runs, ref_dir, options={"exclude": ["embed"]})
+    with pytest.raises(ArtifactError, match="graftable"):
+        graft_of(runs, tmp_path / "g", ref_dir, 0.05, options={"epochs": 1})
+
+
+def test_mask_moved_is_zero_without_a_step_and_positive_with_a_large_one(runs, tmp_path):
+    ref_dir = tmp_path / "reference"
+    reference_of(runs, ref_dir, ood=False)
+    still = graft_of(runs, tmp_path / "still", ref_dir, 0.05, ood=False, options={"epochs": 2, "lr": 0.0})
+    assert still["mask_moved"] == 0 and [h["moved"] for h in still["relax_history"]] == [0, 0]
+    assert (still["test_metric"], still["dev_metric"]) == (still["base_test_metric"], still["base_dev_metric"])
+    assert all(h["max_step"] == 0 for h in still["relax_history"])
+    off = graft_of(runs, tmp_path / "off", ref_dir, 0.05, ood=False, options={"epochs": 0})  # the base patch
+    assert (off["mask_moved"], off["relax_epochs"], off["relax_chosen_epoch"]) == (0, 0, 0)
+    assert (off["test_metric"], off["test_loss"]) == (still["base_test_metric"], still["test_loss"])
+    moved = graft_of(runs, tmp_path / "moved", ref_dir, 0.05, ood=False,
+                     options={"epochs": 2, "lr": 1e12, "select": "last"})
+    assert 0 < moved["mask_moved"] == moved["relax_history"][-1]["moved"] <= 1
+    assert moved["relax_history"][0]["max_step"] > 0
+    a, b = (load_mask(tmp_path / d / "mask.safetensors") for d in ("still", "moved"))
+    outside = sum(int((b[n] & ~a[n]).sum()) for n in a)  # "still" is the base patch
+    assert outside / moved["count"] == pytest.approx(moved["mask_moved"])
+
+
+def test_mask_moved_counts_entries_outside_the_base_patch():
+    t = torch.tensor
+    base = {"w": t([True, True, False, False]), "b": t([False, True])}
+    assert mask_moved(base, base) == 0
+    assert mask_moved({"w": t([True, False, True, False]), "b": t([False, False])}, base) == pytest.approx(0.5)
+    assert mask_moved({"w": t([False] * 4), "b": t([True, False])}, base) == 1
+    assert mask_moved({"w": t([False] * 4), "b": t([False, False])}, {"w": t([False] * 4), "b": t([False] * 2)}) == 0
+
+
 def test_run_graft_rejects_bad_settings(runs, tmp_path):
+    ref_dir = tmp_path / "reference"
+    reference_of(runs, ref_dir)
     kw = {"model": "tiny", "k": 6, "seed": 13, "method": "ft", "sparsity": 0.1}
-    args = (runs["model_json"], get_task("sst-2"), runs["dirs"]["ft"], runs["splits"], tmp_path)
+    args = (runs["model_json"], get_task("sst-2"), runs["dirs"]["ft"], runs["splits"], tmp_path,
+            ref_dir / "metrics.json")
     with pytest.raises(LmftError, match="unknown option"):
         run_graft(*args, options={"epoch": 3}, **kw)
     with pytest.raises(LmftError, match="select must be"):
@@ -359,6 +478,12 @@ def test_graft_jobs_and_overlap_groups_from_the_config():
     assert len(jobs) == 2 * 1 * 2 * 2 * 2  # methods ft, lora x m1 x tasks x seeds x sparsities
     assert graft_options(config, "ft") == {"lr": 7.0, "epochs": 3} and graft_options(config, "lora")["lr"] == 5.0
     assert graft_dir("results", **jobs[0]) == "results/graft/m1/t1/16-13/ft/sparsity-0.001"
+    assert graft_dir("results", **{**jobs[0], "sparsity": 1e-4}).endswith("/ft/sparsity-0.0001")
+    assert graft_reference("results", "m1", "t1", 16, 13, "ft") == "results/graft/m1/t1/16-13/ft/reference"
+    # the reference takes only the settings that its scores depend on
+    assert reference_options(graft_options(config, "ft")) == {}
+    assert reference_options({"lr": 1.0, "exclude": ["x"], "eval_batch_size": 4}) == {"exclude": ["x"],
+                                                                                        "eval_batch_size": 4}
     groups = overlap_groups(jobs)
     by_tasks = [g for g in groups if g["by"] == "tasks"]
     by_seeds = [g for g in groups if g["by"] == "seeds"]
@@ -370,3 +495,26 @@ def test_graft_jobs_and_overlap_groups_from_the_config():
         graft_jobs({**CONFIG, "graft": {"methods": {"nope": {}}}})
     with pytest.raises(LmftError, match="needs a method that trains"):
         graft_jobs({**CONFIG, "graft": {"methods": {"zs": {}}}})
+
+
+def test_paper_grid_grafts_runs_that_train_only_the_encoder_blocks(tmp_path):
+    """config/paper.yaml: every grafted method fine-tunes as the released code (SGD, constant lr, weight
+    decay 1e-4, head and embeddings frozen), so that on a (tiny) RoBERTa its graft's "pre" is pre-trained."""
+    config = load_config(SCHEMA.parent.parent.parent / "config/paper.yaml")
+    methods = {job["method"] for job in graft_jobs(config)}
+    assert methods and {job["sparsity"] for job in graft_jobs(config)} >= {1e-4, 1e-3, 1e-2}
+    model_json = make_tiny_model_dir(tmp_path, "roberta")
+    splits = write_tiny_splits(tmp_path)
+    for method in sorted(methods):
+        spec = resolve_spec(config["finetune"]["methods"][method], method, grid=False)
+        assert (spec["optimizer"], spec["schedule"], spec["weight_decay"]) == ("sgd", "constant", 1e-4)
+        run = tmp_path / method
+        run_finetune(model_json, get_task("sst-2"), splits, run, model="tiny", k=6, seed=13, method=method,
+                     spec={**job_spec(spec), "steps": 2, "eval_every": 1})
+        clf = load_run(model_json, get_task("sst-2"), run).clf
+        tuned = [n for n, p in clf.named_parameters() if p.requires_grad]
+        blocks = [n for n, _ in clf.named_parameters() if ".encoder.layer." in n]
+        assert tuned == blocks and blocks  # not lm_head.dense/layer_norm/bias, not embeddings.LayerNorm
+        ref = run_reference(model_json, get_task("sst-2"), run, splits, tmp_path / f"{method}-reference", model="tiny",
+                            k=6, seed=13, method=method, options=graft_options(config, method))
+        assert ref["pre_is_pretrained"] is True and ref["graftable"] == blocks

@@ -231,3 +231,17 @@ def test_gradients_reach_exactly_the_trainable_parameters(dirs, arch: str, head:
     F.cross_entropy(clf(**batch), labels).backward()
     got = {n for n, p in clf.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert got == names
+
+
+def test_train_only_keeps_the_matching_parameters_of_the_mode(dirs) -> None:
+    clf, _ = build_classifier(dirs["roberta"], SST2, "prompt")
+    names = select_trainable(clf, "all", train_only=[r"\.encoder\.layer\."])
+    assert names == [n for n, _ in clf.named_parameters() if ".encoder.layer." in n] and names
+    assert not clf.backbone.lm_head.dense.weight.requires_grad  # the MLM head and embeddings' LayerNorm stay frozen
+    assert not clf.backbone.roberta.embeddings.LayerNorm.weight.requires_grad
+    assert select_trainable(clf, "bias", train_only=[r"\.encoder\.layer\.0\."]) == [
+        n for n, _ in clf.named_parameters() if ".encoder.layer.0." in n and n.endswith(".bias")]
+    with pytest.raises(LmftError, match="with train_only .* selects no parameters"):
+        select_trainable(clf, "all", train_only=["nothing-matches"])
+    with pytest.raises(LmftError, match="train_only: bad pattern"):
+        select_trainable(clf, "all", train_only=["("])

@@ -21,6 +21,7 @@ def test_run_folders_take_values_and_wildcards():
     assert p.graft_dir("r", "m", "t", 16, 13, "ft", 1e-4) == "r/graft/m/t/16-13/ft/sparsity-0.0001"
     assert (p.graft_dir("r", **W, method="{method}", sparsity="{sparsity}")
             == "r/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{sparsity}")
+    assert p.graft_reference("r", **W, method="{method}") == "r/graft/{model}/{task}/{k}-{seed}/{method}/reference"
     assert p.overlap_tasks("r", "m", 16, 13, "ft", 0.01) == "r/graft/m/overlap-tasks/16-13/ft/sparsity-0.01.parquet"
     assert p.overlap_seeds("r", "m", "t", 16, "ft", 0.01) == "r/graft/m/overlap-seeds/t/16/ft/sparsity-0.01.parquet"
     assert p.interpolate_dir("r", "m", "t", "seed13-seed21") == "r/interpolate/m/t/seed13-seed21"

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.workflow
 
 TASKS = ("alpha", "beta")
 SEEDS = (13, 21)
-SPARSITIES = (0.01, 0.1)
+SPARSITIES = (1e-4, 0.1)  # the paper's ~0.01% keeps at least one entry of a tiny model
 TRAIN = {"steps": 4, "eval_every": 2, "batch_size": 4}
 VOLATILE = {"wall_time_s", "peak_mem_mb", "resumed_from"}
 
@@ -88,10 +88,11 @@ def full_run(tmp_path_factory, inputs):
 def test_every_stage_writes_its_outputs(full_run):
     work, plan = full_run
     rules = {r for r, _ in plan}
-    assert {"finetune", "graft", "mask_overlap_tasks", "mask_overlap_seeds", "interpolate", "kernel_shard",
-            "kernel_solve", "aggregate"} <= rules
+    assert {"finetune", "graft_reference", "graft", "mask_overlap_tasks", "mask_overlap_seeds", "interpolate",
+            "kernel_shard", "kernel_solve", "aggregate"} <= rules
     assert len([w for r, w in plan if r == "finetune"]) == 4 * len(TASKS) * len(SEEDS)
     assert len([w for r, w in plan if r == "graft"]) == len(TASKS) * len(SEEDS) * len(SPARSITIES)
+    assert len([w for r, w in plan if r == "graft_reference"]) == len(TASKS) * len(SEEDS)  # one per run
     assert len([w for r, w in plan if r == "interpolate"]) == 8  # 3 pairs x 2 tasks + alpha-beta on 2 tasks
     res = work / "results"
     for task in TASKS:
@@ -101,6 +102,14 @@ def test_every_stage_writes_its_outputs(full_run):
         g = json.loads((res / f"graft/tiny/{task}/4-21/ft/sparsity-0.1/metrics.json").read_text())
         other = "beta" if task == "alpha" else "alpha"
         assert g["count"] == round(0.1 * g["n_graftable"]) and set(g["ood"]) == {other}
+        small = json.loads((res / f"graft/tiny/{task}/4-21/ft/sparsity-0.0001/metrics.json").read_text())
+        assert small["count"] >= 1 and small["relax_epochs"] == 2
+        ref = json.loads((res / f"graft/tiny/{task}/4-21/ft/reference/metrics.json").read_text())
+        assert (g["pre_test_metric"], g["ft_test_metric"]) == (ref["pre_test_metric"], ref["ft_test_metric"])
+        assert g["ood"][other]["ft"] == ref["ood"][other]["ft"] and 0 <= g["mask_moved"] <= 1
+        for folder, models in (("reference", {"pre", "ft"}), ("sparsity-0.1", {"graft"})):
+            preds = pd.read_parquet(res / f"graft/tiny/{task}/4-21/ft/{folder}/predictions.parquet")
+            assert set(preds["model"]) == models and set(preds["split"]) == {"test", f"ood:{other}"}
         curve = pd.read_parquet(res / f"interpolate/tiny/{task}/seed-seed/curve.parquet")
         assert sorted(curve["alpha"].unique()) == [0.0, 0.5, 1.0]
         assert (res / f"interpolate/tiny/{task}/alpha-beta/plot.png").stat().st_size > 1000
@@ -190,10 +199,10 @@ def test_changing_one_task_reruns_its_jobs_and_those_reading_it(full_run, inputs
         csv.write_bytes(saved)
         os.utime(csv, ns=(mtime, mtime))
         write_config(work, stage_config(*inputs))
-    # beta's own jobs, alpha's grafts (scored out of distribution on beta) and so every mask overlap,
+    # beta's own jobs, alpha's grafts and their reference (scored out of distribution on beta), so every mask overlap,
     # and alpha's alpha-beta curve (its b end is a beta run); alpha's fine-tuning, kernels and data stay
     expected = affected(plan, tasks={"beta"})
-    expected += [(r, w) for r, w in plan if r == "graft" and "task=alpha" in w]
+    expected += [(r, w) for r, w in plan if r in ("graft", "graft_reference") and "task=alpha" in w]
     expected += [(r, w) for r, w in plan if r.startswith("mask_overlap")]
     expected += [(r, w) for r, w in plan if r == "interpolate" and w == "model=tiny, task=alpha, pair=alpha-beta"]
     assert jobs == sorted(set(expected))
@@ -290,7 +299,7 @@ def test_killed_kernel_shard_leaves_nothing_and_reruns(full_run, tmp_path_factor
 
 
 @pytest.mark.parametrize("artifact, target", [
-    ("results/finetune/tiny/alpha/4-13/ft/model.safetensors", "results/graft/tiny/alpha/4-13/ft/sparsity-0.01/metrics.json"),
+    ("results/finetune/tiny/alpha/4-13/ft/model.safetensors", "results/graft/tiny/alpha/4-13/ft/sparsity-0.0001/metrics.json"),
     ("results/kernels/tiny/alpha/4-13/sgd-prompt/train.pt", "results/kernel_solve/tiny/alpha/4-13/sgd-prompt/lstsq/metrics.json"),
     ("data/kshot/alpha/4-13/dev.parquet", "results/finetune/tiny/alpha/4-13/zeroshot/metrics.json"),
 ])

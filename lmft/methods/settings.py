@@ -40,6 +40,10 @@ SELECT = {
     "mode": setting("all", "trainable parameters: all, last:N, first:N, middle:N, bias, norm, head, lora:R, prefix:P",
                     type="string"),
     "freeze_embeddings": setting(False, "keep the embeddings (and a head tied to them) frozen", type="boolean"),
+    "train_only": setting(None, "regexes searched in the parameter names: of what mode selects, only the matching "
+                                "parameters train (null: all of them); e.g. ['\\.encoder\\.layer\\.'] trains a "
+                                "RoBERTa's transformer blocks only (head and embeddings frozen, as the grafting "
+                                "paper's models)", type=["array", "null"], items={"type": "string"}),
     "lora_targets": setting(None, "names of the layers LoRA adapts (null: the attention projections, per model type)",
                             type=["array", "null"], items={"type": "string"}),
     "lora_alpha": setting(None, "LoRA's alpha (null: twice the rank)", type=["number", "null"]),
