@@ -34,7 +34,8 @@ How far the mask moves: per epoch a score moves by ``lr * a * sigmoid'(u)``, whe
 ``a = -/+ dL/dtheta * (theta_ft - theta_0)`` (outside / inside the patch; > 0 pushes it towards a flip)
 and ``sigmoid'(u) ~ exp(S - b)`` is ~7.5e-5 at the start. While ``S`` is far below ``b`` the step grows
 as ``exp(S)``, so an entry flips within ``E`` epochs about when ``lr * a * E >= exp(b - S_0) ~ 1.3e4``;
-``lr * epochs`` sets how far the mask moves (the released code: 1e7 x 100 epochs). A run whose
+``lr * epochs`` sets how far the mask moves (the released code: 1e7 x 100 epochs; at the same product
+more, smaller steps move it further, as the steps compound). A run whose
 fine-tuning moved its weights little (few steps, small lr) drives no entry that far, and its graft
 stays the base patch: the stage reports the share of the mask outside the base patch
 (:func:`mask_moved`), per epoch too.
