@@ -229,7 +229,7 @@ def _memory(rows: Sequence[dict[str, Any]]) -> list[Finding]:
         cell = (model, task, k)
         some = next(iter(by.values()))
         weights = "" if is_missing(some.get("params_mb")) else f", weights {float(some['params_mb']):.0f} MB"
-        measured = (f"seed {seed}, batch {some.get('batch_size')}, peak increase over the loaded model "
+        measured = (f"mode {mode}, seed {seed}, batch {some.get('batch_size')}, peak increase over the loaded model "
                     f"({as_text(some.get('measure'))}){weights}: "
                     + ", ".join(f"{w} {float(r['peak_mb_median']):.1f} MB" for w, r in sorted(by.items())
                                 if not is_missing(r.get("peak_mb_median"))))

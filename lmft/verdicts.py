@@ -27,7 +27,8 @@ VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, UNMEASURED)
 
 @dataclass(frozen=True)
 class Rule:
-    """``effect {kind} margin``: ``above`` (>), ``below`` (<) or ``within`` (|effect| <)."""
+    """``effect {kind} margin``: ``above`` (>), ``below`` (<) or ``within`` (abs(effect) <; no ``|``, which
+    would split a Markdown table's cell)."""
 
     kind: Literal["above", "below", "within"]
     margin: float
@@ -39,7 +40,7 @@ class Rule:
 
     def text(self, effect: str) -> str:
         m = self.fmt(self.margin, 2 if self.unit in ("x", "nats") else 1).rstrip("0").rstrip(".")
-        op = {"above": f"{effect} > {m}", "below": f"{effect} < {m}", "within": f"|{effect}| < {m}"}[self.kind]
+        op = {"above": f"{effect} > {m}", "below": f"{effect} < {m}", "within": f"abs({effect}) < {m}"}[self.kind]
         return f"95% CI of {op}{' ' + self.unit if self.unit else ''}"
 
     def verdict(self, ci: Interval) -> str:

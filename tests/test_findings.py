@@ -133,7 +133,7 @@ def test_kernel_claims(tmp_path, task):
     want_prompt = {HOLD: H, FAIL: F, INCON: I}[task]
     f = verdict_of(paths, "kernel-prompt", task)
     assert f.verdict == want_prompt, f.reason
-    assert f.rule == "95% CI of |FT - kernel| < 5 points" and f.extra == "lora:8"
+    assert f.rule == "95% CI of abs(FT - kernel) < 5 points" and f.extra == "lora:8"
     g = verdict_of(paths, "kernel-noprompt", task)
     want_gap = {HOLD: H, FAIL: F, INCON: I}[task]
     assert g.verdict == want_gap, g.reason
