@@ -45,8 +45,8 @@ from lmft.finetune import default_head
 from lmft.io import LmftError, read_parquet, write_json
 from lmft.memory import NOT_MEASURED, PeakIncrease
 from lmft.methods import resolve_spec
-from lmft.methods.ft import _stepper as ft_stepper  # the types' own steppers: the step a run makes
-from lmft.methods.mezo import _stepper as mezo_stepper
+from lmft.methods.ft import stepper as ft_stepper  # the types' own steppers: the step a run makes
+from lmft.methods.mezo import stepper as mezo_stepper
 from lmft.methods.training import selection
 from lmft.mezo import classifier_loss
 from lmft.params import count_trainable

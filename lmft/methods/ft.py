@@ -15,7 +15,7 @@ from lmft.methods.training import trainer
 from lmft.train import OPTIMIZERS, FirstOrder, Objective
 
 
-def _stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,
+def stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,
              objective: Objective | None = None) -> FirstOrder:
     return FirstOrder(clf, total_steps=total, optimizer=cfg["optimizer"], lr=float(cfg["lr"]),
                       weight_decay=float(cfg["weight_decay"]), momentum=float(cfg["momentum"]),
@@ -23,7 +23,7 @@ def _stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,
                       max_grad_norm=float(cfg["max_grad_norm"]), loss=cfg["loss"], objective=objective)
 
 
-METHOD = trainer("ft", _stepper, loop_settings(batch_size=8, steps=1000, eval_every=100, lr=1e-5, schedule="linear") | {
+METHOD = trainer("ft", stepper, loop_settings(batch_size=8, steps=1000, eval_every=100, lr=1e-5, schedule="linear") | {
     "optimizer": setting("adamw", "the optimiser", enum=list(OPTIMIZERS)),
     "momentum": setting(0.0, "SGD's momentum", type="number", minimum=0),
     "max_grad_norm": setting(1.0, "gradient clipping norm (0: none)", type="number", minimum=0),

@@ -16,7 +16,7 @@ from lmft.methods.training import trainer
 from lmft.train import Objective, ZerothOrder
 
 
-def _stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,
+def stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,
              objective: Objective | None = None) -> ZerothOrder:
     return ZerothOrder(clf, total_steps=total, lr=float(cfg["lr"]), eps=float(cfg["eps"]),
                        weight_decay=float(cfg["weight_decay"]), n_perturbations=int(cfg["n_perturbations"]),
@@ -24,7 +24,7 @@ def _stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,
                        objective=objective)
 
 
-METHOD = trainer("mezo", _stepper, loop_settings(batch_size=64, steps=100_000, eval_every=10_000, lr=1e-6,
+METHOD = trainer("mezo", stepper, loop_settings(batch_size=64, steps=100_000, eval_every=10_000, lr=1e-6,
                                                  schedule="constant") | {
     "eps": setting(1e-3, "the perturbation's scale", type="number", exclusiveMinimum=0),
     "n_perturbations": setting(1, "perturbations averaged per step", type="integer", minimum=1),
