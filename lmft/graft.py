@@ -37,11 +37,12 @@ epoch, :func:`lmft.graft_mask.relax_mask`), ``ood`` (per OOD task: pre / ft / gr
 from __future__ import annotations
 
 import json
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ class _Grafting:
     metric: str
     batch_size: int
     device: torch.device
+    _scored: dict[tuple[str, str], Evaluation] = field(default_factory=dict)
 
     @property
     def theta0(self) -> dict[str, Tensor]:
@@ -148,6 +150,21 @@ class _Grafting:
         """``names``' evaluations of the reference with ``params`` in place (None: the reference itself)."""
         clf = self.ref if params is None else Substituted(self.ref, params)
         return {s: evaluate(clf, self.data[s], self.metric, self.batch_size, self.device, desc=s) for s in names}
+
+    def masked_scores(self, mask: Mapping[str, Tensor], names: Iterable[str]) -> dict[str, Evaluation]:
+        """``names``' evaluations of the graft of ``mask``, each scored once per distinct mask: the
+        relaxation's epochs and the base patch often round to the same mask, and scoring is
+        deterministic, so a repeat is read back rather than recomputed."""
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(mask):
+            digest.update(name.encode())
+            digest.update(mask[name].detach().cpu().numpy().tobytes())
+        key, names = digest.hexdigest(), list(names)
+        todo = [s for s in names if (key, s) not in self._scored]
+        if todo:
+            params = graft(self.theta0, self.ft, mask)
+            self._scored.update({(key, s): ev for s, ev in self.scores(params, todo).items()})
+        return {s: self._scored[key, s] for s in names}
 
     def predictions(self, model: str, evals: Mapping[str, Evaluation]) -> pd.DataFrame:
         """``predictions.parquet`` rows of ``model`` on test and the OOD tests."""
@@ -276,14 +293,11 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
     log.info("graft %s %s k=%d seed=%d %s: %d graftable tensors, %d entries, sparsity %g", model, task.name, k, seed,
              method, len(ft), n_graftable, sparsity)
 
-    def grafted(mask: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return graft(theta0, ft, mask)
-
     base = base_patch(theta0, ft, sparsity)
     count = sum(int(m.sum()) for m in base.values())
     if 0 < count < n_graftable and int(opts["epochs"]) > 0:
         def select(mask: dict[str, Tensor]) -> float:
-            ev = g.scores(grafted(mask), ("train", "dev"))
+            ev = g.masked_scores(mask, ("train", "dev"))
             return ev["train"].metric + ev["dev"].metric
 
         relaxed = relax_mask(g.ref, ft, base, g.data["train"], epochs=int(opts["epochs"]), lr=float(opts["lr"]),
@@ -292,8 +306,8 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
         mask, history, chosen = relaxed.mask, relaxed.history, relaxed.epoch
     else:  # no relaxation, or no entry or every entry: the top-k is the only mask there is
         mask, history, chosen = base, [], 0
-    at_base = g.scores(grafted(base), ("train", "dev", "test"))
-    at_graft = g.scores(grafted(mask), g.data)
+    at_base = g.masked_scores(base, ("train", "dev", "test"))
+    at_graft = g.masked_scores(mask, g.data)
     test = at_graft["test"]
     moved = mask_moved(mask, base)
     log.info("graft test %s %.4f (pre %.4f, ft %.4f, base patch %.4f), ECE %.4f; %.1f%% of the mask moved off the "

@@ -395,7 +395,8 @@ def test_reference_and_grafts_write_masks_metrics_and_predictions(runs, tmp_path
         assert all("lora_" in n for n in results[1.0]["graftable"])
 
 
-def test_grafts_read_pre_and_ft_from_the_reference_without_scoring_them(runs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lr", [0.0, 1e12])
+def test_grafts_read_pre_and_ft_from_the_reference_and_score_each_mask_once(runs, tmp_path, monkeypatch, lr):
     ref_dir = tmp_path / "reference"
     ref = reference_of(runs, ref_dir)
     doctored = {**ref, "pre_test_metric": 0.125, "ft_test_metric": 0.625, "pre_test_ece": 0.5,
@@ -405,12 +406,17 @@ def test_grafts_read_pre_and_ft_from_the_reference_without_scoring_them(runs, tm
     scored = []
     monkeypatch.setattr(stage, "evaluate", lambda clf, split, *a, **kw: scored.append(split.name) or evaluate(
         clf, split, *a, **kw))
-    m = graft_of(runs, tmp_path / "g", ref_dir, 0.05, options={"epochs": 1, "lr": 1e8, "select": "last"})
+    m = graft_of(runs, tmp_path / "g", ref_dir, 0.05, options={"epochs": 2, "lr": lr, "select": "best"})
     assert (m["pre_test_metric"], m["ft_test_metric"], m["pre_test_ece"]) == (0.125, 0.625, 0.5)
     assert m["ood"]["rt-polarity"] == {"pre": 0.25, "ft": 0.75, "graft": m["ood"]["rt-polarity"]["graft"]}
     assert m["kept_fraction"] == pytest.approx((m["test_metric"] - 0.125) / 0.5)
-    # base patch (train, dev, test) and the graft (train, dev, test, OOD): nothing else
-    assert sorted(scored) == sorted(["train", "dev", "test", "train", "dev", "test", "ood:rt-polarity"])
+    # pre and ft never; each distinct mask (the epochs', the base patch) once per split it needs
+    if lr == 0.0:  # every epoch rounds to the base patch: one mask, scored once on each split
+        assert m["mask_moved"] == 0
+        assert sorted(scored) == sorted(["train", "dev", "test", "ood:rt-polarity"])
+    else:  # two moved epochs (selection: train, dev each), then the base patch and the chosen graft's rest
+        assert m["mask_moved"] > 0 and all(h["moved"] > 0 for h in m["relax_history"])
+        assert sorted(scored) == sorted(["train", "dev"] * 3 + ["test"] * 2 + ["ood:rt-polarity"])
 
 
 def test_graft_refuses_a_reference_of_other_settings(runs, tmp_path):
