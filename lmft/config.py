@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from lmft.io import LmftError
-from lmft.tasks import BUILTIN, get_task
+from lmft.data.tasks import BUILTIN, get_task
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -45,7 +45,7 @@ def _validator(schema_path: Path) -> Any:
 
 def validate_schema(config: dict[str, Any], schema_path: Path = SCHEMA) -> None:
     """Validate ``config`` with the workflow's schema and fill its defaults in, as Snakemake does, then
-    each ``finetune.methods`` entry with its type's schema (:mod:`lmft.methods`; plugins loaded)."""
+    each ``finetune.methods`` entry with its type's schema (:mod:`lmft.finetune.methods`; plugins loaded)."""
     _raise_first(_validator(schema_path).iter_errors(config))
     _check_methods(config, resolve=False)
 
@@ -109,10 +109,10 @@ def check_config(config: dict[str, Any]) -> None:
 
 def _check_methods(config: Mapping[str, Any], resolve: bool) -> None:
     """Check each ``finetune.methods`` entry against its type (the config's plugins loaded): its values,
-    or (``resolve``) its keys, values and grid lists (:func:`lmft.methods.resolve_spec`)."""
+    or (``resolve``) its keys, values and grid lists (:func:`lmft.finetune.methods.resolve_spec`)."""
     methods = (config.get("finetune") or {}).get("methods") or {}
     if methods:
-        from lmft.methods import check_values, load_plugins, resolve_spec  # heavy (torch): only where needed
+        from lmft.finetune.methods import check_values, load_plugins, resolve_spec  # heavy (torch): only where needed
 
         load_plugins(config)
         for name, spec in methods.items():
@@ -157,7 +157,7 @@ def _check_generation_tasks(config: dict[str, Any]) -> None:
     balance = (config.get("kshot") or {}).get("test_balance")
     if isinstance(balance, list) and (gen := generation(balance)):
         raise LmftError(f"config: kshot.test_balance names the generation task(s) {gen}, which have no labels to "
-                        "balance; their capped test set is a fixed random subset (see lmft/kshot.py)")
+                        "balance; their capped test set is a fixed random subset (see lmft/data/kshot.py)")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 ``Plan(config)`` turns a config into each stage's jobs, their parameters and their targets; the
 rules files (``rules/*.smk``) read it from ``PLAN`` (``rules/common.smk``) and declare files,
 params and resources, so no rules file needs another and their order does not matter. The stages'
-own parts live beside it: :mod:`lmft.kernel_plan`, :mod:`lmft.graft_plan`,
-:mod:`lmft.interpolate_plan`; paths come from :mod:`lmft.paths`.
+own parts live beside it: :mod:`lmft.kernels.plan`, :mod:`lmft.graft.plan`,
+:mod:`lmft.interpolate.plan`; paths come from :mod:`lmft.paths`.
 
 A stage is planned when the config has its section (``finetune:``, ``kernels:``, ``graft:``,
 ``interpolate:``, ``memory:``), and the aggregate when some stage has runs. Every default comes from the config
@@ -20,20 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from lmft.config import section, with_defaults
-from lmft.graft_plan import graft_jobs, graft_methods, graft_options, overlap_groups, overlap_path
-from lmft.grid import check_pinned, expand_methods
+from lmft.graft.plan import graft_jobs, graft_methods, graft_options, overlap_groups, overlap_path
+from lmft.finetune.grid import check_pinned, expand_methods
 from lmft.io import LmftError
-from lmft.interpolate_plan import interpolate_jobs, pair_kinds
-from lmft.kernel_plan import settings, solve_targets
+from lmft.interpolate.plan import interpolate_jobs, pair_kinds
+from lmft.kernels.plan import settings, solve_targets
 from lmft.paths import (evidence_files, finetune_run, graft_dir, interpolate_dir, kshot_files, memory_metrics, plots_dir,
                         runs_table, tables_dir)
-from lmft.tasks import BUILTIN, get_task
-from lmft.topics import output_files, topics_for
+from lmft.data.tasks import BUILTIN, get_task
+from lmft.aggregate.topics import output_files, topics_for
 
 
 def finetune_targets(config: Mapping[str, Any], kind: str | None = None) -> list[str]:
     """``metrics.json`` of every job of the config: each method (each trial of a grid, named by
-    :mod:`lmft.grid`) on its ``models``, ``tasks``, ``k`` and ``seeds`` (each defaulting to all of the
+    :mod:`lmft.finetune.grid`) on its ``models``, ``tasks``, ``k`` and ``seeds`` (each defaulting to all of the
     config's); with ``kind``, only the jobs of tasks of that kind (``classification``, ``generation``)."""
     config = with_defaults(config)
     kshot = config["kshot"]
@@ -100,7 +100,7 @@ class Plan:
 
     @cached_property
     def finetune_runs(self) -> dict[str, dict[str, Any]]:
-        """Run name -> settings: every method, a grid's trials apart (:mod:`lmft.grid`)."""
+        """Run name -> settings: every method, a grid's trials apart (:mod:`lmft.finetune.grid`)."""
         return expand_methods(self.finetune["methods"])
 
     def run_setting(self, run: str, key: str) -> Any:
@@ -123,7 +123,7 @@ class Plan:
 
     @cached_property
     def kernels(self) -> dict[str, Any]:
-        """The ``kernels:`` section resolved (:func:`lmft.kernel_plan.settings`)."""
+        """The ``kernels:`` section resolved (:func:`lmft.kernels.plan.settings`)."""
         return settings(self.config)
 
     @cached_property
@@ -138,7 +138,7 @@ class Plan:
 
     @cached_property
     def graft_jobs(self) -> list[dict[str, Any]]:
-        """The graft jobs (:func:`lmft.graft_plan.graft_jobs`); each reads one fine-tuning run per seed,
+        """The graft jobs (:func:`lmft.graft.plan.graft_jobs`); each reads one fine-tuning run per seed,
         so no method of a grid."""
         if not self._planned("graft"):
             return []
@@ -153,7 +153,7 @@ class Plan:
         return {method: graft_options(self.config, method) for method in graft_methods(self.config)}
 
     def graft_options(self, method: str) -> dict[str, Any]:
-        """The graft settings of ``method``'s jobs (:func:`lmft.graft_plan.graft_options`)."""
+        """The graft settings of ``method``'s jobs (:func:`lmft.graft.plan.graft_options`)."""
         known = self._graft_options
         return known[method] if method in known else graft_options(self.config, method)
 
@@ -163,7 +163,7 @@ class Plan:
 
     @cached_property
     def overlap_groups(self) -> dict[str, dict[str, Any]]:
-        """Overlap table -> the group of masks it compares (:func:`lmft.graft_plan.overlap_groups`)."""
+        """Overlap table -> the group of masks it compares (:func:`lmft.graft.plan.overlap_groups`)."""
         if not self.graft["overlap"]:
             return {}
         return {overlap_path(self.results, g): g for g in overlap_groups(self.graft_jobs)}
@@ -176,7 +176,7 @@ class Plan:
 
     @cached_property
     def interpolate_jobs(self) -> dict[str, dict[str, Any]]:
-        """Job folder -> job (:func:`lmft.interpolate_plan.interpolate_jobs`); each endpoint reads one run."""
+        """Job folder -> job (:func:`lmft.interpolate.plan.interpolate_jobs`); each endpoint reads one run."""
         if not self._planned("interpolate"):
             return {}
         jobs = {interpolate_dir(self.results, job["model"], job["task"], job["pair"]): job
@@ -210,7 +210,7 @@ class Plan:
         """One job per model, classification task, k and seed of the ``memory:`` section (unset: all the config's)."""
         if not self._planned("memory"):
             return []
-        from lmft.params import parse_mode  # heavy (torch): only where memory is planned
+        from lmft.models.params import parse_mode  # heavy (torch): only where memory is planned
 
         m, kshot = self.memory, self.config["kshot"]
         for mode in m["modes"]:
@@ -254,7 +254,7 @@ class Plan:
 
     @cached_property
     def topics(self) -> list[str]:
-        """The aggregate's topics: those the stages with runs fill (:func:`lmft.topics.topics_for`)."""
+        """The aggregate's topics: those the stages with runs fill (:func:`lmft.aggregate.topics.topics_for`)."""
         return topics_for(self.metrics)
 
     @cached_property

@@ -1,7 +1,7 @@
 """What the stages share about fine-tuning runs: the job's device and memory, the
 tokenisation, and rebuilding a finished run from its run directory.
 
-The fine-tuning stage (:mod:`lmft.finetune`) writes the runs; grafting, interpolation and the
+The fine-tuning stage (:mod:`lmft.finetune.stage`) writes the runs; grafting, interpolation and the
 kernel stage read them, or cap and tokenise their data the same way, through this module.
 """
 
@@ -19,13 +19,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lmft.batching import encode_frame, label_ids, pad_id
-from lmft.checkpoint import load_trainable
-from lmft.evaluate import Split
-from lmft.heads import Classifier, build_classifier
+from lmft.models.batching import encode_frame, label_ids, pad_id
+from lmft.models.checkpoint import load_trainable
+from lmft.models.evaluate import Split
+from lmft.models.heads import Classifier, build_classifier
 from lmft.io import ArtifactError, LmftError, load_tensor_metadata
-from lmft.tasks import Task
-from lmft.templates import Encoded
+from lmft.data.tasks import Task
+from lmft.data.templates import Encoded
 
 FORMAT = 2  # version of the checkpoint metadata (2: the cls head's pooling)
 
@@ -70,7 +70,7 @@ def uses_prompt(clf: Classifier, prompt: bool | None) -> bool:
 
 def encode_split(df: pd.DataFrame, task: Task, tokenizer: Any, clf: Classifier, *, prompt: bool | None = None,
                  max_length: int | None = None, name: str = "split") -> Split:
-    """Tokenise a k-shot table for ``clf`` the way the fine-tuning stage does (see :mod:`lmft.finetune`)."""
+    """Tokenise a k-shot table for ``clf`` the way the fine-tuning stage does (see :mod:`lmft.finetune.stage`)."""
     max_length = max_length or task.max_length
     if clf.causal:
         items = encode_frame(df, task, tokenizer, causal=True, max_length=max_length)
@@ -83,12 +83,12 @@ def encode_split(df: pd.DataFrame, task: Task, tokenizer: Any, clf: Classifier, 
 
 def build_for_run(model_json: Path | str, task: Task, info: Mapping[str, Any]) -> tuple[Classifier, Any]:
     """Build the classifier of a run from its settings (``info``: type, head, mode, select, model_seed),
-    prepared as its method type prepares it (:mod:`lmft.methods`).
+    prepared as its method type prepares it (:mod:`lmft.finetune.methods`).
 
     The cls head and LoRA's A matrices initialise from ``model_seed``, so a training run starts
     from the same weights as this rebuild.
     """
-    from lmft.methods import get_type  # deferred: the method types build on this module
+    from lmft.finetune.methods import get_type  # deferred: the method types build on this module
 
     clf, tokenizer = build_classifier(model_json, task, info["head"], seed=info["model_seed"], pooling=info["pooling"])
     get_type(info["type"]).prepare(clf, info)
@@ -117,7 +117,7 @@ class LoadedRun:
 
 
 def load_run(model_json: Path | str, task: Task, run_dir: Path | str, step: int | None = None) -> LoadedRun:
-    """Rebuild a run of :func:`lmft.finetune.run_finetune` from ``run_dir``: its best checkpoint, or
+    """Rebuild a run of :func:`lmft.finetune.stage.run_finetune` from ``run_dir``: its best checkpoint, or
     ``steps/step-{step}``."""
     run_dir = Path(run_dir)
     path = run_dir / "model.safetensors" if step is None else run_dir / "steps" / f"step-{step}.safetensors"

@@ -23,7 +23,7 @@ def setup_logging(path: str | None = None) -> None:
 
 def run_script(main: Callable[[Any], None], smk: Any) -> None:
     """Run a workflow script's ``main(snakemake)``: logging, thread count, the config's method plugins
-    (:func:`lmft.methods.load_plugins`: any job may read a run of a plugin's type), and a one-line error.
+    (:func:`lmft.finetune.methods.load_plugins`: any job may read a run of a plugin's type), and a one-line error.
 
     A :class:`LmftError` (bad config, data or artifact) is logged as one clear line and the job
     fails; anything else keeps its traceback, since it is a bug.
@@ -31,7 +31,7 @@ def run_script(main: Callable[[Any], None], smk: Any) -> None:
     setup_logging(smk.log[0] if len(smk.log) else None)
     import torch
 
-    from lmft.methods import load_plugins
+    from lmft.finetune.methods import load_plugins
 
     torch.set_num_threads(max(1, int(getattr(smk, "threads", 1) or 1)))
     try:

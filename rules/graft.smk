@@ -1,8 +1,8 @@
 # Grafting (Panigrahi et al. 2023): a sparse mask per fine-tuning run and sparsity, and how the
 # masks of several tasks (or seeds) overlap. Runs only when the config has a `graft:` section
-# (lmft/graft_plan.py plans it, lmft/graft.py runs its jobs). The scores of the pre-trained and
+# (lmft/graft/plan.py plans it, lmft/graft/stage.py runs its jobs). The scores of the pre-trained and
 # fine-tuned ends are made once per run (graft_reference) and read by every sparsity's job.
-from lmft.graft_plan import reference_options
+from lmft.graft.plan import reference_options
 from lmft.paths import (finetune_run, graft_dir, graft_reference, kshot_split, kshot_splits, model_manifest,
                         overlap_seeds, overlap_tasks)
 

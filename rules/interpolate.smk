@@ -1,6 +1,6 @@
 # Mode connectivity (Qin et al. 2022): loss and metric along the straight line between two
 # checkpoints, per configured pair (per example in losses.parquet; distances in metrics.json). Runs only when the config has an `interpolate:` section
-# (lmft/interpolate_plan.py plans it, lmft/interpolate.py runs its jobs).
+# (lmft/interpolate/plan.py plans it, lmft/interpolate/stage.py runs its jobs).
 from lmft.paths import finetune_run, interpolate_dir, kshot_splits, model_manifest
 
 INTERP = PLAN.interpolate

@@ -9,8 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft import aggregate, gather, summary, tables, topics
-from lmft import plots
+from lmft.aggregate import stage as aggregate
+
+from lmft.aggregate import gather
+
+from lmft.aggregate import summary
+
+from lmft.aggregate import tables
+
+from lmft.aggregate import topics
+from lmft.aggregate import plots
 from lmft.io import ArtifactError, LmftError, write_json, write_parquet
 
 MODEL = "tiny"

@@ -15,8 +15,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft import claims, gather, interpolate_plan, summary, tables, topics
-from lmft import findings as fd
+from lmft.aggregate import claims
+
+from lmft.aggregate import gather
+
+from lmft.interpolate import plan as interpolate_plan
+
+from lmft.aggregate import summary
+
+from lmft.aggregate import tables
+
+from lmft.aggregate import topics
+from lmft.aggregate import findings as fd
 from lmft.io import write_json, write_parquet
 
 HOLD, FAIL, INCON = "t-hold", "t-fail", "t-incon"
@@ -291,7 +301,7 @@ def test_claims_without_runs_are_not_measured(tmp_path):
     reasons = {f.claim: f.reason for f in found}
     assert reasons["lmbff-zeroshot"] == "no prompt fine-tuning (type ft, head prompt or causal) at k=16; it ran at k=4"
     assert reasons["mezo-memory-ft"] == "no memory measurement (the config's memory: section)"
-    assert reasons["modeconn-seed"].endswith("no pair kinds were given (lmft.interpolate_plan.pair_kinds of the config)")
+    assert reasons["modeconn-seed"].endswith("no pair kinds were given (lmft.interpolate.plan.pair_kinds of the config)")
 
 
 def table_runs(root: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Grafting masks (lmft.graft) and their overlap (lmft.overlap) on a tiny prompt-BERT."""
+"""Grafting masks (lmft.graft.stage) and their overlap (lmft.graft.overlap) on a tiny prompt-BERT."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from tiny import make_tiny_model_dir, tiny_frame, tiny_prompt_split, write_tiny_splits
 
-from lmft.checkpoint import apply_state
+from lmft.models.checkpoint import apply_state
 from lmft.config import SCHEMA, load_config
-from lmft.evaluate import evaluate, predict
-from lmft.graft import REFERENCE_KEYS, load_mask, run_graft, run_reference, save_mask
-from lmft.graft_mask import (
+from lmft.models.evaluate import evaluate, predict
+from lmft.graft.stage import REFERENCE_KEYS, load_mask, run_graft, run_reference, save_mask
+from lmft.graft.mask import (
     DEFAULT_EXCLUDE,
     base_patch,
     graft,
@@ -27,17 +27,17 @@ from lmft.graft_mask import (
     soft_graft,
     split_state,
 )
-from lmft.graft_plan import graft_jobs, graft_options, overlap_groups, overlap_path, reference_options
-from lmft.finetune import run_finetune
-from lmft.heads import build_classifier
-from lmft.methods import job_spec, resolve_spec
+from lmft.graft.plan import graft_jobs, graft_options, overlap_groups, overlap_path, reference_options
+from lmft.finetune.stage import run_finetune
+from lmft.models.heads import build_classifier
+from lmft.finetune.methods import job_spec, resolve_spec
 from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_json, write_parquet
-from lmft.overlap import mask_overlap
+from lmft.graft.overlap import mask_overlap
 from lmft.paths import graft_dir, graft_reference
 from lmft.runs import load_run
-from lmft.substitute import Substituted, substitute
-from lmft.tasks import get_task
-from lmft.topk import top_k_mask
+from lmft.models.substitute import Substituted, substitute
+from lmft.data.tasks import get_task
+from lmft.graft.topk import top_k_mask
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +402,7 @@ def test_grafts_read_pre_and_ft_from_the_reference_and_score_each_mask_once(runs
     doctored = {**ref, "pre_test_metric": 0.125, "ft_test_metric": 0.625, "pre_test_ece": 0.5,
                 "ood": {"rt-polarity": {"pre": 0.25, "ft": 0.75}}}
     write_json(doctored, ref_dir / "metrics.json")
-    import lmft.graft as stage
+    import lmft.graft.stage as stage
     scored = []
     monkeypatch.setattr(stage, "evaluate", lambda clf, split, *a, **kw: scored.append(split.name) or evaluate(
         clf, split, *a, **kw))

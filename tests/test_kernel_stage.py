@@ -1,4 +1,4 @@
-"""lmft.kernel_plan and lmft.kernel_stage: settings, shard layout, memory estimate, shard -> merge -> solve."""
+"""lmft.kernels.plan and lmft.kernels.stage: settings, shard layout, memory estimate, shard -> merge -> solve."""
 
 import json
 
@@ -9,16 +9,22 @@ import torch
 import yaml
 from tiny import make_tiny_model_dir, tiny_frame
 
-from lmft import jacobians, kernel_files, kernels, solvers
+from lmft.kernels import jacobians
+
+from lmft.kernels import files as kernel_files
+
+from lmft.kernels import compute as kernels
+
+from lmft.kernels import solvers
 from lmft.config import SCHEMA
-from lmft.formulas import FORMULAS, PROMPTS
-from lmft import kernel_plan as kp
-from lmft import kernel_stage as ks
-from lmft.kernel_sets import load_kernel_set
+from lmft.kernels.formulas import FORMULAS, PROMPTS
+from lmft.kernels import plan as kp
+from lmft.kernels import stage as ks
+from lmft.kernels.sets import load_kernel_set
 from lmft.paths import SPLITS
 from lmft.io import LmftError, write_parquet
-from lmft.kshot import cap_rows
-from lmft.tasks import get_task
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import get_task
 
 CONFIG = {"models": {"tiny": {"source": "x"}, "other": {"source": "y"}}, "tasks": ["alpha", "three"],
           "user_tasks": {"alpha": {"path": "a.csv", "text_columns": ["text"], "label_column": "label",
@@ -84,7 +90,7 @@ def test_solve_rules_give_each_stacked_solver_a_rule_of_its_own():
 
 
 def test_the_schema_lists_the_registered_formulas_prompts_and_solvers():
-    """The registries (lmft.formulas, lmft.solvers) are the one list of what exists; the schema names them to validate."""
+    """The registries (lmft.kernels.formulas, lmft.kernels.solvers) are the one list of what exists; the schema names them to validate."""
     kernels_schema = yaml.safe_load(SCHEMA.read_text())["properties"]["kernels"]["properties"]
     assert kernels_schema["formulas"]["items"]["enum"] == list(FORMULAS)
     assert kernels_schema["prompt"]["items"]["enum"] == list(PROMPTS)

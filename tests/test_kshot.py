@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lmft.io import LmftError
-from lmft.kshot import (BALANCED_BY_DEFAULT, balances_test, cap_test, cap_test_examples, examples_info, kshot_examples,
+from lmft.data.kshot import (BALANCED_BY_DEFAULT, balances_test, cap_test, cap_test_examples, examples_info, kshot_examples,
                         kshot_split, split_info)
 
 

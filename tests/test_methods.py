@@ -1,4 +1,4 @@
-"""lmft.methods: the registry of method types, their schemas and defaults, and loading plugins."""
+"""lmft.finetune.methods: the registry of method types, their schemas and defaults, and loading plugins."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 
 from lmft.config import validate_schema
 from lmft.io import LmftError
-from lmft.methods import BUILTIN, TYPES, MethodType, check_values, get_type, load_plugins, register, resolve_spec
-from lmft.methods.settings import COMMON, setting
-from lmft.methods.zeroshot import run as zeroshot_run
+from lmft.finetune.methods import BUILTIN, TYPES, MethodType, check_values, get_type, load_plugins, register, resolve_spec
+from lmft.finetune.methods.settings import COMMON, setting
+from lmft.finetune.methods.zeroshot import run as zeroshot_run
 
 
 def test_the_builtin_types_are_registered_in_order() -> None:
@@ -62,7 +62,7 @@ def test_register_refuses_a_second_type_of_the_same_name() -> None:
 
 @pytest.mark.parametrize("module, message", [
     ("lmft_no_such_plugin", "config: finetune.plugins: no module 'lmft_no_such_plugin' in .* or on the Python path"),
-    ("json", r"config: finetune.plugins: module 'json' defines no METHOD = lmft.methods.MethodType\(...\)"),
+    ("json", r"config: finetune.plugins: module 'json' defines no METHOD = lmft.finetune.methods.MethodType\(...\)"),
 ])
 def test_plugins_that_define_no_type_are_named(module: str, message: str) -> None:
     with pytest.raises(LmftError, match=message):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmft.graft_plan import OPTIONS
+from lmft.graft.plan import OPTIONS
 from lmft.io import LmftError
 from lmft.plan import Plan
 

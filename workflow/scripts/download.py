@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from lmft.data import load_raw
+from lmft.data.raw import load_raw
 from lmft.io import write_json, write_parquet
 from lmft.runtime import run_script
-from lmft.tasks import get_task
+from lmft.data.tasks import get_task
 
 
 def main(smk):

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from lmft.download import LMBFF_URL, extract_tar, fetch_or_reuse
+from lmft.data.download import LMBFF_URL, extract_tar, fetch_or_reuse
 from lmft.runtime import run_script
 
 

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from lmft.graft import run_reference
+from lmft.graft.stage import run_reference
 from lmft.runtime import run_script
-from lmft.tasks import get_task
+from lmft.data.tasks import get_task
 
 
 def main(smk):

@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from lmft.models import prepare
+from lmft.models.load import prepare
 from lmft.runtime import run_script
 
 

@@ -1,0 +1,1 @@
+"""The models stage (rules/models.smk) and what every stage does with a model: load, heads, parameters, evaluation, checkpoints."""
