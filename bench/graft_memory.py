@@ -64,11 +64,11 @@ def _ru_maxrss() -> int:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import BertConfig, BertModel
 
-    from lmft.models.evaluate import Split, predict
+    from lmft.data.templates import Encoded
     from lmft.graft.mask import base_patch, graft, relax_mask, split_state
+    from lmft.models.evaluate import Split, predict
     from lmft.models.heads import Classifier
     from lmft.models.substitute import Substituted
-    from lmft.data.templates import Encoded
 
     torch.set_num_threads(args.threads)
     try:

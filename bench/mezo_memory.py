@@ -48,8 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from lmft.aggregate import benchmarks
-from lmft.models.heads import Classifier
 from lmft.finetune.peak import PeakIncrease
+from lmft.models.heads import Classifier
 
 METHODS = ("inference", "mezo", "adamw", "inference-lora", "mezo-lora", "adamw-lora")
 SHAPES = {  # BertConfig / LlamaConfig keywords

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lmft.models.batching import batches, label_ids, pad_id
-from lmft.models.heads import build_classifier
 from lmft.data.tasks import get_task
 from lmft.data.templates import Encoded, encode
+from lmft.models.batching import batches, label_ids, pad_id
+from lmft.models.heads import build_classifier
 
 FORMATS = ("plain", "bos", "chat")
 

@@ -9,7 +9,7 @@ own parts live beside it: :mod:`lmft.kernels.plan`, :mod:`lmft.graft.plan`,
 A stage is planned when the config has its section (``finetune:``, ``kernels:``, ``graft:``,
 ``interpolate:``, ``memory:``), and the aggregate when some stage has runs. Every default comes from the config
 schema: a config that Snakemake validated has them all, and ``Plan`` fills in the missing ones
-(:func:`lmft.config.with_defaults`), so a hand-made config plans what the workflow would.
+(:func:`lmft.schema.with_defaults`), so a hand-made config plans what the workflow would.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lmft.config import section, with_defaults
-from lmft.graft.plan import graft_jobs, graft_methods, graft_options, overlap_groups, overlap_path
+from lmft.aggregate.topics import output_files, topics_for
+from lmft.data.tasks import BUILTIN, get_task
 from lmft.finetune.grid import check_pinned, expand_methods
-from lmft.io import LmftError
+from lmft.graft.plan import graft_jobs, graft_methods, graft_options, overlap_groups, overlap_path
 from lmft.interpolate.plan import interpolate_jobs, pair_kinds
+from lmft.io import LmftError
 from lmft.kernels.plan import settings, solve_targets
 from lmft.paths import (evidence_files, finetune_run, graft_dir, interpolate_dir, kshot_files, memory_metrics, plots_dir,
                         runs_table, tables_dir)
-from lmft.data.tasks import BUILTIN, get_task
-from lmft.aggregate.topics import output_files, topics_for
+from lmft.schema import section, with_defaults
 
 
 def finetune_targets(config: Mapping[str, Any], kind: str | None = None) -> list[str]:

@@ -1,14 +1,19 @@
-"""Plumbing shared by the workflow scripts: logging to the rule's log file, threads, clean errors."""
+"""Plumbing shared by the workflow scripts and the stages: logging to the rule's log file, threads,
+clean errors, the job's device and its peak memory."""
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmft.io import LmftError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def setup_logging(path: str | None = None) -> None:
@@ -40,3 +45,24 @@ def run_script(main: Callable[[Any], None], smk: Any) -> None:
     except LmftError as e:
         logging.getLogger("lmft").error("%s", e)
         sys.exit(1)
+
+
+def resolve_device(device: str) -> torch.device:
+    """The job's device: ``auto`` is the GPU where torch sees one, else the CPU."""
+    import torch  # deferred: the scripts that never touch a model start without it
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LmftError(f"device {device!r} requested but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak memory of the job: CUDA memory allocated on a GPU, else the process's peak resident set."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux

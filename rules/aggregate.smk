@@ -1,7 +1,7 @@
 # Last stage: every planned run's metrics.json -> runs.parquet, paper tables, the findings (each
 # paper's claims against this run) and plots (HTML tables and PNG plots go into `snakemake --report`).
-from lmft.paths import plots_dir, tables_dir
 from lmft.aggregate.topics import REPORT_CATEGORY, TOPIC_FILES
+from lmft.paths import plots_dir, tables_dir
 
 
 def aggregate_outputs():

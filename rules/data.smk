@@ -1,10 +1,10 @@
 # Stage 1-2: raw data of each task, then LM-BFF k-shot splits (k per label) of classification tasks
 # and k-example splits of generation tasks, in the same paths.
 
-from lmft.data.raw import RAW_FORMAT, source_files
 from lmft.data.kshot import balances_test
-from lmft.paths import kshot_files, one_of
+from lmft.data.raw import RAW_FORMAT, source_files
 from lmft.data.tasks import get_task
+from lmft.paths import kshot_files, one_of
 
 
 rule download_lmbff:

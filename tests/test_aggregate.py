@@ -17,8 +17,7 @@ from lmft.aggregate import summary
 
 from lmft.aggregate import tables
 
-from lmft.aggregate import topics
-from lmft.aggregate import plots
+from lmft.aggregate import plots, topics
 from lmft.io import ArtifactError, LmftError, write_json, write_parquet
 
 MODEL = "tiny"

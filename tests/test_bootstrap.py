@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lmft.aggregate import bootstrap as bs
-from lmft.models import metrics
 from lmft.aggregate.verdicts import FAILS, HOLDS, INCONCLUSIVE, Rule
+from lmft.models import metrics
 
 
 def test_interval_of_a_mean_matches_the_normal_approximation():

@@ -11,13 +11,13 @@ import pytest
 from lmft.data import download
 
 from lmft.data import sources_embedded
-from lmft.data.raw import GENERATION_COLUMNS, load_raw
 from lmft.data.download import AMAZON_URL, BABI_URL, XSUM_URLS, NoNetworkError, fetch, sha256_of
 from lmft.data.frames import drop_duplicates, drop_duplicates_given_test, holdout, normalise_text
-from lmft.io import LmftError
+from lmft.data.raw import GENERATION_COLUMNS, load_raw
 from lmft.data.sources_embedded import ENDS_SENTENCE, SENTENCE_END, first_sentence, summary_example
 from lmft.data.tasks import GenerationTask, Task, get_task
 from lmft.data.user import read_table
+from lmft.io import LmftError
 
 
 def user_config(path, **kw):

@@ -25,8 +25,8 @@ from lmft.aggregate import summary
 
 from lmft.aggregate import tables
 
-from lmft.aggregate import topics
 from lmft.aggregate import findings as fd
+from lmft.aggregate import topics
 from lmft.io import write_json, write_parquet
 
 HOLD, FAIL, INCON = "t-hold", "t-fail", "t-incon"

@@ -11,10 +11,11 @@ import pytest
 import torch
 from tiny import make_tiny_model_dir, tiny_frame, tiny_prompt_split, write_tiny_splits
 
-from lmft.models.checkpoint import apply_state
-from lmft.config import SCHEMA, load_config
-from lmft.models.evaluate import evaluate, predict
-from lmft.graft.stage import REFERENCE_KEYS, load_mask, run_graft, run_reference, save_mask
+from lmft.config import load_config
+from lmft.data.tasks import get_task
+from lmft.finetune.methods import job_spec, resolve_spec
+from lmft.finetune.runs import load_run
+from lmft.finetune.stage import run_finetune
 from lmft.graft.mask import (
     DEFAULT_EXCLUDE,
     base_patch,
@@ -27,17 +28,17 @@ from lmft.graft.mask import (
     soft_graft,
     split_state,
 )
-from lmft.graft.plan import graft_jobs, graft_options, overlap_groups, overlap_path, reference_options
-from lmft.finetune.stage import run_finetune
-from lmft.models.heads import build_classifier
-from lmft.finetune.methods import job_spec, resolve_spec
-from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_json, write_parquet
 from lmft.graft.overlap import mask_overlap
-from lmft.paths import graft_dir, graft_reference
-from lmft.runs import load_run
-from lmft.models.substitute import Substituted, substitute
-from lmft.data.tasks import get_task
+from lmft.graft.plan import graft_jobs, graft_options, overlap_groups, overlap_path, reference_options
+from lmft.graft.stage import REFERENCE_KEYS, load_mask, run_graft, run_reference, save_mask
 from lmft.graft.topk import top_k_mask
+from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_json, write_parquet
+from lmft.models.checkpoint import apply_state
+from lmft.models.evaluate import evaluate, predict
+from lmft.models.heads import build_classifier
+from lmft.models.substitute import Substituted, substitute
+from lmft.paths import graft_dir, graft_reference
+from lmft.schema import SCHEMA
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from lmft.aggregate import gather
 
 from lmft.aggregate import summary
 from lmft.config import validate_schema
-from lmft.finetune.stage import run_finetune
-from lmft.finetune.grid import check_pinned, expand_methods, grid_keys, split_run, trial_fields, trials
-from lmft.io import LmftError
-from lmft.finetune.methods import job_spec, resolve_spec
-from lmft.plan import finetune_targets
 from lmft.data.tasks import get_task
+from lmft.finetune.grid import check_pinned, expand_methods, grid_keys, split_run, trial_fields, trials
+from lmft.finetune.methods import job_spec, resolve_spec
+from lmft.finetune.stage import run_finetune
+from lmft.io import LmftError
+from lmft.plan import finetune_targets
 from test_aggregate import finetune as write_finetune_metrics
 from tiny import make_tiny_model_dir, write_tiny_splits
 

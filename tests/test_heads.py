@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from lmft.data.tasks import get_task
+from lmft.io import LmftError
 from lmft.models.batching import collate, encode_frame, label_ids, pad_id
 from lmft.models.heads import Classifier, build_classifier, fit_linear_head
-from lmft.io import LmftError
 from lmft.models.load import NO_MLM_HEAD_NOTE, prepare
 from lmft.models.params import select_trainable
-from lmft.data.tasks import get_task
 from test_models import write_sentence_pooling
 from tiny import make_tiny_model_dir, save_tiny_hf_dir, tiny_frame
 

@@ -11,7 +11,9 @@ from tiny import make_tiny_model_dir, tiny_prompt_split, write_tiny_splits
 from torch import nn
 from torch.func import functional_call
 
-from lmft.models.evaluate import evaluate, predict
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import get_task
+from lmft.finetune.runs import build_for_run, load_run
 from lmft.finetune.stage import run_finetune
 from lmft.interpolate.connectivity import (
     alphas,
@@ -27,14 +29,12 @@ from lmft.interpolate.connectivity import (
     relative_distance,
     weight_distance,
 )
-from lmft.interpolate.stage import Endpoint, run_interpolate
 from lmft.interpolate.plan import interpolate_jobs
+from lmft.interpolate.stage import Endpoint, run_interpolate
 from lmft.io import LmftError, read_json
-from lmft.data.kshot import cap_rows
-from lmft.paths import finetune_run, interpolate_dir
-from lmft.runs import build_for_run, load_run
+from lmft.models.evaluate import evaluate, predict
 from lmft.models.substitute import Substituted
-from lmft.data.tasks import get_task
+from lmft.paths import finetune_run, interpolate_dir
 
 
 @pytest.fixture(scope="module")

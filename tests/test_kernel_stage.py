@@ -15,16 +15,16 @@ from lmft.kernels import files as kernel_files
 
 from lmft.kernels import compute as kernels
 
-from lmft.kernels import solvers
-from lmft.config import SCHEMA
-from lmft.kernels.formulas import FORMULAS, PROMPTS
-from lmft.kernels import plan as kp
-from lmft.kernels import stage as ks
-from lmft.kernels.sets import load_kernel_set
-from lmft.paths import SPLITS
-from lmft.io import LmftError, write_parquet
 from lmft.data.kshot import cap_rows
 from lmft.data.tasks import get_task
+from lmft.io import LmftError, write_parquet
+from lmft.kernels import plan as kp
+from lmft.kernels import solvers
+from lmft.kernels import stage as ks
+from lmft.kernels.formulas import FORMULAS, PROMPTS
+from lmft.kernels.sets import load_kernel_set
+from lmft.paths import SPLITS
+from lmft.schema import SCHEMA
 
 CONFIG = {"models": {"tiny": {"source": "x"}, "other": {"source": "y"}}, "tasks": ["alpha", "three"],
           "user_tasks": {"alpha": {"path": "a.csv", "text_columns": ["text"], "label_column": "label",

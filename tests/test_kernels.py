@@ -18,12 +18,12 @@ from lmft.kernels import compute as kernels
 
 from lmft.kernels import tile_jacobians
 
+from lmft.io import ArtifactError, LmftError
 from lmft.kernels import tiled as tiled_kernel
-from lmft.kernels.formulas import FORMULAS
 from lmft.kernels.files import merge_shards, split_range
+from lmft.kernels.formulas import FORMULAS
 from lmft.kernels.tile_jacobians import TILE
 from lmft.models.heads import Classifier
-from lmft.io import ArtifactError, LmftError
 
 VOCAB, HIDDEN, WORDS = 24, 8, (5, 6, 7)
 

@@ -14,10 +14,10 @@ import pytest
 from tiny import make_tiny_model_dir, save_tiny_hf_dir, tiny_frame, write_tiny_splits
 from workflow_utils import planned_jobs, snakemake, write_config
 
+from lmft.data.tasks import get_task
+from lmft.finetune.methods import TYPES, load_plugins, resolve_spec
 from lmft.finetune.stage import run_finetune
 from lmft.io import LmftError, write_parquet
-from lmft.finetune.methods import TYPES, load_plugins, resolve_spec
-from lmft.data.tasks import get_task
 
 PLUGIN = Path(__file__).with_name("majority.py")
 

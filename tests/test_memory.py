@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from lmft.finetune import peak as memory
-from lmft.aggregate.stage import aggregate
-from lmft.config import check_config, validate_schema
 from lmft.aggregate.gather import load_runs
-from lmft.io import LmftError, read_json, write_json
-from lmft.finetune.peak import NOT_MEASURED, PeakIncrease, measure_name
-from lmft.finetune.memory import WHATS, run_memory
-from lmft.plan import Plan
-from lmft.data.tasks import get_task
+from lmft.aggregate.stage import aggregate
 from lmft.aggregate.topics import topics_for
+from lmft.config import check_config, validate_schema
+from lmft.data.tasks import get_task
+from lmft.finetune import peak as memory
+from lmft.finetune.memory import WHATS, run_memory
+from lmft.finetune.peak import NOT_MEASURED, PeakIncrease, measure_name
+from lmft.io import LmftError, read_json, write_json
+from lmft.plan import Plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_config, make_tokenizer, write_tiny_splits  # noqa: E402

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lmft.config import validate_schema
-from lmft.io import LmftError
 from lmft.finetune.methods import BUILTIN, TYPES, MethodType, check_values, get_type, load_plugins, register, resolve_spec
 from lmft.finetune.methods.settings import COMMON, setting
 from lmft.finetune.methods.zeroshot import run as zeroshot_run
+from lmft.io import LmftError
 
 
 def test_the_builtin_types_are_registered_in_order() -> None:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmft.models import load as models
 from lmft.io import ArtifactError, LmftError
+from lmft.models import load as models
 from lmft.models.load import load, prepare, read_manifest, trained_pooling, transformer_blocks
 from tiny import ARCHS, make_tiny_model_dir, save_tiny_hf_dir
 

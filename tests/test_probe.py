@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmft.models.evaluate import model_inputs
-from lmft.runs import encode_split
-from lmft.models.heads import build_classifier
-from lmft.io import LmftError
-from lmft.models.params import count_trainable
-from lmft.finetune.logreg import attach_linear, extract_features, fit_probe
 from lmft.data.tasks import get_task
+from lmft.finetune.logreg import attach_linear, extract_features, fit_probe
+from lmft.io import LmftError
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import model_inputs
+from lmft.models.heads import build_classifier
+from lmft.models.params import count_trainable
 from tiny import make_tiny_model_dir, tiny_frame
 
 SST2 = get_task("sst-2")

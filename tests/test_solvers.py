@@ -9,8 +9,8 @@ import torch
 
 from lmft.models import metrics
 
-from lmft.kernels import solvers
 from lmft.io import LmftError
+from lmft.kernels import solvers
 from lmft.kernels.sets import KernelSet, load_kernel_set
 
 

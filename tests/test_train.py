@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from lmft.models.evaluate import Split, evaluate
-from lmft.runs import encode_split
-from lmft.models.heads import build_classifier, fit_linear_head
-from lmft.io import LmftError
-from lmft.finetune.spsa import classifier_loss
-from lmft.models.params import select_trainable
-from lmft.finetune.logreg import extract_features
 from lmft.data.tasks import get_task
+from lmft.finetune.logreg import extract_features
 from lmft.finetune.loop import EpochSampler, FirstOrder, LoopConfig, ZerothOrder, lr_factor, train_loop
+from lmft.finetune.spsa import classifier_loss
+from lmft.io import LmftError
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import Split, evaluate
+from lmft.models.heads import build_classifier, fit_linear_head
+from lmft.models.params import select_trainable
 from tiny import make_tiny_model_dir, tiny_frame
 
 SST2 = get_task("sst-2")

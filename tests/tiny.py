@@ -202,10 +202,10 @@ def write_tiny_splits(root: Path) -> dict[str, Path]:
 
 def tiny_prompt_split(root: Path, name: str = "train"):
     """A tiny BERT prompt classifier for SST-2 and :func:`tiny_frame` encoded for it: ``(model_json, clf, split)``."""
+    from lmft.data.tasks import get_task
     from lmft.models.batching import encode_frame, label_ids, pad_id
     from lmft.models.evaluate import Split
     from lmft.models.heads import build_classifier
-    from lmft.data.tasks import get_task
 
     task = get_task("sst-2")
     model_json = make_tiny_model_dir(root, "bert")

@@ -22,10 +22,10 @@ from lmft.aggregate.bootstrap import (Interval, bootstrap, ece_columns, ece_valu
                             seed_mean)
 from lmft.aggregate.estimates import Estimate, best_of, group_runs, has_fields, join, with_fields
 from lmft.aggregate.evidence import Missing
-from lmft.kernels.formulas import PROMPTS
 from lmft.aggregate.gather import is_missing, selected
 from lmft.aggregate.summary import MISSING, as_text
 from lmft.aggregate.verdicts import FAILS, HOLDS, INCONCLUSIVE, UNMEASURED, Rule
+from lmft.kernels.formulas import PROMPTS
 
 PROMPT_HEADS = ("prompt", "causal")
 LMBFF_K = 16  # LM-BFF's few-shot setting

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lmft.io import ArtifactError, LmftError, PathLike, read_json
 from lmft.aggregate.topics import STAGES
+from lmft.io import ArtifactError, LmftError, PathLike, read_json
 
 # Fields that name one run of a stage; files that share them differ only in the grid `trial`.
 RUN_KEYS: dict[str, tuple[str, ...]] = {

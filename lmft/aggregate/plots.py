@@ -16,8 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from lmft.io import PathLike, atomic_path
 from lmft.aggregate.summary import method_label, method_order, task_rank
+from lmft.io import PathLike, atomic_path
 
 MARKERS = "os^Dv<>pP*Xh"
 LINESTYLES = ("-", "--", ":", "-.")

@@ -18,10 +18,10 @@ from pathlib import Path
 from lmft.aggregate import plots
 from lmft.aggregate.findings import findings_table
 from lmft.aggregate.gather import load_runs, selected
-from lmft.io import LmftError, PathLike, write_parquet
 from lmft.aggregate.summary import kernel_pairs, load_curves, majority_baselines, method_label, summarize
 from lmft.aggregate.tables import generation_table, graft_table, interpolate_table, kernel_table, main_table, write_table
 from lmft.aggregate.topics import TOPIC_FILES, TOPICS, table_formats
+from lmft.io import LmftError, PathLike, write_parquet
 
 
 def aggregate(metrics: Sequence[PathLike], curves: Sequence[PathLike], runs_path: PathLike,

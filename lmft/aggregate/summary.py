@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lmft.kernels.formulas import FORMULAS, PROMPTS
 from lmft.aggregate.gather import is_missing, selected
 from lmft.io import LmftError, PathLike, read_parquet
+from lmft.kernels.formulas import FORMULAS, PROMPTS
 from lmft.kernels.solvers import SOLVERS
 
 # Row order in the tables: by family (as the papers list them), then by name.

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from lmft.aggregate.gather import is_missing, selected
-from lmft.io import PathLike, atomic_path
 from lmft.aggregate.summary import MISSING, fixed, method_label, method_order, spread_text, task_rank
 from lmft.aggregate.topics import TABLE_FORMATS, TOPIC_FILES
+from lmft.io import PathLike, atomic_path
 
 # rows that open each (model, k) block of the main table
 # rows that open each (model, k) block of the main table

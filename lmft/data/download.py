@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lmft.io import LmftError, atomic_path
 from lmft.data.tasks import EMBEDDED_TASKS
+from lmft.io import LmftError, atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lmft.io import LmftError
 from lmft.data.tasks import Task
+from lmft.io import LmftError
 
 HOLDOUT_FRACTION = 0.2
 WHITESPACE = re.compile(r"\s+")  # str patterns match Unicode whitespace: \n, \t, \xa0, \u2009, ...

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lmft.io import LmftError
 from lmft.data.tasks import BUILTIN, EMBEDDED_TASKS, SEED_TASKS
+from lmft.io import LmftError
 
 TEST_SEED = 42
 # Embedded classification tasks whose test set is a holdout of package data; snli's is the official

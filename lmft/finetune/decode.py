@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lmft.io import LmftError
 from lmft.models.batching import pad_id as tokenizer_pad_id
 from lmft.models.evaluate import progress_disabled
-from lmft.io import LmftError
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lmft.io import LmftError
 from lmft.data.tasks import Task
 from lmft.data.templates import Encoded, Part, encode, parse
+from lmft.io import LmftError
 
 SPLIT_STREAM = {"train": 0, "dev": 1, "test": 2}
 UNBOUNDED = 10**9

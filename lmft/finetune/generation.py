@@ -28,7 +28,6 @@ length), ``predictions.parquet`` (``index``, ``target``, ``prediction``, ``score
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -40,19 +39,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lmft.models.checkpoint import save_trainable
-from lmft.finetune.decode import generate_texts
-from lmft.models.heads import Classifier
-from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
 from lmft.data.kshot import cap_rows
+from lmft.data.tasks import GenerationTask
+from lmft.finetune.decode import generate_texts
 from lmft.finetune.methods import GenerationJob, MethodType
 from lmft.finetune.methods.base import SPLITS, freeze
 from lmft.finetune.methods.training import selection
+from lmft.finetune.textmetrics import PRIMARY, example_scores, mean_scores
+from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
+from lmft.models.checkpoint import FORMAT, checkpoint_metadata, save_trainable
+from lmft.models.heads import Classifier
 from lmft.models.load import load
 from lmft.models.params import count_trainable, parse_mode
-from lmft.runs import FORMAT, checkpoint_metadata, peak_mem_mb
-from lmft.data.tasks import GenerationTask
-from lmft.finetune.textmetrics import PRIMARY, example_scores, mean_scores
+from lmft.runtime import peak_mem_mb
 
 log = logging.getLogger(__name__)
 

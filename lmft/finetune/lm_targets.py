@@ -30,11 +30,11 @@ from torch import Tensor, nn
 
 from tqdm.auto import tqdm
 
-from lmft.models.batching import pad_id
-from lmft.models.evaluate import progress_disabled
-from lmft.io import LmftError
 from lmft.data.tasks import GenerationTask
 from lmft.data.templates import causal_prefix
+from lmft.io import LmftError
+from lmft.models.batching import pad_id
+from lmft.models.evaluate import progress_disabled
 
 IGNORE = -100
 DEMO_SEPARATOR = "\n\n"

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmft.io import LmftError
 from lmft.models.evaluate import Evaluation, Split, model_inputs, progress_disabled, to_device
 from lmft.models.heads import Classifier, fit_linear_head
-from lmft.io import LmftError
 
 log = logging.getLogger(__name__)
 

@@ -47,10 +47,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmft.finetune.spsa import MeZO, check_loss, classifier_loss
+from lmft.io import LmftError, torch_load, torch_save
 from lmft.models.checkpoint import apply_state, trainable_state
 from lmft.models.evaluate import Split, evaluate, progress_disabled, to_device
-from lmft.io import LmftError, torch_load, torch_save
-from lmft.finetune.spsa import MeZO, check_loss, classifier_loss
 
 log = logging.getLogger(__name__)
 

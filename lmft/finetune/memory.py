@@ -40,19 +40,22 @@ from typing import Any
 
 import torch
 
-from lmft.models.evaluate import to_device
-from lmft.finetune.stage import default_head
-from lmft.io import LmftError, read_parquet, write_json
-from lmft.finetune.peak import NOT_MEASURED, PeakIncrease
+from lmft.data.tasks import Task
+from lmft.finetune.loop import EpochSampler
 from lmft.finetune.methods import resolve_spec
 from lmft.finetune.methods.ft import stepper as ft_stepper  # the types' own steppers: the step a run makes
 from lmft.finetune.methods.mezo import stepper as mezo_stepper
 from lmft.finetune.methods.training import selection
+from lmft.finetune.peak import NOT_MEASURED, PeakIncrease
+from lmft.finetune.runs import build_for_run
 from lmft.finetune.spsa import classifier_loss
+from lmft.finetune.stage import default_head
+from lmft.io import LmftError, read_parquet, write_json
+from lmft.models.checkpoint import FORMAT
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import to_device
 from lmft.models.params import count_trainable
-from lmft.runs import FORMAT, build_for_run, encode_split, resolve_device
-from lmft.data.tasks import Task
-from lmft.finetune.loop import EpochSampler
+from lmft.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

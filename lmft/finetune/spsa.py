@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmft.models.heads import Classifier
 from lmft.io import LmftError
+from lmft.models.heads import Classifier
 
 # Integer views with the width of each supported float dtype: bitwise comparison (tells -0.0 from 0.0).
 _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,

@@ -45,7 +45,7 @@ the method's or the trial's name:
     ``label``, ``pred``, ``probs`` (list).
 ``model.safetensors``
     the trainable tensors at the best step (nothing for ``zeroshot``/``icl``), with the run's
-    settings as JSON in the metadata key ``lmft``: :func:`lmft.runs.load_finetuned` rebuilds the classifier
+    settings as JSON in the metadata key ``lmft``: :func:`lmft.finetune.runs.load_finetuned` rebuilds the classifier
     from them.
 ``steps/step-{n}.safetensors``
     the trainable tensors after step n for each n of ``save_steps`` (the folder is empty without).
@@ -72,19 +72,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lmft.models.checkpoint import save_trainable
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import GenerationTask, Task
 from lmft.finetune.generation import run_generation
 from lmft.finetune.grid import split_run, trial_fields
-from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
-from lmft.data.kshot import cap_rows
 from lmft.finetune.methods import Job, get_type, resolve_spec
 from lmft.finetune.methods.base import SPLITS
 from lmft.finetune.methods.training import selection
-from lmft.models.metrics import majority_share
+from lmft.finetune.runs import build_for_run
+from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
+from lmft.models.checkpoint import FORMAT, checkpoint_metadata, save_trainable
+from lmft.models.encode import uses_prompt
 from lmft.models.load import read_manifest
+from lmft.models.metrics import majority_share
 from lmft.models.params import count_trainable
-from lmft.runs import FORMAT, build_for_run, checkpoint_metadata, peak_mem_mb, resolve_device, uses_prompt
-from lmft.data.tasks import GenerationTask, Task
+from lmft.runtime import peak_mem_mb, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -62,10 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmft.models.evaluate import Split
-from lmft.io import LmftError
-from lmft.models.substitute import substitute
 from lmft.graft.topk import top_k_mask
+from lmft.io import LmftError
+from lmft.models.evaluate import Split
+from lmft.models.substitute import substitute
 
 # Embeddings (BERT/RoBERTa ``embeddings.``, Llama ``embed_tokens``, GPT-2 ``wte``/``wpe``) and
 # heads (MLM/LM heads, linear classifiers); regexes searched in the parameter name.

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lmft.config import section, with_defaults
 from lmft.io import LmftError
 from lmft.paths import overlap_seeds, overlap_tasks
+from lmft.schema import section, with_defaults
 
 # The settings a graft's numbers depend on (its rule's params): the section's, or a method entry's.
 OPTIONS = ("epochs", "lr", "sigmoid_bias", "batch_size", "mask_seed", "select", "exclude", "eval_batch_size")

@@ -50,18 +50,20 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from lmft.models.checkpoint import apply_state
-from lmft.config import section
-from lmft.models.evaluate import Evaluation, Split, evaluate
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import Task
+from lmft.finetune.runs import build_for_run, load_run
 from lmft.graft.mask import (DEFAULT_EXCLUDE, base_patch, graft, kept_fraction, mask_moved, relax_mask,
                              split_state)
 from lmft.graft.plan import OPTIONS, REFERENCE_OPTIONS
 from lmft.io import (ArtifactError, LmftError, load_tensor_metadata, load_tensors, read_json, read_parquet,
                      save_tensors, write_json, write_parquet)
-from lmft.data.kshot import cap_rows
-from lmft.runs import build_for_run, encode_split, load_run, peak_mem_mb, resolve_device
+from lmft.models.checkpoint import apply_state
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import Evaluation, Split, evaluate
 from lmft.models.substitute import Substituted
-from lmft.data.tasks import Task
+from lmft.runtime import peak_mem_mb, resolve_device
+from lmft.schema import section
 
 log = logging.getLogger(__name__)
 

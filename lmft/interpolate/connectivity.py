@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmft.models.evaluate import Split, evaluate
 from lmft.io import LmftError, atomic_path
+from lmft.models.evaluate import Split, evaluate
 from lmft.models.substitute import Substituted
 
 

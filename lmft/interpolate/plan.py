@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lmft.config import section, with_defaults
 from lmft.io import LmftError
+from lmft.schema import section, with_defaults
 
 _ENDPOINT_KEYS = {"method", "task", "k", "seed", "step", "pretrained"}
 _PAIR_KEYS = {"a", "b", "tasks", "k", "seed"}

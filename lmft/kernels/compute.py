@@ -34,10 +34,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lmft.kernels.formulas import get_formula, get_formulas
 from lmft.io import LmftError
-from lmft.kernels.jacobians import JACOBIAN_METHODS, Batch, check_batch
 from lmft.kernels.files import KernelShard
+from lmft.kernels.formulas import get_formula, get_formulas
+from lmft.kernels.jacobians import JACOBIAN_METHODS, Batch, check_batch
 from lmft.kernels.pairs import per_pair
 from lmft.kernels.tiled import tiled
 

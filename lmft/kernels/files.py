@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmft.kernels.formulas import get_formula
 from lmft.io import ArtifactError, LmftError, PathLike, torch_load, torch_save
+from lmft.kernels.formulas import get_formula
 
 
 @dataclass

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from lmft.kernels.formulas import get_formula, get_formulas
 from lmft.io import LmftError
+from lmft.kernels.formulas import get_formula, get_formulas
 from lmft.kernels.jacobians import Batch, jacobians, take
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmft.config import section, with_defaults
-from lmft.kernels.formulas import FORMULAS, PROMPTS
-from lmft.io import LmftError, PathLike
-from lmft.paths import kernel_solve_dir, kernel_solve_metrics
-from lmft.kernels.solvers import LAM, SOLVERS
 from lmft.data.tasks import Task, get_task
+from lmft.io import LmftError, PathLike
+from lmft.kernels.formulas import FORMULAS, PROMPTS
+from lmft.kernels.solvers import LAM, SOLVERS
 from lmft.kernels.tile_jacobians import TILE
+from lmft.paths import kernel_solve_dir, kernel_solve_metrics
+from lmft.schema import section, with_defaults
 
 # The settings a shard's numbers depend on, besides its grid and test_cap: the shard rule's params.
 # Batch sizes, device and threads change how it is computed, not what (bit for bit on the CPU), so

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmft.kernels.formulas import get_formula
 from lmft.io import ArtifactError, LmftError, PathLike
 from lmft.kernels.files import load_kernel, load_logits
+from lmft.kernels.formulas import get_formula
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmft.models import metrics
-from lmft.models.evaluate import score
 from lmft.io import LmftError
 from lmft.kernels.sets import KernelSet, all_classes, check_sets, class_logits, columns, offset, sigma_max, targets
+from lmft.models import metrics
+from lmft.models.evaluate import score
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegressionCV

@@ -56,24 +56,24 @@ import torch
 
 from lmft.kernels import compute as kernels
 
+from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json, write_parquet
 from lmft.kernels import solvers
+from lmft.kernels.files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
+from lmft.kernels.formulas import PROMPTS
+from lmft.kernels.jacobians import logits
+from lmft.kernels.plan import col_shards, is_binary, num_logits
 from lmft.models.batching import collate, encode_frame, label_ids, pad_id
 from lmft.models.evaluate import Evaluation
-from lmft.kernels.formulas import PROMPTS
 from lmft.models.heads import Classifier, build_classifier, fit_linear_head
-from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json, write_parquet
-from lmft.kernels.jacobians import logits
-from lmft.kernels.files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
-from lmft.kernels.plan import col_shards, is_binary, num_logits
 # workflow/scripts/kernel_shard.py imports settings from here: a changed script would rerun every shard job
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import Task
 from lmft.kernels.plan import settings  # noqa: F401
 from lmft.kernels.sets import load_kernel_set
-from lmft.data.kshot import cap_rows
 from lmft.models.metrics import majority_share
 from lmft.models.params import count_trainable, select_trainable
 from lmft.paths import SPLITS
-from lmft.runs import peak_mem_mb, resolve_device
-from lmft.data.tasks import Task
+from lmft.runtime import peak_mem_mb, resolve_device
 
 log = logging.getLogger(__name__)
 

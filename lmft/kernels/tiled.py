@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from lmft.io import LmftError
 from lmft.kernels.formulas import FORMULAS
 from lmft.kernels.jacobians import Batch, device_of, logits, take
 from lmft.kernels.pairs import Put, per_formula
-from lmft.io import LmftError
 from lmft.kernels.tile_jacobians import SLICE, TILE, Layout, Tile, dense_blocks, layout_of, slots_of, tile_jacobians
 
 log = logging.getLogger(__name__)

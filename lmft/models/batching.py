@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lmft.io import LmftError
 from lmft.data.tasks import Task
 from lmft.data.templates import Encoded, encode
+from lmft.io import LmftError
 
 
 def encode_frame(df: pd.DataFrame, task: Task, tokenizer: Any, causal: bool = False,

@@ -9,12 +9,17 @@ the pre-trained model, which is why the checkpoint stays small.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lmft.io import ArtifactError, LmftError, load_tensor_metadata, load_tensors, save_tensors
+
+FORMAT = 2  # version of the checkpoint metadata (2: the cls head's pooling)
 
 
 def trainable_state(clf: nn.Module) -> dict[str, Tensor]:
@@ -72,3 +77,10 @@ def load_trainable(clf: nn.Module, path: Path | str) -> dict[str, str]:
         raise ArtifactError(f"{path}: tensor shapes differ from the classifier's: {bad[:3]}")
     apply_state(clf, {k: tensors[k].to(expected[k].dtype) for k in expected})
     return meta
+
+
+def checkpoint_metadata(info: Mapping[str, Any]) -> dict[str, str]:
+    """The safetensors metadata of a run's checkpoint: ``info`` as JSON under ``lmft`` (what
+    :func:`lmft.finetune.runs.load_run` rebuilds from) and a few keys readable at a glance."""
+    return {"lmft": json.dumps(info, sort_keys=True), "mode": str(info["mode"]), "head": info["head"],
+            "task": info["task"], "method": info["method"]}

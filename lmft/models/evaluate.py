@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lmft.data.templates import Encoded
+from lmft.io import LmftError
 from lmft.models import metrics
 from lmft.models.batching import collate
-from lmft.io import LmftError
-from lmft.data.templates import Encoded
 
 ECE_BINS = 10
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "mask_pos")

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lmft.io import LmftError
-from lmft.models.load import NO_MLM_HEAD_NOTE, POOLINGS, load, read_manifest
 from lmft.data.tasks import Task
 from lmft.data.templates import label_word_ids
+from lmft.io import LmftError
+from lmft.models.load import NO_MLM_HEAD_NOTE, POOLINGS, load, read_manifest
 
 HEADS = ("prompt", "cls", "causal")
 

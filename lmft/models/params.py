@@ -44,8 +44,8 @@ import re
 
 from torch import nn
 
-from lmft.models.heads import Classifier, Prefix
 from lmft.io import LmftError
+from lmft.models.heads import Classifier, Prefix
 from lmft.models.load import transformer_blocks
 
 MODES = ("all", "last:N", "first:N", "middle:N", "bias", "norm", "head", "lora:R", "prefix:P")

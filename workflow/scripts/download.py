@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from lmft.data.raw import load_raw
+from lmft.data.tasks import get_task
 from lmft.io import write_json, write_parquet
 from lmft.runtime import run_script
-from lmft.data.tasks import get_task
 
 
 def main(smk):

@@ -3,9 +3,9 @@ metrics.json, predictions.parquet}."""
 
 from pathlib import Path
 
+from lmft.data.tasks import get_task
 from lmft.graft.stage import run_graft
 from lmft.runtime import run_script
-from lmft.data.tasks import get_task
 
 
 def main(smk):

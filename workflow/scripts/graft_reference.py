@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
+from lmft.data.tasks import get_task
 from lmft.graft.stage import run_reference
 from lmft.runtime import run_script
-from lmft.data.tasks import get_task
 
 
 def main(smk):

@@ -1,8 +1,8 @@
 """Snakemake adapter: k-shot tables + a prepared model -> one shard of every configured kernel formula."""
 
+from lmft.data.tasks import get_task
 from lmft.kernels.stage import run_shard, settings
 from lmft.runtime import run_script
-from lmft.data.tasks import get_task
 
 
 def main(smk):

@@ -2,8 +2,8 @@
 
 import logging
 
-from lmft.io import read_json, read_parquet, write_json, write_parquet
 from lmft.data.kshot import cap_test, kshot_split, split_info
+from lmft.io import read_json, read_parquet, write_json, write_parquet
 from lmft.runtime import run_script
 
 

@@ -3,9 +3,9 @@
 
 import logging
 
+from lmft.data.kshot import cap_test_examples, examples_info, kshot_examples
 from lmft.data.raw import GENERATION_COLUMNS
 from lmft.io import read_parquet, write_json, write_parquet
-from lmft.data.kshot import cap_test_examples, examples_info, kshot_examples
 from lmft.runtime import run_script
 
 

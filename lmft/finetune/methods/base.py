@@ -12,7 +12,7 @@ A :class:`MethodType` is declared once, in its own module, as ``METHOD = MethodT
   run directory from the :class:`Outcome`.
 - ``prepare(clf, info)``: what the type does to a freshly built classifier before it runs (which
   parameters train, a new layer); called again when a finished run is rebuilt
-  (:func:`lmft.runs.load_run`), so it must depend on the checkpoint's ``info`` only.
+  (:func:`lmft.finetune.runs.load_run`), so it must depend on the checkpoint's ``info`` only.
 - ``trains``: whether the type tunes the parameters that ``mode`` selects (:mod:`lmft.models.params`):
   it then takes the ``mode`` keys (:data:`lmft.finetune.methods.settings.SELECT`), and its runs have
   checkpoints worth grafting and interpolating.
@@ -35,14 +35,14 @@ import jsonschema
 import pandas as pd
 import torch
 
-from lmft.models.evaluate import Evaluation, Split, evaluate
+from lmft.data.tasks import GenerationTask, Task
 from lmft.finetune.grid import GRID_KEYS
-from lmft.models.heads import HEADS, Classifier
-from lmft.io import LmftError
 from lmft.finetune.lm_targets import LMSplit, lm_split, prompts, teacher_forced
 from lmft.finetune.methods.settings import SELECT
-from lmft.runs import encode_split
-from lmft.data.tasks import GenerationTask, Task
+from lmft.io import LmftError
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import Evaluation, Split, evaluate
+from lmft.models.heads import HEADS, Classifier
 
 SPLITS = ("train", "dev", "test")
 # The workflow's keys of a method entry (rules/finetune.smk: which runs, and how they are scheduled).
@@ -59,7 +59,7 @@ class Job:
     clf: Classifier  # built and prepared, on ``device``
     tokenizer: Any
     cfg: dict[str, Any]  # the method's settings, defaults filled in
-    info: dict[str, Any]  # what the checkpoint records and a rebuild reads (lmft.runs.build_for_run)
+    info: dict[str, Any]  # what the checkpoint records and a rebuild reads (lmft.finetune.runs.build_for_run)
     device: torch.device
     seed: int  # the data seed
     model_seed: int  # the training seed

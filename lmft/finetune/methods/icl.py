@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from lmft.models.batching import label_ids, pad_id
-from lmft.models.evaluate import Split
-from lmft.models.heads import Classifier
 from lmft.finetune.demos import icl_encode
 from lmft.finetune.lm_targets import icl_prompts, with_targets
 from lmft.finetune.methods.base import GenerationJob, GenerationOutcome, Job, MethodType, Outcome
 from lmft.finetune.methods.settings import COMMON, setting
+from lmft.models.batching import label_ids, pad_id
+from lmft.models.evaluate import Split
+from lmft.models.heads import Classifier
 
 
 def model_max_length(clf: Classifier, tokenizer: Any) -> int:

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from lmft.models.evaluate import Evaluation
-from lmft.models.heads import Classifier
+from lmft.finetune.logreg import C_GRID, attach_linear, extract_features, fit_probe
 from lmft.finetune.methods.base import SPLITS, Job, MethodType, Outcome
 from lmft.finetune.methods.settings import COMMON, setting
-from lmft.finetune.logreg import C_GRID, attach_linear, extract_features, fit_probe
+from lmft.models.evaluate import Evaluation
+from lmft.models.heads import Classifier
 
 
 def _attach(clf: Classifier, info: Mapping[str, Any]) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lmft.models.heads import Classifier
+from lmft.finetune.loop import Objective, ZerothOrder
 from lmft.finetune.methods.settings import loop_settings, setting
 from lmft.finetune.methods.training import trainer
-from lmft.finetune.loop import Objective, ZerothOrder
+from lmft.models.heads import Classifier
 
 
 def stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,

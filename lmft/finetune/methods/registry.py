@@ -16,10 +16,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from lmft.config import check_against
 from lmft.finetune.grid import grid_keys
-from lmft.io import LmftError
 from lmft.finetune.methods.base import WORKFLOW_KEYS, MethodType
+from lmft.io import LmftError
+from lmft.schema import check_against
 
 TYPES: dict[str, MethodType] = {}
 

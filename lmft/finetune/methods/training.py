@@ -16,15 +16,14 @@ from typing import Any
 
 import torch
 
-from lmft.models.checkpoint import save_trainable
-from lmft.models.heads import Classifier
-from lmft.io import LmftError
 from lmft.finetune.lm_targets import target_loss
+from lmft.finetune.loop import LoopConfig, Stepper, train_loop
 from lmft.finetune.methods.base import SPLITS, GenerationJob, GenerationOutcome, Job, MethodType, Outcome, Settings
 from lmft.finetune.methods.settings import COMMON, SELECT
+from lmft.io import LmftError
+from lmft.models.checkpoint import checkpoint_metadata, save_trainable
+from lmft.models.heads import Classifier
 from lmft.models.params import select_trainable
-from lmft.runs import checkpoint_metadata
-from lmft.finetune.loop import LoopConfig, Stepper, train_loop
 
 # (classifier, settings, total steps, training seed[, objective]) -> the stepper of one run; the objective
 # replaces the classifier's loss (a generation task's target loss)
