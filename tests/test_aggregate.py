@@ -9,15 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lmft.aggregate import gather, plots, summary, tables, topics
 from lmft.aggregate import stage as aggregate
-
-from lmft.aggregate import gather
-
-from lmft.aggregate import summary
-
-from lmft.aggregate import tables
-
-from lmft.aggregate import plots, topics
 from lmft.io import ArtifactError, LmftError, write_json, write_parquet
 
 MODEL = "tiny"

@@ -8,9 +8,7 @@ import urllib.error
 import pandas as pd
 import pytest
 
-from lmft.data import download
-
-from lmft.data import sources_embedded
+from lmft.data import download, sources_embedded
 from lmft.data.download import AMAZON_URL, BABI_URL, XSUM_URLS, NoNetworkError, fetch, sha256_of
 from lmft.data.frames import drop_duplicates, drop_duplicates_given_test, holdout, normalise_text
 from lmft.data.raw import GENERATION_COLUMNS, load_raw

@@ -15,18 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft.aggregate import claims
-
-from lmft.aggregate import gather
-
-from lmft.interpolate import plan as interpolate_plan
-
-from lmft.aggregate import summary
-
-from lmft.aggregate import tables
-
+from lmft.aggregate import claims, gather, summary, tables, topics
 from lmft.aggregate import findings as fd
-from lmft.aggregate import topics
+from lmft.interpolate import plan as interpolate_plan
 from lmft.io import write_json, write_parquet
 
 HOLD, FAIL, INCON = "t-hold", "t-fail", "t-incon"

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmft.aggregate import gather
-
-from lmft.aggregate import summary
+from lmft.aggregate import gather, summary
 from lmft.config import validate_schema
 from lmft.data.tasks import get_task
 from lmft.finetune.grid import check_pinned, expand_methods, grid_keys, split_run, trial_fields, trials

@@ -9,17 +9,13 @@ import torch
 import yaml
 from tiny import make_tiny_model_dir, tiny_frame
 
-from lmft.kernels import jacobians
-
-from lmft.kernels import files as kernel_files
-
-from lmft.kernels import compute as kernels
-
 from lmft.data.kshot import cap_rows
 from lmft.data.tasks import get_task
 from lmft.io import LmftError, write_parquet
+from lmft.kernels import compute as kernels
+from lmft.kernels import files as kernel_files
+from lmft.kernels import jacobians, solvers
 from lmft.kernels import plan as kp
-from lmft.kernels import solvers
 from lmft.kernels import stage as ks
 from lmft.kernels.formulas import FORMULAS, PROMPTS
 from lmft.kernels.sets import load_kernel_set

@@ -8,17 +8,11 @@ from torch import nn
 from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           RobertaConfig, RobertaForMaskedLM)
 
-from lmft.kernels import jacobians
-
-from lmft.kernels import files as kernel_files
-
-from lmft.kernels import pairs as kernel_pairs
-
-from lmft.kernels import compute as kernels
-
-from lmft.kernels import tile_jacobians
-
 from lmft.io import ArtifactError, LmftError
+from lmft.kernels import compute as kernels
+from lmft.kernels import files as kernel_files
+from lmft.kernels import jacobians, tile_jacobians
+from lmft.kernels import pairs as kernel_pairs
 from lmft.kernels import tiled as tiled_kernel
 from lmft.kernels.files import merge_shards, split_range
 from lmft.kernels.formulas import FORMULAS

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmft.models import metrics
-
 from lmft.io import LmftError
 from lmft.kernels import solvers
 from lmft.kernels.sets import KernelSet, load_kernel_set
+from lmft.models import metrics
 
 
 def blobs(n: int, classes: int, seed: int, dim: int = 6, spread: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:

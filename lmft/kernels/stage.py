@@ -54,9 +54,8 @@ from typing import Any
 
 import torch
 
-from lmft.kernels import compute as kernels
-
 from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json, write_parquet
+from lmft.kernels import compute as kernels
 from lmft.kernels import solvers
 from lmft.kernels.files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
 from lmft.kernels.formulas import PROMPTS
