@@ -69,6 +69,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from lmft.models.evaluate import Split, predict
     from lmft.models.heads import Classifier
     from lmft.models.substitute import Substituted
+    from lmft.schema import section
 
     torch.set_num_threads(args.threads)
     try:
@@ -90,7 +91,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                          [0] * args.seq, args.seq - 1) for _ in range(args.examples)]
         split = Split(items, [i % 2 for i in range(args.examples)], 0, "train")
         tuned = {n: p.detach() for n, p in model.named_parameters()}
-        names, _ = split_state(tuned)
+        names, _ = split_state(tuned, section({}, "graft")["exclude"])
         ft = {n: t + 1e-3 * torch.randn(t.shape, generator=gen) for n, t in tuned.items() if n in names}
         del tuned
         graftable_bytes = sum(t.numel() * t.element_size() for t in ft.values())

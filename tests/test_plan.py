@@ -52,8 +52,8 @@ def test_each_stage_section_adds_its_runs_and_topics():
     assert list(plan.metrics) == ["finetune", "kernel", "graft", "interpolate"]
     assert plan.topics == ["main", "kernel", "graft", "interpolate", "findings"]
     assert len(plan.kernel_metrics) == 2 * 2 and len(plan.graft_jobs) == 2 * 2
-    options = plan.graft_options("ft")  # the method's lr, the schema's defaults of the rest (not exclude: it has none)
-    assert options["lr"] == 5.0 and set(options) == set(OPTIONS) - {"exclude"} and plan.graft_ood("sst-2") == ["snli"]
+    options = plan.graft_options("ft")  # the method's lr, the schema's defaults of the rest
+    assert options["lr"] == 5.0 and list(options) == list(OPTIONS) and plan.graft_ood("sst-2") == ["snli"]
     assert len(plan.overlap_groups) == 2 + 2  # per seed the tasks' masks, per task the seeds'
     assert list(plan.interpolate_jobs) == ["results/interpolate/m/sst-2/pre-ft", "results/interpolate/m/snli/pre-ft"]
     assert plan.curves == [f"{path}/curve.parquet" for path in plan.interpolate_jobs]

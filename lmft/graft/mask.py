@@ -67,19 +67,12 @@ from lmft.io import LmftError
 from lmft.models.evaluate import Split
 from lmft.models.substitute import substitute
 
-# Embeddings (BERT/RoBERTa ``embeddings.``, Llama ``embed_tokens``, GPT-2 ``wte``/``wpe``) and
-# heads (MLM/LM heads, linear classifiers); regexes searched in the parameter name.
-DEFAULT_EXCLUDE: tuple[str, ...] = (
-    r"embed",
-    r"(^|\.)(wte|wpe)\.",
-    r"(^|\.)(lm_head|head|linear|classifier|cls|score)\.",
-)
-
 Batch = Mapping[str, Tensor]
 
 
-def select_graftable(names: Iterable[str], exclude: Sequence[str] = DEFAULT_EXCLUDE) -> list[str]:
-    """The names (in the given order) that match none of the ``exclude`` regexes."""
+def select_graftable(names: Iterable[str], exclude: Sequence[str]) -> list[str]:
+    """The names (in the given order) that match none of the ``exclude`` regexes (``graft.exclude``: by
+    default the embeddings and heads, see the config schema)."""
     try:
         patterns = [re.compile(p) for p in exclude]
     except re.error as e:
@@ -92,8 +85,7 @@ def select_graftable(names: Iterable[str], exclude: Sequence[str] = DEFAULT_EXCL
     return kept
 
 
-def split_state(state: Mapping[str, Tensor], exclude: Sequence[str] = DEFAULT_EXCLUDE
-                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def split_state(state: Mapping[str, Tensor], exclude: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Split a tuned state into (graftable, rest); ``rest`` is loaded into the reference model."""
     keep = set(select_graftable(state, exclude))
     return ({n: t for n, t in state.items() if n in keep}, {n: t for n, t in state.items() if n not in keep})

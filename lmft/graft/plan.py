@@ -38,11 +38,10 @@ def graft_methods(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def graft_options(config: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """The graft settings of ``method``'s jobs (:data:`OPTIONS`): the section's, overridden by the method's
-    entry. Those the config leaves out are left out (the job fills them in, :func:`lmft.graft.stage.resolve_options`);
-    a config that Snakemake validated has them all."""
-    entry = graft_methods(config).get(method) or {}
-    return {key: value for key, value in {**(config.get("graft") or {}), **entry}.items() if key in OPTIONS}
+    """The graft settings of ``method``'s jobs (:data:`OPTIONS`, every one): the section's (the schema's
+    defaults filled in), overridden by the method's entry."""
+    merged = {**section(config, "graft"), **(graft_methods(config).get(method) or {})}
+    return {key: merged[key] for key in OPTIONS}
 
 
 def reference_options(options: Mapping[str, Any]) -> dict[str, Any]:

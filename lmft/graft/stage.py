@@ -18,7 +18,7 @@ Both jobs write ``predictions.parquet`` (:meth:`lmft.models.evaluate.Evaluation.
 The reference's ``metrics.json``: ``stage="graft-reference"``, task, k, seed, model, method, metric,
 the keys of :data:`REFERENCE_KEYS`, ``pre_dev_loss``/``pre_test_loss``/``ft_dev_loss``/``ft_test_loss``,
 ``graftable`` (tensor names), ``n_graftable``, ``ood`` (per OOD task: pre / ft test metric),
-``options`` (:data:`lmft.graft.plan.REFERENCE_OPTIONS`), ``n_dev``/``n_test``, ``device``,
+``options`` (those it was given: :func:`lmft.graft.plan.reference_options`), ``n_dev``/``n_test``, ``device``,
 ``wall_time_s``, ``peak_mem_mb``.
 
 A graft's ``metrics.json`` adds to the shared keys (whose ``dev_metric``/``test_metric``/
@@ -53,9 +53,7 @@ from torch import Tensor, nn
 from lmft.data.kshot import cap_rows
 from lmft.data.tasks import Task
 from lmft.finetune.runs import build_for_run, load_run
-from lmft.graft.mask import (DEFAULT_EXCLUDE, base_patch, graft, kept_fraction, mask_moved, relax_mask,
-                             split_state)
-from lmft.graft.plan import OPTIONS, REFERENCE_OPTIONS
+from lmft.graft.mask import base_patch, graft, kept_fraction, mask_moved, relax_mask, split_state
 from lmft.io import (ArtifactError, LmftError, load_tensor_metadata, load_tensors, read_json, read_parquet,
                      save_tensors, write_json, write_parquet)
 from lmft.models.checkpoint import apply_state
@@ -63,7 +61,6 @@ from lmft.models.encode import encode_split
 from lmft.models.evaluate import Evaluation, Split, evaluate
 from lmft.models.substitute import Substituted
 from lmft.runtime import peak_mem_mb, resolve_device
-from lmft.schema import section
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +95,6 @@ def load_mask(path: str | Path) -> dict[str, Tensor]:
             raise ArtifactError(f"{path}: indices of {name!r} fall outside its shape {shape}")
         flat[idx[name]] = True
         out[name] = flat.view(shape)
-    return out
-
-
-def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The graft settings with defaults filled in (the config schema's ``graft`` section; ``exclude``:
-    :data:`lmft.graft.mask.DEFAULT_EXCLUDE`); raises on an unknown key or a bad value."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise LmftError(f"graft: unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
-    defaults = section({}, "graft") | {"exclude": list(DEFAULT_EXCLUDE)}
-    out = {key: options.get(key, defaults[key]) for key in OPTIONS}
-    if out["select"] not in ("best", "last"):
-        raise LmftError(f"graft: select must be 'best' (train + dev metric, as the released code) or 'last', "
-                        f"got {out['select']!r}")
     return out
 
 
@@ -221,19 +203,18 @@ def _open(device: str) -> torch.device:
 
 def run_reference(model_json: str | Path, task: Task, run_dir: str | Path, splits: Mapping[str, str | Path],
                   out_dir: str | Path, *, model: str, k: int, seed: int, method: str,
-                  options: Mapping[str, Any] | None = None, ood: Mapping[str, tuple[Task, str | Path]] | None = None,
+                  options: Mapping[str, Any], ood: Mapping[str, tuple[Task, str | Path]] | None = None,
                   eval_cap: int | None = None, device: str = "auto") -> dict[str, Any]:
     """Score "pre" and "ft" of one fine-tuning run on dev, test and the OOD tests, once for all its
     grafts; writes ``metrics.json`` and ``predictions.parquet`` (see the module docstring).
 
-    ``splits`` maps dev and test to the run's k-shot parquet files (train is not read); ``ood``,
-    ``eval_cap`` and ``options`` (only :data:`lmft.graft.plan.REFERENCE_OPTIONS` matter) as for
-    :func:`run_graft`. Returns the metrics.
+    ``splits`` maps dev and test to the run's k-shot parquet files (train is not read); ``ood`` and
+    ``eval_cap`` as for :func:`run_graft`; ``options`` are the resolved settings the scores depend on
+    (:func:`lmft.graft.plan.reference_options`: ``exclude``, ``eval_batch_size``). Returns the metrics.
     """
     started = time.perf_counter()
-    opts = resolve_options(options)
     dev_ = _open(device)
-    g = _prepare(model_json, task, run_dir, {s: splits[s] for s in ("dev", "test")}, opts, ood, eval_cap, dev_)
+    g = _prepare(model_json, task, run_dir, {s: splits[s] for s in ("dev", "test")}, options, ood, eval_cap, dev_)
     names = list(g.data)
     pre, fine = g.scores(None, names), g.scores(g.ft, names)
     log.info("graft reference %s %s k=%d seed=%d %s: test %s pre %.4f, ft %.4f", model, task.name, k, seed, method,
@@ -250,7 +231,7 @@ def run_reference(model_json: str | Path, task: Task, run_dir: str | Path, split
         **{f"{end}_test_ece": ev["test"].ece for end, ev in ends.items()},
         "graftable": list(g.ft), "n_graftable": sum(t.numel() for t in g.ft.values()),
         "ood": {name: {end: ev[f"ood:{name}"].metric for end, ev in ends.items()} for name in g.ood},
-        "options": {key: opts[key] for key in REFERENCE_OPTIONS}, "n_dev": len(g.data["dev"]),
+        "options": dict(options), "n_dev": len(g.data["dev"]),
         "n_test": len(g.data["test"]), "device": str(dev_), "wall_time_s": time.perf_counter() - started,
         "peak_mem_mb": peak_mem_mb(dev_),
     }
@@ -259,55 +240,62 @@ def run_reference(model_json: str | Path, task: Task, run_dir: str | Path, split
 
 
 def _check_reference(reference: Mapping[str, Any], path: str | Path, g: _Grafting, opts: Mapping[str, Any]) -> None:
-    """The reference must score the same graftable tensors, OOD tasks and test rows as this graft."""
+    """The reference must score the same graftable tensors, OOD tasks and test rows as this graft, with
+    this graft's values of the settings it was made with (its ``options``)."""
+    made_with = reference.get("options") or {}
     want = {"graftable": list(g.ft), "ood": sorted(g.ood), "n_test": len(g.data["test"]),
-            "options": {key: opts[key] for key in REFERENCE_OPTIONS}}
+            "options": {key: opts.get(key) for key in made_with}}
     got = {"graftable": reference.get("graftable"), "ood": sorted(reference.get("ood") or {}),
-           "n_test": reference.get("n_test"), "options": reference.get("options")}
+           "n_test": reference.get("n_test"), "options": made_with}
     differ = [key for key in want if got[key] != want[key]]
     if differ or reference.get("stage") != "graft-reference":
         raise ArtifactError(f"{path}: not the graft reference of this run and its settings (differs in "
                             f"{differ or ['stage']}); rerun its graft_reference job")
 
 
+def _relax(g: _Grafting, base: dict[str, Tensor], count: int, n_graftable: int,
+           opts: Mapping[str, Any]) -> tuple[dict[str, Tensor], list[dict[str, float]], int]:
+    """The mask of a graft: the base patch (``count`` of ``n_graftable`` entries) relaxed
+    (:func:`lmft.graft.mask.relax_mask`), keeping the epoch of the best train + dev metric (``select``
+    best) or the last; returns (mask, relaxation history, chosen epoch)."""
+    if not (0 < count < n_graftable and int(opts["epochs"]) > 0):
+        return base, [], 0  # no relaxation, or no entry or every entry: the top-k is the only mask there is
+
+    def select(mask: dict[str, Tensor]) -> float:
+        ev = g.masked_scores(mask, ("train", "dev"))
+        return ev["train"].metric + ev["dev"].metric
+
+    relaxed = relax_mask(g.ref, g.ft, base, g.data["train"], epochs=int(opts["epochs"]), lr=float(opts["lr"]),
+                         sigmoid_bias=float(opts["sigmoid_bias"]), seed=int(opts["mask_seed"]),
+                         batch_size=int(opts["batch_size"]), select=select if opts["select"] == "best" else None)
+    return relaxed.mask, relaxed.history, relaxed.epoch
+
+
 def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: Mapping[str, str | Path],
               out_dir: str | Path, reference: str | Path, *, model: str, k: int, seed: int, method: str,
-              sparsity: float, options: Mapping[str, Any] | None = None,
-              ood: Mapping[str, tuple[Task, str | Path]] | None = None, eval_cap: int | None = None,
-              device: str = "auto") -> dict[str, Any]:
+              sparsity: float, options: Mapping[str, Any], ood: Mapping[str, tuple[Task, str | Path]] | None = None,
+              eval_cap: int | None = None, device: str = "auto") -> dict[str, Any]:
     """Graft one fine-tuning run at one sparsity; writes ``mask.safetensors``, ``metrics.json`` and
     ``predictions.parquet``.
 
     ``splits`` maps train/dev/test to the run's k-shot parquet files; ``ood`` maps a task name to
     (task, test parquet) of tasks with the same label words. Test sets are capped at ``eval_cap``
-    rows as the finetune stage caps them. ``reference`` is the run's :func:`run_reference`
+    rows as the finetune stage caps them. ``options`` are the graft settings as the plan resolved
+    them (:func:`lmft.graft.plan.graft_options`). ``reference`` is the run's :func:`run_reference`
     ``metrics.json``, made with the same ``ood``, ``eval_cap`` and reference options: "pre" and "ft"
     are read from it, not scored again. Returns the metrics (see the module docstring).
     """
     started = time.perf_counter()
-    opts = resolve_options(options)
     dev_ = _open(device)
-    g = _prepare(model_json, task, run_dir, splits, opts, ood, eval_cap, dev_)
+    g = _prepare(model_json, task, run_dir, splits, options, ood, eval_cap, dev_)
     ref = read_json(reference)
-    _check_reference(ref, reference, g, opts)
-    theta0, ft = g.theta0, g.ft
-    n_graftable = sum(t.numel() for t in ft.values())
+    _check_reference(ref, reference, g, options)
+    n_graftable = sum(t.numel() for t in g.ft.values())
     log.info("graft %s %s k=%d seed=%d %s: %d graftable tensors, %d entries, sparsity %g", model, task.name, k, seed,
-             method, len(ft), n_graftable, sparsity)
-
-    base = base_patch(theta0, ft, sparsity)
+             method, len(g.ft), n_graftable, sparsity)
+    base = base_patch(g.theta0, g.ft, sparsity)
     count = sum(int(m.sum()) for m in base.values())
-    if 0 < count < n_graftable and int(opts["epochs"]) > 0:
-        def select(mask: dict[str, Tensor]) -> float:
-            ev = g.masked_scores(mask, ("train", "dev"))
-            return ev["train"].metric + ev["dev"].metric
-
-        relaxed = relax_mask(g.ref, ft, base, g.data["train"], epochs=int(opts["epochs"]), lr=float(opts["lr"]),
-                             sigmoid_bias=float(opts["sigmoid_bias"]), seed=int(opts["mask_seed"]),
-                             batch_size=int(opts["batch_size"]), select=select if opts["select"] == "best" else None)
-        mask, history, chosen = relaxed.mask, relaxed.history, relaxed.epoch
-    else:  # no relaxation, or no entry or every entry: the top-k is the only mask there is
-        mask, history, chosen = base, [], 0
+    mask, history, chosen = _relax(g, base, count, n_graftable, options)
     at_base = g.masked_scores(base, ("train", "dev", "test"))
     at_graft = g.masked_scores(mask, g.data)
     test = at_graft["test"]
@@ -325,15 +313,16 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
         "stage": "graft", "task": task.name, "k": k, "seed": seed, "model": model, "method": method,
         "metric": task.metric, "dev_metric": at_graft["dev"].metric, "test_metric": test.metric,
         "test_ece": test.ece, "dev_loss": at_graft["dev"].loss, "test_loss": test.loss,
-        "sparsity": sparsity, "count": count, "n_graftable": n_graftable, "graftable": list(ft),
+        "sparsity": sparsity, "count": count, "n_graftable": n_graftable, "graftable": list(g.ft),
         **{key: ref[key] for key in REFERENCE_KEYS},
         "base_count": count, "base_dev_metric": at_base["dev"].metric, "base_test_metric": at_base["test"].metric,
         "base_train_loss": at_base["train"].loss, "graft_train_loss": at_graft["train"].loss, "mask_moved": moved,
         "kept_fraction": kept_fraction(test.metric, ref["pre_test_metric"], ref["ft_test_metric"]),
         "relax_epochs": len(history), "relax_chosen_epoch": chosen, "relax_history": history,
         "ood": {name: {**ref["ood"][name], "graft": at_graft[f"ood:{name}"].metric} for name in g.ood},
-        "options": opts, "n_train": len(g.data["train"]), "n_dev": len(g.data["dev"]), "n_test": len(g.data["test"]),
-        "device": str(dev_), "wall_time_s": time.perf_counter() - started, "peak_mem_mb": peak_mem_mb(dev_),
+        "options": dict(options), "n_train": len(g.data["train"]), "n_dev": len(g.data["dev"]),
+        "n_test": len(g.data["test"]), "device": str(dev_), "wall_time_s": time.perf_counter() - started,
+        "peak_mem_mb": peak_mem_mb(dev_),
     }
     write_json(metrics, out / "metrics.json")
     return metrics
