@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "test")  # the k-shot splits, in this order everywhere
+EVAL_SPLITS = SPLITS[1:]  # those a run is scored on
 
 Part = str | int  # a value, or a wildcard pattern
 

@@ -42,9 +42,9 @@ rule finetune:
         "benchmarks/finetune/{model}/{task}/{k}-{seed}/{method}.tsv"
     threads: lambda w: PLAN.run_setting(w.method, "threads")
     resources:
-        mem_mb=lambda w: PLAN.run_resources(w.method).get("mem_mb", 4000),
-        runtime=lambda w: PLAN.run_resources(w.method).get("runtime", 60),
-        gpu=lambda w: PLAN.run_resources(w.method).get("gpu", 0),
+        mem_mb=lambda w: PLAN.run_resources(w.method)["mem_mb"],
+        runtime=lambda w: PLAN.run_resources(w.method)["runtime"],
+        gpu=lambda w: PLAN.run_resources(w.method)["gpu"],
     script:
         "../workflow/scripts/finetune.py"
 

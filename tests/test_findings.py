@@ -321,7 +321,7 @@ def test_findings_are_byte_identical_whatever_the_input_order(tmp_path):
 
     def render(order, out):
         table = fd.findings_table(gather.load_runs(order))
-        written = tables.write_table(table, out / "findings", topics.table_formats("findings"))
+        written = tables.write_table(table, out / "findings", topics.TOPICS["findings"].formats)
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
 
     shuffled = list(paths)

@@ -30,7 +30,8 @@ def test_job_settings_fall_back_from_the_method_to_the_section_to_the_schema():
     plan = Plan(CONFIG)
     assert (plan.run_setting("ft", "eval_cap"), plan.run_setting("zs", "eval_cap")) == (50, 100)
     assert plan.run_setting("zs", "threads") == 1  # the schema's default
-    assert plan.run_resources("ft") == {"mem_mb": 3000, "gpu": 1} and plan.run_resources("zs") == {"mem_mb": 3000}
+    assert plan.run_resources("ft") == {"mem_mb": 3000, "runtime": 60, "gpu": 1}  # the plan's default runtime
+    assert plan.run_resources("zs") == {"mem_mb": 3000, "runtime": 60, "gpu": 0}
     assert (plan.eval_cap("ft"), plan.eval_cap("zs"), plan.eval_cap("other")) == (50, 100, 100)
     assert plan.finetune["device"] == "auto" and plan.graft["sparsities"] == [1e-4, 1e-3, 1e-2]
 

@@ -68,7 +68,7 @@ from lmft.aggregate.claims import (CLOSE_ENDPOINTS, GRAFT_ECE, GRAFT_KEPT, GRAFT
                          MEZO_FT, MEZO_MEM_FT, MEZO_MEM_INFERENCE, NO_BARRIER, TASK_BARRIER, findings)
 from lmft.aggregate.summary import MISSING, task_rank
 from lmft.aggregate.tables import Table
-from lmft.aggregate.topics import TOPIC_FILES
+from lmft.aggregate.topics import TOPICS
 
 COLUMNS = ("paper", "claim", "model", "task", "k", "measured", "published", "rule", "effect", "ci_low", "ci_high",
            "n_test", "n_seeds", "verdict", "reason")
@@ -145,4 +145,4 @@ def findings_table(runs: pd.DataFrame, pair_kinds: Mapping[str, str] | None = No
             str(ci.n_seeds)]
         rows.append([claim.paper, claim.text, f.model, f.task, MISSING if f.k is None else str(f.k), f.measured,
                      published.get(f.claim, MISSING), f.rule, *numbers, f.verdict, f.reason])
-    return Table(TOPIC_FILES["findings"][2], pd.DataFrame(rows, columns=list(COLUMNS)), len(COLUMNS))
+    return Table(TOPICS["findings"].title, pd.DataFrame(rows, columns=list(COLUMNS)), len(COLUMNS))

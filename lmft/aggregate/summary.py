@@ -19,17 +19,28 @@ import numpy as np
 import pandas as pd
 
 from lmft.aggregate.gather import is_missing, selected
+from lmft.finetune.methods import TYPES
 from lmft.io import LmftError, PathLike, read_parquet
 from lmft.kernels.formulas import FORMULAS, PROMPTS
 from lmft.kernels.solvers import SOLVERS
 
-# Row order in the tables: by family (as the papers list them), then by name.
-TYPE_ORDER = ("zeroshot", "icl", "linear-probe", "ft", "mezo", "kernel")
+# Row order in the tables: by family, then by name; the families are the method types in the order of
+# their registry (:data:`lmft.finetune.methods.TYPES`: the built-in ones as the papers list them, then
+# plugins'), then the kernels, in the order of the formula, prompt and solver registries.
 FORMULA_ORDER = tuple(FORMULAS)
-PROMPT_ORDER = PROMPTS
+PROMPT_ORDER = tuple(PROMPTS)
 SOLVER_ORDER = tuple(SOLVERS)
-FT_TYPES = ("ft", "mezo")  # the runs a kernel is compared with
 MISSING = "-"
+
+
+def type_order() -> tuple[str, ...]:
+    """The method types in table order, then ``kernel`` (read when called: plugins register at run time)."""
+    return (*TYPES, "kernel")
+
+
+def kernel_partners() -> tuple[str, ...]:
+    """The method types whose runs a kernel is compared with: those that train (``MethodType.trains``)."""
+    return tuple(name for name, kind in TYPES.items() if kind.trains)
 
 
 def method_label(row: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
@@ -43,11 +54,12 @@ def method_label(row: Mapping[str, Any], labels: Mapping[str, str] | None = None
 
 
 def method_order(row: Mapping[str, Any]) -> tuple:
+    order = type_order()
     if row["stage"] == "kernel":
-        return (rank("kernel", TYPE_ORDER), rank(row["formula"], FORMULA_ORDER),
+        return (rank("kernel", order), rank(row["formula"], FORMULA_ORDER),
                 rank(row["prompt"], PROMPT_ORDER), rank(row["solver"], SOLVER_ORDER))
     kind = row.get("type")
-    return (rank(kind if isinstance(kind, str) else "", TYPE_ORDER), (0, str(row["method"])))
+    return (rank(kind if isinstance(kind, str) else "", order), (0, str(row["method"])))
 
 
 def rank(value: str, order: Sequence[str]) -> tuple:
@@ -155,7 +167,7 @@ def kernel_pairs(runs: pd.DataFrame, labels: Mapping[str, str] | None = None) ->
     ft = selected(runs, ("finetune",))
     if kern.empty or ft.empty or "type" not in ft.columns or "head" not in ft.columns:
         return pd.DataFrame(columns=cols)
-    ft = ft[ft["type"].isin(FT_TYPES) & ft["head"].notna()]
+    ft = ft[ft["type"].isin(kernel_partners()) & ft["head"].notna()]
     by_run: dict[tuple, list[dict[str, Any]]] = {}
     for r in ft.to_dict("records"):
         prompt = "noprompt" if r["head"] == "cls" else "prompt"

@@ -18,7 +18,7 @@ import pandas as pd
 
 from lmft.aggregate.gather import is_missing, selected
 from lmft.aggregate.summary import MISSING, fixed, method_label, method_order, spread_text, task_rank
-from lmft.aggregate.topics import TABLE_FORMATS, TOPIC_FILES
+from lmft.aggregate.topics import TABLE_FORMATS, TOPICS
 from lmft.io import PathLike, atomic_path
 
 # rows that open each (model, k) block of the main table
@@ -52,7 +52,7 @@ def main_table(summary: pd.DataFrame, task_order: Sequence[str] = (),
     """Rows (model, k, method), columns tasks; cells ``mean (std)`` x100, or ``mean ±se`` for one
     seed (see :func:`summarize`). With ``baselines`` (:func:`majority_baselines`) each (model, k) block
     opens with the rows :data:`BASELINE_ROWS` where some run reports them."""
-    title = TOPIC_FILES["main"][2]
+    title = TOPICS["main"].title
     if summary.empty:
         return Table(title, pd.DataFrame(columns=["model", "k", "method"]), 3)
     tasks = sorted(summary["task"].unique(), key=lambda t: task_rank(t, task_order))
@@ -79,7 +79,7 @@ def main_table(summary: pd.DataFrame, task_order: Sequence[str] = (),
 
 def kernel_table(pairs: pd.DataFrame, task_order: Sequence[str] = ()) -> Table:
     """Rows (model, task, k, kernel, fine-tuning method) over the seeds both ran; cells x100."""
-    title = TOPIC_FILES["kernel"][2]
+    title = TOPICS["kernel"].title
     cols = ["model", "task", "k", "kernel", "fine-tuning", "kernel metric", "fine-tuning metric", "gap", "seeds"]
     rows = []
     for (model, task, k, kernel, ft), g in pairs.groupby(["model", "task", "k", "kernel", "ft"], sort=False):
@@ -96,7 +96,7 @@ def graft_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None, tas
     """Rows (model, task, k, method, sparsity): graft test metric, ECE, kept fraction, and the
     fine-tuned / pre-trained models' test metric and the out-of-distribution metrics when the
     metrics carry them; ``mean (std)`` over seeds x100."""
-    title = TOPIC_FILES["graft"][2]
+    title = TOPICS["graft"].title
     part = selected(runs, ("graft",))
     optional = [("test_ece", "test ECE"), ("kept_fraction", "kept fraction"),
                 ("ft_test_metric", "FT test"), ("ft_test_ece", "FT ECE"), ("pre_test_metric", "pre-trained test")]
@@ -146,13 +146,13 @@ def generation_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None
         row["_order"] = (model, task_rank(task, task_order), int(k), method_order(first), row["method"])
         rows.append(row)
     rows.sort(key=lambda r: r["_order"])
-    return Table(TOPIC_FILES["generation"][2], pd.DataFrame(rows, columns=head + columns).astype(str), 4)
+    return Table(TOPICS["generation"].title, pd.DataFrame(rows, columns=head + columns).astype(str), 4)
 
 
 def interpolate_table(runs: pd.DataFrame, task_order: Sequence[str] = ()) -> Table:
     """Rows (model, task, pair): per split the loss barrier and the metric barrier (x100), the
     endpoints' L2 distance and cosine, as the metrics carry them."""
-    title = TOPIC_FILES["interpolate"][2]
+    title = TOPICS["interpolate"].title
     part = selected(runs, ("interpolate",))
     splits = sorted({m.group(1) for c in part.columns if (m := re.fullmatch(r"(\w+?)_(?:loss|metric)_barrier", c))})
     columns: list[tuple[str, str, float, int]] = []  # (column, header, scale, digits)

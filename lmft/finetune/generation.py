@@ -43,7 +43,7 @@ from lmft.data.kshot import cap_rows
 from lmft.data.tasks import GenerationTask
 from lmft.finetune.decode import generate_texts
 from lmft.finetune.methods import GenerationJob, MethodType
-from lmft.finetune.methods.base import SPLITS, freeze
+from lmft.finetune.methods.base import freeze
 from lmft.finetune.methods.training import selection
 from lmft.finetune.textmetrics import PRIMARY, example_scores, mean_scores
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
@@ -51,6 +51,7 @@ from lmft.models.checkpoint import FORMAT, checkpoint_metadata, save_trainable
 from lmft.models.heads import Classifier
 from lmft.models.load import load
 from lmft.models.params import count_trainable, parse_mode
+from lmft.paths import EVAL_SPLITS, SPLITS
 from lmft.runtime import peak_mem_mb
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping
     outcome = kind.generate(job)
 
     primary = PRIMARY[task.metric]
-    texts = {s: decode(job, outcome.prompts[s], s) for s in ("dev", "test")}
+    texts = {s: decode(job, outcome.prompts[s], s) for s in EVAL_SPLITS}
     each = {s: example_scores(texts[s], list(frames[s]["target"]), task.metric) for s in texts}
     scores = {s: mean_scores(each[s]) for s in each}
     test_se = float(np.std(each["test"][primary], ddof=1) / math.sqrt(len(test_rows))) if len(test_rows) > 1 else math.nan

@@ -77,7 +77,6 @@ from lmft.data.tasks import GenerationTask, Task
 from lmft.finetune.generation import run_generation
 from lmft.finetune.grid import split_run, trial_fields
 from lmft.finetune.methods import Job, get_type, resolve_spec
-from lmft.finetune.methods.base import SPLITS
 from lmft.finetune.methods.training import selection
 from lmft.finetune.runs import build_for_run
 from lmft.io import LmftError, read_parquet, save_tensors, write_json, write_parquet
@@ -86,6 +85,7 @@ from lmft.models.encode import uses_prompt
 from lmft.models.load import read_manifest
 from lmft.models.metrics import majority_share
 from lmft.models.params import count_trainable
+from lmft.paths import SPLITS
 from lmft.runtime import peak_mem_mb, resolve_device
 
 log = logging.getLogger(__name__)

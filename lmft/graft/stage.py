@@ -60,6 +60,7 @@ from lmft.models.checkpoint import apply_state
 from lmft.models.encode import encode_split
 from lmft.models.evaluate import Evaluation, Split, evaluate
 from lmft.models.substitute import Substituted
+from lmft.paths import EVAL_SPLITS, SPLITS
 from lmft.runtime import peak_mem_mb, resolve_device
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def _prepare(model_json: str | Path, task: Task, run_dir: str | Path, splits: Ma
         return encode_split(df, t, tokenizer, ref, prompt=info["prompt"], max_length=info["max_length"],
                             name=name), rows
 
-    files = {s: (splits[s], task) for s in ("train", "dev", "test") if s in splits}
+    files = {s: (splits[s], task) for s in SPLITS if s in splits}
     for name, (ood_task, path) in (ood or {}).items():
         if tuple(ood_task.label_words) != tuple(task.label_words):
             raise LmftError(f"graft: OOD task {name!r} has label words {ood_task.label_words}, {task.name!r} has "
@@ -214,7 +215,7 @@ def run_reference(model_json: str | Path, task: Task, run_dir: str | Path, split
     """
     started = time.perf_counter()
     dev_ = _open(device)
-    g = _prepare(model_json, task, run_dir, {s: splits[s] for s in ("dev", "test")}, options, ood, eval_cap, dev_)
+    g = _prepare(model_json, task, run_dir, {s: splits[s] for s in EVAL_SPLITS}, options, ood, eval_cap, dev_)
     names = list(g.data)
     pre, fine = g.scores(None, names), g.scores(g.ft, names)
     log.info("graft reference %s %s k=%d seed=%d %s: test %s pre %.4f, ft %.4f", model, task.name, k, seed, method,
@@ -226,7 +227,7 @@ def run_reference(model_json: str | Path, task: Task, run_dir: str | Path, split
     metrics = {
         "stage": "graft-reference", "task": task.name, "k": k, "seed": seed, "model": model, "method": method,
         "metric": task.metric, "pre_is_pretrained": g.pre_is_pretrained,
-        **{f"{end}_{s}_{what}": getattr(ev[s], what) for end, ev in ends.items() for s in ("dev", "test")
+        **{f"{end}_{s}_{what}": getattr(ev[s], what) for end, ev in ends.items() for s in EVAL_SPLITS
            for what in ("metric", "loss")},
         **{f"{end}_test_ece": ev["test"].ece for end, ev in ends.items()},
         "graftable": list(g.ft), "n_graftable": sum(t.numel() for t in g.ft.values()),
@@ -296,7 +297,7 @@ def run_graft(model_json: str | Path, task: Task, run_dir: str | Path, splits: M
     base = base_patch(g.theta0, g.ft, sparsity)
     count = sum(int(m.sum()) for m in base.values())
     mask, history, chosen = _relax(g, base, count, n_graftable, options)
-    at_base = g.masked_scores(base, ("train", "dev", "test"))
+    at_base = g.masked_scores(base, SPLITS)
     at_graft = g.masked_scores(mask, g.data)
     test = at_graft["test"]
     moved = mask_moved(mask, base)

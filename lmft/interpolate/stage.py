@@ -49,6 +49,7 @@ from lmft.interpolate.connectivity import (check_endpoints, curve_metrics, endpo
 from lmft.io import LmftError, read_parquet, write_json, write_parquet
 from lmft.models.encode import encode_split
 from lmft.models.evaluate import Split
+from lmft.paths import EVAL_SPLITS
 from lmft.runtime import peak_mem_mb, resolve_device
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def run_interpolate(model_json: str | Path, task: Task, a: Endpoint, b: Endpoint
         df = df.iloc[rows[split]].reset_index(drop=True)
         return encode_split(df, task, tokenizer, clf, prompt=info["prompt"], max_length=info["max_length"], name=split)
 
-    evals = {s: encode(s) for s in ("dev", "test")}
+    evals = {s: encode(s) for s in EVAL_SPLITS}
     track = encode("train") if track_train else None
     log.info("interpolate %s %s %s: %s -> %s, %d points", model, task.name, pair, a.describe(), b.describe(), points)
     out = interpolation_curve(clf, state_a, state_b, evals, task.metric, points, track, eval_batch_size, rows)

@@ -20,7 +20,7 @@ from lmft.finetune.methods import ft, icl, linear_probe, mezo, zeroshot
 from lmft.finetune.methods.base import GenerationJob, GenerationOutcome, Job, MethodType, Outcome
 from lmft.finetune.methods.registry import TYPES, check_values, get_type, job_spec, load_plugins, register, resolve_spec
 
-for _module in (ft, mezo, linear_probe, zeroshot, icl):
+for _module in (zeroshot, icl, linear_probe, ft, mezo):  # the tables' row order (lmft.aggregate.summary)
     register(_module.METHOD)
 BUILTIN = tuple(TYPES)
 

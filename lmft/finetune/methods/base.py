@@ -43,8 +43,8 @@ from lmft.io import LmftError
 from lmft.models.encode import encode_split
 from lmft.models.evaluate import Evaluation, Split, evaluate
 from lmft.models.heads import HEADS, Classifier
+from lmft.paths import EVAL_SPLITS
 
-SPLITS = ("train", "dev", "test")
 # The workflow's keys of a method entry (rules/finetune.smk: which runs, and how they are scheduled).
 WORKFLOW_KEYS = frozenset({"models", "tasks", "k", "seeds", "resources", "threads", "eval_cap"})
 Settings = Mapping[str, Mapping[str, Any]]  # key -> JSON schema with "default" and "description"
@@ -126,7 +126,7 @@ class GenerationJob:
 
     def eval_prompts(self) -> dict[str, list[list[int]]]:
         """The zero-shot prompt ids of dev and test, what a type without prompts of its own decodes."""
-        return {s: self.prompts(s) for s in ("dev", "test")}
+        return {s: self.prompts(s) for s in EVAL_SPLITS}
 
     def targets(self, name: str) -> LMSplit:
         """The k-shot table ``name`` for teacher forcing: prompt, target, labels -100 on the prompt."""

@@ -19,6 +19,7 @@ from lmft.finetune.methods.settings import COMMON, setting
 from lmft.models.batching import label_ids, pad_id
 from lmft.models.evaluate import Split
 from lmft.models.heads import Classifier
+from lmft.paths import EVAL_SPLITS
 
 
 def model_max_length(clf: Classifier, tokenizer: Any) -> int:
@@ -39,7 +40,7 @@ def run(job: Job) -> Outcome:
     max_length = cfg["max_length"] or model_max_length(job.clf, job.tokenizer)
     train_labels = label_ids(frames["train"], task)
     scores, used, dropped = {}, [], 0
-    for s in ("dev", "test"):
+    for s in EVAL_SPLITS:
         prompts = icl_encode(frames[s], frames["train"], train_labels, task, job.tokenizer, job.clf.causal, max_length,
                              int(cfg["demos_per_label"]), job.seed, s)
         labels = label_ids(frames[s], task)
@@ -57,7 +58,7 @@ def generate(job: GenerationJob) -> GenerationOutcome:
     """Dev and test prompts after demonstrations of the train set; dev's teacher forcing reads them too."""
     n = len(job.frames["train"]) if job.cfg["demos"] is None else int(job.cfg["demos"])
     prompts = {s: icl_prompts(job.frames[s], job.frames["train"], job.task, job.tokenizer, n, job.seed + i)
-               for i, s in enumerate(("dev", "test"))}  # each split its own stream of demonstrations
+               for i, s in enumerate(EVAL_SPLITS)}  # each split its own stream of demonstrations
     dev = with_targets(prompts["dev"], job.frames["dev"], job.task, job.tokenizer, "dev")
     note = f"icl: {n} demonstration(s) of the k-shot train set per prompt, in a seeded random order"
     return GenerationOutcome(prompts, *job.teacher_forced(dev), metrics={"demos": n}, notes=[note])

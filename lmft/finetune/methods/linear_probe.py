@@ -9,10 +9,11 @@ from typing import Any
 import torch
 
 from lmft.finetune.logreg import C_GRID, attach_linear, extract_features, fit_probe
-from lmft.finetune.methods.base import SPLITS, Job, MethodType, Outcome
+from lmft.finetune.methods.base import Job, MethodType, Outcome
 from lmft.finetune.methods.settings import COMMON, setting
 from lmft.models.evaluate import Evaluation
 from lmft.models.heads import Classifier
+from lmft.paths import SPLITS
 
 
 def _attach(clf: Classifier, info: Mapping[str, Any]) -> None:

@@ -18,12 +18,13 @@ import torch
 
 from lmft.finetune.lm_targets import target_loss
 from lmft.finetune.loop import LoopConfig, Stepper, train_loop
-from lmft.finetune.methods.base import SPLITS, GenerationJob, GenerationOutcome, Job, MethodType, Outcome, Settings
+from lmft.finetune.methods.base import GenerationJob, GenerationOutcome, Job, MethodType, Outcome, Settings
 from lmft.finetune.methods.settings import COMMON, SELECT
 from lmft.io import LmftError
 from lmft.models.checkpoint import checkpoint_metadata, save_trainable
 from lmft.models.heads import Classifier
 from lmft.models.params import select_trainable
+from lmft.paths import SPLITS
 
 # (classifier, settings, total steps, training seed[, objective]) -> the stepper of one run; the objective
 # replaces the classifier's loss (a generation task's target loss)
