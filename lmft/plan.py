@@ -134,6 +134,14 @@ class Plan:
     def kernel_metrics(self) -> list[str]:
         return kernel_plan.solve_targets(self.config, self.kernels) if self._planned("kernels") else []
 
+    def kernel_shard_settings(self, task: str, split: str) -> dict[str, Any]:
+        """Everything a shard job of ``task``'s ``split`` computes with (:func:`lmft.kernels.plan.shard_settings`)."""
+        return kernel_plan.shard_settings(self.kernels, self.task(task), split)
+
+    def kernel_shard_mem_mb(self, task: str, model_json: str) -> int:
+        """A shard job's memory (:func:`lmft.kernels.plan.shard_mem_mb_for`)."""
+        return kernel_plan.shard_mem_mb_for(model_json, self.task(task), self.kernels)
+
     # --- grafting --------------------------------------------------------------------------------
 
     @cached_property

@@ -21,10 +21,9 @@
 # With `published_dir` the solve jobs read kernels (and f0, for solvers with f0_scaling) from that
 # directory, in the same layout as results/kernels; no shard or merge job is planned.
 from lmft.kernels.formulas import FORMULAS, PROMPTS
-from lmft.kernels.plan import KERNEL_KEYS, col_shards, kernel_info, shard_mem_mb_for, solve_rules
+from lmft.kernels.plan import col_shards, kernel_info, solve_rules
 from lmft.paths import (SPLITS, kernel_dir, kernel_file, kernel_shard, kernel_solve_dir, kernel_solve_metrics,
                         kernel_solve_predictions, kshot_split, model_manifest, one_of)
-from lmft.data.tasks import get_task
 
 KCFG = PLAN.kernels
 KDIR = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
@@ -44,7 +43,7 @@ def kernel_shard_files(w, formula, split):
 
 
 def kernel_mem_mb(w, input):
-    return shard_mem_mb_for(input.model, get_task(w.task, config), KCFG)
+    return PLAN.kernel_shard_mem_mb(w.task, input.model)
 
 
 if not KCFG["published_dir"]:
@@ -60,9 +59,7 @@ if not KCFG["published_dir"]:
         wildcard_constraints:
             **KWILDCARDS,
         params:
-            kernel={k: KCFG[k] for k in KERNEL_KEYS},
-            shards=lambda w: {"row_shards": KCFG["row_shards"], "col_shards": col_shards(KCFG, w.split)},
-            test_cap=lambda w: KCFG["test_cap"] if w.split == "test" else None,
+            settings=lambda w: PLAN.kernel_shard_settings(w.task, w.split),
             task=lambda w: PLAN.task_config(w.task),
         log:
             "logs/kernel_shard/{model}/{task}/{k}-{seed}/{prompt}/{split}/{row}-{col}.log",
@@ -129,7 +126,7 @@ for solve in solve_rules(KCFG):
         params:
             formula=lambda w, solve=solve: solve.formula.format(**dict(w.items())),
             solvers={s: KCFG["solvers"][s] for s in solve.solvers},
-            kernel=kernel_info(KCFG),
+            kernel=lambda w: kernel_info(KCFG, w.prompt),
             task=lambda w: PLAN.task_config(w.task),
         log:
             f"logs/kernel_solve/{{model}}/{{task}}/{{k}}-{{seed}}/{solve.run}.log",

@@ -25,8 +25,9 @@ from lmft.io import LmftError
 # The operands of a product: the Jacobian of the row example (x) or of the column example (y), or its sign.
 OPERANDS = ("x", "y", "sx", "sy")
 
-# How the input is given: the task's template with the prompt (or causal) head, or the plain input with a cls head.
-PROMPTS = ("prompt", "noprompt")
+# How the input is given: the task's template with the prompt (or causal) head, or the plain input with a cls head;
+# each setting -> how its head starts: the pre-trained (M)LM head, or a logistic regression on the frozen features.
+PROMPTS = {"prompt": "pretrained", "noprompt": "logistic"}
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from lmft.kernels.tile_jacobians import TILE
 from lmft.paths import kernel_solve_dir, kernel_solve_metrics
 from lmft.schema import section, with_defaults
 
-# The settings a shard's numbers depend on, besides its grid and test_cap: the shard rule's params.
-# Batch sizes, device and threads change how it is computed, not what (bit for bit on the CPU), so
-# the shard script reads them from the config and changing them reruns nothing; so does mem_mb,
-# which changes the kernel by float64 rounding only (the dense blocks' partial sums).
-KERNEL_KEYS = ("formulas", "mode", "freeze_embeddings", "binary", "method")
+# The settings a shard job computes with (its rule's params, :func:`shard_settings`), besides those resolved
+# for its task and split: what its numbers depend on, and how it computes them (batch sizes, device and
+# mem_mb give the same kernel, bit for bit on the CPU but for float64 rounding of the dense blocks' sums).
+SHARD_KEYS = ("formulas", "mode", "freeze_embeddings", "method", "head_batch_size", "head_max_iter", "row_shards",
+              "row_batch", "col_batch", "mem_mb", "device")
 
 
 def settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,6 +96,16 @@ def col_shards(cfg: Mapping[str, Any], split: str) -> int:
     return int(value.get(split, 1)) if isinstance(value, Mapping) else int(value)
 
 
+def shard_settings(cfg: Mapping[str, Any], task: Task, split: str) -> dict[str, Any]:
+    """Everything a shard job of ``task``'s ``split`` computes with (:func:`lmft.kernels.stage.run_shard`'s
+    ``cfg``): :data:`SHARD_KEYS` of the section, and resolved for the job: ``binary`` (the task's kernel is
+    of the logit difference, :func:`is_binary`), ``num_logits``, ``col_shards`` of the split and ``test_cap``
+    (test only)."""
+    return {**{key: cfg[key] for key in SHARD_KEYS}, "binary": is_binary(task, cfg["binary"]),
+            "num_logits": num_logits(task, cfg["binary"]), "col_shards": col_shards(cfg, split),
+            "test_cap": cfg["test_cap"] if split == "test" else None}
+
+
 @dataclass(frozen=True)
 class SolveRule:
     """A kernel-solve rule: its name, the formula of its files (``{formula}``, a wildcard, or a
@@ -146,11 +156,13 @@ def solve_targets(config: Mapping[str, Any], cfg: Mapping[str, Any] | None = Non
     return out
 
 
-def kernel_info(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What a solve records about how its kernels were made (a param of the solve rules)."""
+def kernel_info(cfg: Mapping[str, Any], prompt: str) -> dict[str, Any]:
+    """What a solve records about how its kernels of ``prompt`` were made (a param of the solve rules);
+    a computed kernel's ``head_init`` is how its prompt setting's head starts (:data:`lmft.kernels.formulas.PROMPTS`)."""
     if cfg["published_dir"]:
         return {"source": "published", "published_dir": str(Path(cfg["published_dir"]))}
-    return {"source": "computed", **{k: cfg[k] for k in ("mode", "freeze_embeddings", "binary", "test_cap")}}
+    return {"source": "computed", **{k: cfg[k] for k in ("mode", "freeze_embeddings", "binary", "test_cap")},
+            "head_init": PROMPTS[prompt]}
 
 
 # --- the memory a shard job needs (its mem_mb resource) ----------------------------------------

@@ -40,8 +40,8 @@ subset's rows, or for a published kernel its column), and ``metrics.json``: the 
 ``wall_time_s`` of loading the kernels and running this solver, ``peak_mem_mb`` of the job) plus ``formula``,
 ``prompt``, ``solver``, ``reg_name``, ``reg``, ``grid``, ``dev_scores``, ``dev_ece``, ``f0_scaling``,
 ``lam`` (asym), ``num_logits``, ``n_train``/``n_dev``/``n_test``, ``test_majority``, ``kernel_source`` (computed or
-published) and ``kernel`` (the settings the kernel was computed with; for a computed kernel also
-``head_init``, :data:`HEAD_INIT` of its prompt setting).
+published) and ``kernel`` (the settings the kernel was computed with, as the plan gives them:
+:func:`lmft.kernels.plan.kernel_info`).
 """
 
 from __future__ import annotations
@@ -54,21 +54,18 @@ from typing import Any
 
 import torch
 
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import Task
 from lmft.io import LmftError, PathLike, read_json, read_parquet, write_json, write_parquet
 from lmft.kernels import compute as kernels
 from lmft.kernels import solvers
 from lmft.kernels.files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
 from lmft.kernels.formulas import PROMPTS
 from lmft.kernels.jacobians import logits
-from lmft.kernels.plan import col_shards, is_binary, num_logits
+from lmft.kernels.sets import load_kernel_set
 from lmft.models.batching import collate, encode_frame, label_ids, pad_id
 from lmft.models.evaluate import Evaluation
 from lmft.models.heads import Classifier, build_classifier, fit_linear_head
-# workflow/scripts/kernel_shard.py imports settings from here: a changed script would rerun every shard job
-from lmft.data.kshot import cap_rows
-from lmft.data.tasks import Task
-from lmft.kernels.plan import settings  # noqa: F401
-from lmft.kernels.sets import load_kernel_set
 from lmft.models.metrics import majority_share
 from lmft.models.params import count_trainable, select_trainable
 from lmft.paths import SPLITS
@@ -76,14 +73,8 @@ from lmft.runtime import peak_mem_mb, resolve_device
 
 log = logging.getLogger(__name__)
 
-# How each prompt setting's head starts: the pre-trained (M)LM head, or fit_head's logistic regression.
-HEAD_INIT = {"prompt": "pretrained", "noprompt": "logistic"}
-# Examples per forward pass of fit_head: fixed (not row_batch), so every shard job of a kernel fits
-# the same head bit for bit whatever the batch settings.
-HEAD_BATCH = 16
-# The paper's head fit: LogisticRegressionCV(max_iter=5000, multi_class="multinomial") with its default ten Cs.
+# The paper's head fit: LogisticRegressionCV(multi_class="multinomial") with its default ten Cs.
 HEAD_CS = solvers.GRIDS["logistic"]
-HEAD_MAX_ITER = 5000
 
 
 def shard_range(n: int, parts: int, index: int, what: str) -> tuple[int, int]:
@@ -128,24 +119,24 @@ def load_split(path: PathLike, task: Task, clf: Classifier, tokenizer: Any, cap:
 
 
 @torch.no_grad()
-def fit_head(clf: Classifier, train: Mapping[str, torch.Tensor]) -> float:
+def fit_head(clf: Classifier, train: Mapping[str, torch.Tensor], batch_size: int, max_iter: int) -> float:
     """Set ``clf``'s ``cls`` head to the logistic regression on its frozen features, as the paper's
     no-prompt kernels (its ``--from_linearhead``), with :func:`fit_paper_head`.
 
     ``train`` is the whole training split as one batch (:func:`load_split`). The features ``[N, H]``
-    come in eval mode, :data:`HEAD_BATCH` rows at a time in row order, so the same split gives the
-    same head in every shard job. Returns the chosen ``C``.
+    come in eval mode, ``batch_size`` rows at a time in row order (``kernels.head_batch_size``, not
+    ``row_batch``), so the same split gives the same head in every shard job. Returns the chosen ``C``.
     """
     device = next(clf.parameters()).device
     keys = ("input_ids", "attention_mask", "token_type_ids", "mask_pos")
     clf.eval()
-    feats = torch.cat([clf.features(**{k: train[k][i:i + HEAD_BATCH].to(device) for k in keys}).double().cpu()
-                       for i in range(0, train["input_ids"].shape[0], HEAD_BATCH)])
-    return fit_paper_head(clf, feats, train["labels"])
+    feats = torch.cat([clf.features(**{k: train[k][i:i + batch_size].to(device) for k in keys}).double().cpu()
+                       for i in range(0, train["input_ids"].shape[0], batch_size)])
+    return fit_paper_head(clf, feats, train["labels"], max_iter)
 
 
 @torch.no_grad()
-def fit_paper_head(clf: Classifier, features: torch.Tensor, labels: torch.Tensor) -> float:
+def fit_paper_head(clf: Classifier, features: torch.Tensor, labels: torch.Tensor, max_iter: int) -> float:
     """Set ``clf``'s ``cls`` head as LM-Kernel-FT's ``linearhead_trainer.py`` does (lines 140-154):
     ``LogisticRegressionCV(max_iter=5000, multi_class="multinomial", random_state=0)`` on features
     ``[N, H]`` and class indices ``[N]``, and with two classes its single row ``u`` (of the fitted
@@ -162,8 +153,8 @@ def fit_paper_head(clf: Classifier, features: torch.Tensor, labels: torch.Tensor
     """
     binary_c = 2.0 if clf.num_labels == 2 else 1.0  # the binary fit's C per multinomial C (see above)
     _, c = solvers.fit_logistic_cv(features.double().numpy(), labels.numpy(), [binary_c * x for x in HEAD_CS],
-                                   max_iter=HEAD_MAX_ITER)
-    fit_linear_head(clf, features, labels, l2=1.0 / c, max_iter=HEAD_MAX_ITER)
+                                   max_iter=max_iter)
+    fit_linear_head(clf, features, labels, l2=1.0 / c, max_iter=max_iter)
     if clf.num_labels == 2:
         clf.linear.weight.mul_(0.5)
         clf.linear.bias.mul_(0.5)
@@ -175,8 +166,8 @@ def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path
     """Compute shard (``row``, ``col``) of the kernels between the training examples and ``split``.
 
     ``out`` maps each formula of ``cfg["formulas"]`` to its shard file; ``f0_out`` receives the
-    pre-trained logits of the shard's columns (``(f0 [c1-c0, C], labels [c1-c0])``). ``cfg`` is
-    :func:`settings`' dict.
+    pre-trained logits of the shard's columns (``(f0 [c1-c0, C], labels [c1-c0])``). ``cfg`` is the
+    job's settings as the plan resolved them for its task and split (:func:`lmft.kernels.plan.shard_settings`).
     """
     started = time.perf_counter()
     device = resolve_device(cfg["device"])
@@ -184,17 +175,17 @@ def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path
     clf.to(device)
     rows = load_split(train_path, task, clf, tokenizer)
     if prompt == "noprompt":
+        c = fit_head(clf, rows, int(cfg["head_batch_size"]), int(cfg["head_max_iter"]))
         log.info("cls head: logistic regression on the frozen features of the %d training examples, C=%g",
-                 rows["input_ids"].shape[0], fit_head(clf, rows))
-    cols = rows if split == "train" else load_split(split_path, task, clf, tokenizer,
-                                                     cfg["test_cap"] if split == "test" else None)
+                 rows["input_ids"].shape[0], c)
+    cols = rows if split == "train" else load_split(split_path, task, clf, tokenizer, cfg["test_cap"])
     n, m = rows["input_ids"].shape[0], cols["input_ids"].shape[0]
     r0, r1 = shard_range(n, int(cfg["row_shards"]), row, "kernels.row_shards")
-    c0, c1 = shard_range(m, col_shards(cfg, split), col, f"kernels.col_shards of {split}")
-    binary = is_binary(task, cfg["binary"])
+    c0, c1 = shard_range(m, int(cfg["col_shards"]), col, f"kernels.col_shards of {split}")
+    binary = bool(cfg["binary"])
     log.info("%s %s seed %d %s: shard rows %d:%d of %d x %s cols %d:%d of %d, %d trainable parameters, "
              "C=%d, formulas %s, on %s", task.name, prompt, seed, clf.head, r0, r1, n, split, c0, c1, m,
-             count_trainable(clf), num_logits(task, cfg["binary"]), ", ".join(cfg["formulas"]), device)
+             count_trainable(clf), cfg["num_logits"], ", ".join(cfg["formulas"]), device)
     for note in clf.notes:
         log.info("classifier: %s", note)
     shards = kernels.compute_shards(clf, rows, cols, cfg["formulas"], row_range=(r0, r1), col_range=(c0, c1),
@@ -264,7 +255,6 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
         raise LmftError(f"solver {needs_f0[0]} has f0_scaling {specs[needs_f0[0]]['f0_scaling']} but no f0 files were given")
     sets = {s: load_kernel_set(kernel_files[s], f0_files[s] if needs_f0 else None, formula) for s in SPLITS}
     source = kernel_info.get("source", "computed")
-    made = dict(kernel_info) | ({"head_init": HEAD_INIT[prompt]} if source == "computed" else {})
     if source == "computed" and test_split is None:
         raise LmftError(f"{kernel_files['test']}: a computed kernel's solve needs the k-shot test table its columns "
                         "come from (test_split), to number its predictions")
@@ -285,7 +275,7 @@ def solve(kernel_files: Mapping[str, PathLike], f0_files: Mapping[str, PathLike]
                    "num_logits": int(sets["train"].kernel.shape[-1]), "n_train": int(sets["train"].labels.shape[0]),
                    "n_dev": int(sets["dev"].labels.shape[0]), "n_test": int(sets["test"].labels.shape[0]),
                    "test_majority": majority_share(sets["test"].labels),
-                   "kernel_source": source, "kernel": made,
+                   "kernel_source": source, "kernel": dict(kernel_info),
                    "wall_time_s": loaded + time.perf_counter() - began,
                    "peak_mem_mb": peak_mem_mb(torch.device("cpu"))}
         predictions = Evaluation(sol.test_logits, sets["test"].labels, task.metric).predictions(rows)
