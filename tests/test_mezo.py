@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
 from lmft.finetune import spsa as mezo
-from lmft.finetune.spsa import MeZO, classifier_loss, mezo_step, perturb_, spsa_grad
+from lmft.finetune.spsa import MeZO, mezo_step, perturb_, spsa_grad
 from lmft.io import LmftError, torch_load, torch_save
+from lmft.models.losses import classifier_loss
 
 
 class TinyBert(nn.Module):

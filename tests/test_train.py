@@ -12,11 +12,11 @@ import torch
 from lmft.data.tasks import get_task
 from lmft.finetune.logreg import extract_features
 from lmft.finetune.loop import EpochSampler, FirstOrder, LoopConfig, ZerothOrder, lr_factor, train_loop
-from lmft.finetune.spsa import classifier_loss
 from lmft.io import LmftError
 from lmft.models.encode import encode_split
 from lmft.models.evaluate import Split, evaluate
 from lmft.models.heads import build_classifier, fit_linear_head
+from lmft.models.losses import classifier_loss
 from lmft.models.params import select_trainable
 from tiny import make_tiny_model_dir, tiny_frame
 

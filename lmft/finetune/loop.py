@@ -10,7 +10,7 @@ One loop serves both methods; a *stepper* makes one update from one batch:
   ``named_parameters()`` order, model in eval mode, step seeds from a generator seeded by the run
   seed; constant learning rate unless ``schedule="linear"``.
 
-Both minimise :func:`lmft.finetune.spsa.classifier_loss` with their ``loss``: ``label-words`` (the
+Both minimise :func:`lmft.models.losses.classifier_loss` with their ``loss``: ``label-words`` (the
 cross-entropy of the class logits) or ``lm`` (the full-vocabulary cross-entropy of the label
 word), or a caller's ``objective`` (generation tasks: :func:`lmft.finetune.lm_targets.target_loss`). Dev
 is scored on the class logits (the label-word metric and loss) unless the caller passes ``score_dev``.
@@ -47,10 +47,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmft.finetune.spsa import MeZO, check_loss, classifier_loss
+from lmft.finetune.spsa import MeZO
 from lmft.io import LmftError, torch_load, torch_save
 from lmft.models.checkpoint import apply_state, trainable_state
 from lmft.models.evaluate import Split, evaluate, progress_disabled, to_device
+from lmft.models.losses import check_loss, classifier_loss
 
 log = logging.getLogger(__name__)
 

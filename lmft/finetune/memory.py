@@ -48,12 +48,12 @@ from lmft.finetune.methods.mezo import stepper as mezo_stepper
 from lmft.finetune.methods.training import selection
 from lmft.finetune.peak import NOT_MEASURED, PeakIncrease
 from lmft.finetune.runs import build_for_run
-from lmft.finetune.spsa import classifier_loss
 from lmft.finetune.stage import default_head
 from lmft.io import LmftError, read_parquet, write_json
 from lmft.models.checkpoint import FORMAT
 from lmft.models.encode import encode_split
 from lmft.models.evaluate import to_device
+from lmft.models.losses import classifier_loss
 from lmft.models.params import count_trainable
 from lmft.runtime import resolve_device
 

@@ -53,11 +53,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lmft.io import LmftError
-from lmft.models.heads import Classifier
 
 # Integer views with the width of each supported float dtype: bitwise comparison (tells -0.0 from 0.0).
 _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
@@ -65,38 +63,6 @@ _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32:
 SEED_RANGE = 2**62  # step seeds are drawn below this, so seed + i stays a valid 64-bit seed
 _MASK64 = 2**64 - 1
 _CHUNK = 1 << 20  # elements of z per draw: 4 MB per float32 buffer, a few buffers in all
-
-
-LOSSES = ("label-words", "lm")
-
-
-def check_loss(model: nn.Module, loss: str) -> None:
-    """Raise :class:`LmftError` unless :func:`classifier_loss` can compute ``loss`` for ``model``."""
-    if loss not in LOSSES:
-        raise LmftError(f"unknown loss {loss!r}; one of {', '.join(LOSSES)}")
-    if loss == "lm":
-        if not isinstance(model, Classifier):
-            raise LmftError(f"the lm loss needs a lmft.models.heads.Classifier, got {type(model).__name__}")
-        model.vocab_head()
-
-
-def classifier_loss(model: nn.Module, batch: Mapping[str, Tensor], loss: str = "label-words") -> Tensor:
-    """Mean training cross-entropy of a Classifier on a batch (``[B, L]`` inputs, ``mask_pos`` and ``labels`` ``[B]``).
-
-    ``label-words``: over the class logits ``[B, C]`` (the label words' scores, MeZO's recipe).
-    ``lm``: over the whole vocabulary at ``mask_pos`` (:meth:`Classifier.vocab_logits`
-    ``[B, vocab]``), the target being the true class's label-word id: the causal LM loss with
-    labels -100 everywhere but the label word (or the MLM loss at the mask). Computed in float32
-    at least (half-precision logits are upcast), float64 for a float64 model.
-    """
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "token_type_ids": batch.get("token_type_ids"), "mask_pos": batch.get("mask_pos")}
-    check_loss(model, loss)
-    if loss == "lm":
-        logits, labels = model.vocab_logits(**inputs), model.label_ids[batch["labels"]]
-    else:
-        logits, labels = model(**inputs), batch["labels"]
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
 
 
 def _checked(params: Iterable[Tensor]) -> list[Tensor]:

@@ -21,7 +21,7 @@ Three heads, chosen by name:
 
 Only the hidden state at one position reaches the (MLM or LM) head, so no ``[B, L, vocab]``
 tensor is ever made; :meth:`Classifier.vocab_logits` gives the full ``[B, vocab]`` row there
-(the ``lm`` training loss of :func:`lmft.finetune.spsa.classifier_loss`). Which template the caller
+(the ``lm`` training loss of :func:`lmft.models.losses.classifier_loss`). Which template the caller
 tokenises with follows :attr:`Classifier.causal`: ``task.causal_template`` with
 ``encode(causal=True)`` when it is True, else ``task.template``.
 """

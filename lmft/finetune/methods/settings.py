@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from lmft.finetune.loop import SCHEDULES
-from lmft.finetune.spsa import LOSSES
 from lmft.models.heads import HEADS
 from lmft.models.load import POOLINGS
+from lmft.models.losses import LOSSES
 
 
 def setting(default: Any, description: str, **schema: Any) -> dict[str, Any]:
