@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from lmft.aggregate import evidence
-from lmft.aggregate.bootstrap import (Interval, bootstrap, ece_columns, ece_value, metric_columns, metric_value,
-                                      seed_mean)
+from lmft.aggregate.bootstrap import Interval, ece_columns, ece_value, seed_mean
+# the checks' shared machinery, under the names the checks below call it by
+from lmft.aggregate.checks import Finding, Frames
+from lmft.aggregate.checks import compare as _compare
+from lmft.aggregate.checks import decide as _decide
+from lmft.aggregate.checks import difference as _difference
+from lmft.aggregate.checks import scored as _scored
+from lmft.aggregate.checks import unmeasured as _unmeasured
+from lmft.aggregate.checks import value as _value
 from lmft.aggregate.estimates import Estimate, best_of, group_runs, has_fields, join, with_fields
-from lmft.aggregate.evidence import Missing
 from lmft.aggregate.gather import is_missing, selected
 from lmft.aggregate.summary import MISSING, as_text
 from lmft.aggregate.verdicts import FAILS, HOLDS, INCONCLUSIVE, UNMEASURED, Rule
@@ -42,70 +48,6 @@ GRAFT_ECE = Rule("above", 0.40, "%", 100)  # 40-90% lower ECE than the fine-tune
 NO_BARRIER = Rule("below", 0.05, "nats")  # test loss barrier (height over the chord)
 TASK_BARRIER = Rule("above", 0.05, "nats")
 CLOSE_ENDPOINTS = 0.2  # ||a - b|| / ||a - theta0|| below this: the endpoints are one model
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One row of the findings table (before the claim's texts are filled in)."""
-
-    claim: str
-    verdict: str
-    reason: str
-    model: str = MISSING
-    task: str = MISSING
-    k: int | None = None
-    measured: str = MISSING
-    extra: str = ""  # orders the rows of one (model, task, k): kernel mode, graft method, pair, mode
-    rule: str = MISSING
-    ci: Interval | None = None
-    scale: float = 1.0  # the effect and interval as printed = scale x ci
-
-
-def _unmeasured(claim: str, reason: str, cell: tuple = (MISSING, MISSING, None), measured: str = MISSING,
-                extra: str = "") -> Finding:
-    return Finding(claim, UNMEASURED, reason, *cell, measured, extra)
-
-
-def _decide(claim: str, cell: tuple, rule: Rule, effect: str, ci: Interval, measured: str, extra: str = "",
-            note: str = "") -> Finding:
-    reason = f"{effect} = {rule.explain(ci)} ({ci.describe()})" + (f"; {note}" if note else "")
-    return Finding(claim, rule.verdict(ci), reason, *cell, measured, extra, rule.text(effect), ci, rule.scale)
-
-
-Frames = Mapping[str, Mapping[int, pd.DataFrame]]  # side -> seed -> per-example frame
-Columns = Callable[[Mapping[str, pd.DataFrame]], dict[str, np.ndarray]]
-
-
-def _compare(claim: str, cell: tuple, rule: Rule, effect: str, frames: Callable[[], Frames], columns: Columns,
-             statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], measured: str, extra: str = "",
-             note: str = "") -> Finding:
-    """Align the sides' frames (shared seeds and examples), bootstrap the statistic, decide."""
-    try:
-        blocks = [columns(part) for part in evidence.aligned(frames())]
-    except Missing as m:
-        return _unmeasured(claim, str(m), cell, measured, extra)
-    return _decide(claim, cell, rule, effect, bootstrap(blocks, statistic), measured, extra, note)
-
-
-def _scored(sides: Mapping[str, str]) -> Columns:
-    """Per-example metric columns of each side (``side:correct`` ...; ``side:score`` for generation)."""
-    def columns(part: Mapping[str, pd.DataFrame]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for side, metric in sides.items():
-            f = part[side]
-            out |= ({f"{side}:score": f["score"].to_numpy(float)} if metric == "score" else
-                    metric_columns(f["label"].to_numpy(), f["pred"].to_numpy(), metric, f"{side}:"))
-        return out
-    return columns
-
-
-def _value(m: Mapping[str, np.ndarray], side: str, metric: str) -> np.ndarray:
-    """A side's metric per (resample, seed) from the column means."""
-    return m[f"{side}:score"] if metric == "score" else metric_value(m, metric, f"{side}:")
-
-
-def _difference(a: str, b: str, metric: str) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-    return lambda m: seed_mean(_value(m, a, metric) - _value(m, b, metric))
 
 
 def _beats(claim: str, cell: tuple, a: Estimate, b: Estimate, role_a: str, role_b: str, measured: str,
