@@ -1,4 +1,5 @@
-"""The shape of the library (issue 17): no import cycle, deferred imports included."""
+"""The shape of the library (issue 17): no import cycle, deferred imports included; one folder per stage with
+its runner and planner; short modules and functions; runners that never plan."""
 
 from __future__ import annotations
 
@@ -90,3 +91,58 @@ def test_every_module_imports_on_its_own():
     done = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def test_modules_and_functions_stay_short():
+    """No module of lmft over 400 lines, no function over 80 (docstring included, decorators not)."""
+    long_modules, long_functions = [], []
+    for name, path in module_files().items():
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{name}.{node.name} (line {node.lineno}): {length} lines")
+    assert long_modules == [] and long_functions == [], long_modules + long_functions
+
+
+def test_each_rules_file_has_its_stage_folder_with_a_runner_and_a_planner():
+    """rules/X.smk <-> lmft/X/, which holds the stage's runner (stage.py) and its part of the plan (plan.py)."""
+    rules = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common"}  # common.smk: the plan, PLAN
+    folders = {p.parent.name for p in LMFT.glob("*/__init__.py")}
+    assert rules == folders
+    missing = [f"lmft/{stage}/{part}.py" for stage in sorted(folders) for part in ("stage", "plan")
+               if not (LMFT / stage / f"{part}.py").is_file()]
+    assert missing == []
+
+
+SHARED_CORE = {"__init__", "config", "io", "paths", "plan", "runtime", "schema"}
+
+
+def test_only_the_shared_core_lies_directly_under_lmft():
+    assert {p.stem for p in LMFT.glob("*.py")} == SHARED_CORE
+
+
+def test_no_runner_imports_a_planner_or_the_config():
+    """A stage's runner computes with what the plan resolved, handed over by its rule: it never plans again,
+    nor fills in the schema's defaults (the method types check their settings against their own schemas)."""
+    graph = import_graph()
+    planners = {name for name in graph if name.endswith(".plan")} | {"lmft.plan", "lmft.config"}
+    runners = [name for name in graph if name.endswith(".stage")] + ["lmft.finetune.memory"]  # the memory job's
+    assert len(runners) == 8
+    reached = {}
+    for runner in runners:
+        seen, todo = set(), [runner]
+        while todo:  # everything the runner imports, directly or not, deferred imports included
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        reached[runner] = sorted((seen & planners) | ({"lmft.schema"} & set(graph[runner])))
+    assert reached == {runner: [] for runner in runners}
