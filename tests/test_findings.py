@@ -398,7 +398,7 @@ def test_main_table_baselines_and_single_seed_standard_error(tmp_path):
 @pytest.mark.parametrize("cfg,kinds", [
     ("config.yaml", {"data-seed": "data-seed", "task-task": "task-task"}),
     ("config/findings.yaml", {"pretrained-ft": "pretrained-ft", "seed-seed": "seed-seed", "data-seed": "data-seed",
-                              "data-seed-2": "data-seed", "task-task": "task-task", "step-final": "other"})])
+                              "task-task": "task-task"})])
 def test_shipped_configs_plan_the_pair_kinds_their_claims_need(cfg, kinds):
     from lmft.config import load_config
 
