@@ -9,7 +9,7 @@ the prompts are random tokens of ``--prompt`` tokens, the longest, down to half 
 Each decoder makes ``--new`` tokens per prompt (no EOS, no stop string) and the three must agree
 token for token:
 
-- ``lmft``: :func:`lmft.decode.greedy_decode` (one prefill, then one token a step with the cache);
+- ``lmft``: :func:`lmft.finetune.decode.greedy_decode` (one prefill, then one token a step with the cache);
 - ``generate``: ``model.generate(do_sample=False)`` on the same left-padded batch;
 - ``no-cache``: the whole sequence through the model at every step, the argmax of its last position.
 
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from lmft.decode import greedy_decode, left_pad, positions
+from lmft.finetune.decode import greedy_decode, left_pad, positions
 
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
                intermediate_size=1536, max_position_embeddings=8192, tie_word_embeddings=True)

@@ -3,7 +3,7 @@
     python bench/graft_memory.py [--model tiny|small|minilm-size] [--sparsity 0.001] [--epochs 2]
                                  [--examples 32] [--seq 64] [--batch 8] [--threads 1]
 
-The model is the pipeline's prompt Classifier (:class:`lmft.heads.Classifier`) on a random BERT
+The model is the pipeline's prompt Classifier (:class:`lmft.models.heads.Classifier`) on a random BERT
 encoder without MLM head, as the embedded MiniLM is (the label words scored by the decoder tied to
 the word embeddings): ``tiny`` (2 layers, 32 wide), ``small`` (4 layers, 128 wide) or
 ``minilm-size`` (MiniLM-L6's shape: 6 layers, hidden 384, 12 heads, intermediate 1536, vocabulary
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmft import benchmarks  # noqa: E402
+from lmft.aggregate import benchmarks  # noqa: E402
 
 SHAPES = {  # BertConfig keywords
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
@@ -64,11 +64,12 @@ def _ru_maxrss() -> int:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import BertConfig, BertModel
 
-    from lmft.evaluate import Split, predict
-    from lmft.graft_mask import base_patch, graft, relax_mask, split_state
-    from lmft.heads import Classifier
-    from lmft.substitute import Substituted
-    from lmft.templates import Encoded
+    from lmft.data.templates import Encoded
+    from lmft.graft.mask import base_patch, graft, relax_mask, split_state
+    from lmft.models.evaluate import Split, predict
+    from lmft.models.heads import Classifier
+    from lmft.models.substitute import Substituted
+    from lmft.schema import section
 
     torch.set_num_threads(args.threads)
     try:
@@ -90,7 +91,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                          [0] * args.seq, args.seq - 1) for _ in range(args.examples)]
         split = Split(items, [i % 2 for i in range(args.examples)], 0, "train")
         tuned = {n: p.detach() for n, p in model.named_parameters()}
-        names, _ = split_state(tuned)
+        names, _ = split_state(tuned, section({}, "graft")["exclude"])
         ft = {n: t + 1e-3 * torch.randn(t.shape, generator=gen) for n, t in tuned.items() if n in names}
         del tuned
         graftable_bytes = sum(t.numel() * t.element_size() for t in ft.values())

@@ -4,7 +4,7 @@
                            [--classes 2] [--row-batch 8] [--col-batch 8] [--threads 1] [--seed 0] [--repeat 3]
                            [--mem-mb MB]
 
-The model is the pipeline's prompt Classifier (:class:`lmft.heads.Classifier`, the MLM scores of
+The model is the pipeline's prompt Classifier (:class:`lmft.models.heads.Classifier`, the MLM scores of
 ``--classes`` label words at the mask position) on a random BERT: ``tiny`` (2 layers, 32 wide) or
 ``minilm-size`` (MiniLM-L6's shape: 6 layers, hidden 384, 12 heads, intermediate 1536,
 vocabulary 30522; 22.7M parameters plus the MLM transform), or a random Llama of SmolLM2-135M's
@@ -20,7 +20,7 @@ With ``--mem-mb`` only the default (tiled) path runs, once, under that memory bu
 prints the wall and CPU time, the number of blocks and the process's peak resident set (which
 includes building the model and the data).
 
-Otherwise the same shard (all N rows x all M columns) is computed with :func:`lmft.kernels.compute_shard`
+Otherwise the same shard (all N rows x all M columns) is computed with :func:`lmft.kernels.compute.compute_shard`
 four ways, on the CPU and, where CUDA is present, again on the GPU:
 
 - ``default``: ``method="tiled"``, one forward and C backward passes per example, embedding
@@ -55,8 +55,8 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmft import kernels  # noqa: E402
-from lmft.heads import Classifier  # noqa: E402
+from lmft.kernels import compute as kernels  # noqa: E402
+from lmft.models.heads import Classifier  # noqa: E402
 
 SHAPES = {  # BertConfig keywords, LlamaConfig keywords for a causal model
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),

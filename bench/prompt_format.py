@@ -7,7 +7,7 @@ The embedded SmolLM2 is the *Instruct* model, whose BOS token ``<|im_start|>`` o
 Three renderings of the task's causal template (its text up to the mask, the label word scored as
 the next token), zero-shot, on the dev splits of the given seeds (never test):
 
-- ``plain``: the text alone (what the workflow uses: :func:`lmft.templates.causal_prefix` adds
+- ``plain``: the text alone (what the workflow uses: :func:`lmft.data.templates.causal_prefix` adds
   only what the tokenizer prepends by itself, nothing for SmolLM2);
 - ``bos``: ``<|im_start|>`` then the text (what the workflow did before);
 - ``chat``: the text as the user turn of the model's chat template, then the assistant's turn.
@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lmft.batching import batches, label_ids, pad_id
-from lmft.heads import build_classifier
-from lmft.tasks import get_task
-from lmft.templates import Encoded, encode
+from lmft.data.tasks import get_task
+from lmft.data.templates import Encoded, encode
+from lmft.models.batching import batches, label_ids, pad_id
+from lmft.models.heads import build_classifier
 
 FORMATS = ("plain", "bos", "chat")
 

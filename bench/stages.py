@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from lmft.benchmarks import stage_table
+from lmft.aggregate.benchmarks import stage_table
 
 
 def main(root: str = "benchmarks") -> None:

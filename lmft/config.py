@@ -1,86 +1,28 @@
-"""The workflow's config: the JSON schema (every key and its default), and checks beyond it.
+"""The workflow's config: validated against the schema (:mod:`lmft.schema`), and checks beyond it.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the one place that gives a key its default.
-:func:`validate_schema` fills them in as Snakemake's ``validate(config, schema)`` does (a key's
-``default`` is set where the key is missing, level by level, in the schema's order), so a library
-user who loads a config with :func:`load_config` gets the same values as a workflow run;
-:func:`with_defaults` fills them into a copy without validating, for the planners (:mod:`lmft.plan`).
+:func:`validate_schema` fills the schema's defaults in as Snakemake's ``validate(config, schema)``
+does, so a library user who loads a config with :func:`load_config` gets the same values as a
+workflow run; :func:`check_config` checks what a schema cannot (task names, models, method types).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lmft.data.tasks import BUILTIN, get_task
 from lmft.io import LmftError
-from lmft.tasks import BUILTIN, get_task
-
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
-
-
-@functools.cache
-def _validator(schema_path: Path) -> Any:
-    """A validator of the schema at ``schema_path`` that sets each missing key's default before it
-    validates the object's properties (jsonschema's FAQ recipe, which Snakemake's ``validate`` uses)."""
-    import jsonschema
-
-    schema = yaml.safe_load(schema_path.read_text())
-    base = jsonschema.validators.validator_for(schema)
-    check_properties = base.VALIDATORS["properties"]
-
-    def set_defaults(validator: Any, properties: Mapping[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema:
-                    instance.setdefault(name, copy.deepcopy(subschema["default"]))  # the schema's own stays as it is
-        yield from check_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+from lmft.schema import SCHEMA, raise_first, validator
 
 
 def validate_schema(config: dict[str, Any], schema_path: Path = SCHEMA) -> None:
     """Validate ``config`` with the workflow's schema and fill its defaults in, as Snakemake does, then
-    each ``finetune.methods`` entry with its type's schema (:mod:`lmft.methods`; plugins loaded)."""
-    _raise_first(_validator(schema_path).iter_errors(config))
+    each ``finetune.methods`` entry with its type's schema (:mod:`lmft.finetune.methods`; plugins loaded)."""
+    raise_first(validator(schema_path).iter_errors(config))
     _check_methods(config, resolve=False)
-
-
-def check_against(schema: Mapping[str, Any], instance: Any, where: str = "") -> None:
-    """Raise the first error (by path) of ``instance`` under the JSON ``schema``, as ``config: {where}.{path}: ...``."""
-    import jsonschema
-
-    _raise_first(jsonschema.validators.validator_for(schema)(schema).iter_errors(instance), where)
-
-
-def _raise_first(errors: Iterable[Any], where: str = "") -> None:
-    """Raise the first of jsonschema's ``errors`` by path; a value outside an ``enum`` is named as unknown, with the choices."""
-    errors = sorted(errors, key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        path = ".".join(str(p) for p in e.absolute_path)
-        message = e.message
-        if e.validator == "enum":
-            message = f"unknown {path or 'value'} {e.instance!r}; one of {', '.join(map(str, e.validator_value))}"
-        raise LmftError(f"config: {'.'.join(p for p in (where, path) if p) or '(top level)'}: {message}")
-
-
-def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` with the schema's defaults filled in, valid or not (checking it is
-    :func:`validate_schema`'s job); a config that Snakemake validated comes back equal."""
-    out = copy.deepcopy(dict(config))
-    for _ in _validator(SCHEMA).iter_errors(out):  # the walk over the schema sets the defaults
-        pass
-    return out
-
-
-def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The config's section ``name`` with the schema's defaults, also where the config has none."""
-    return with_defaults({name: config.get(name) or {}})[name]
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -109,10 +51,10 @@ def check_config(config: dict[str, Any]) -> None:
 
 def _check_methods(config: Mapping[str, Any], resolve: bool) -> None:
     """Check each ``finetune.methods`` entry against its type (the config's plugins loaded): its values,
-    or (``resolve``) its keys, values and grid lists (:func:`lmft.methods.resolve_spec`)."""
+    or (``resolve``) its keys, values and grid lists (:func:`lmft.finetune.methods.resolve_spec`)."""
     methods = (config.get("finetune") or {}).get("methods") or {}
     if methods:
-        from lmft.methods import check_values, load_plugins, resolve_spec  # heavy (torch): only where needed
+        from lmft.finetune.methods import check_values, load_plugins, resolve_spec  # heavy (torch): only where needed
 
         load_plugins(config)
         for name, spec in methods.items():
@@ -157,7 +99,7 @@ def _check_generation_tasks(config: dict[str, Any]) -> None:
     balance = (config.get("kshot") or {}).get("test_balance")
     if isinstance(balance, list) and (gen := generation(balance)):
         raise LmftError(f"config: kshot.test_balance names the generation task(s) {gen}, which have no labels to "
-                        "balance; their capped test set is a fixed random subset (see lmft/kshot.py)")
+                        "balance; their capped test set is a fixed random subset (see lmft/data/kshot.py)")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

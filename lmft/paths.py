@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "test")  # the k-shot splits, in this order everywhere
+EVAL_SPLITS = SPLITS[1:]  # those a run is scored on
 
 Part = str | int  # a value, or a wildcard pattern
 
@@ -48,7 +49,7 @@ def model_manifest(results: str, model: str) -> str:
 
 def finetune_run(results: str, model: str, task: str, k: Part, seed: Part, run: str) -> str:
     """``{results}/finetune/{model}/{task}/{k}-{seed}/{run}``: a fine-tuning run directory (``run``: a
-    method or a grid trial, :mod:`lmft.grid`)."""
+    method or a grid trial, :mod:`lmft.finetune.grid`)."""
     return f"{results}/finetune/{model}/{task}/{k}-{seed}/{run}"
 
 
@@ -86,7 +87,7 @@ def kernel_solve_predictions(solve_dir: str, formula: str, prompt: str, solver: 
 
 def graft_dir(results: str, model: str, task: str, k: Part, seed: Part, method: str, sparsity: float | str) -> str:
     """``{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{s:g}``: a graft job's folder (the
-    arguments are a graft job's keys, :func:`lmft.graft_plan.graft_jobs`)."""
+    arguments are a graft job's keys, :func:`lmft.graft.plan.graft_jobs`)."""
     return f"{results}/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{_g(sparsity)}"
 
 
@@ -112,7 +113,7 @@ def interpolate_dir(results: str, model: str, task: str, pair: str) -> str:
 
 
 def memory_metrics(results: str, model: str, task: str, k: Part, seed: Part) -> str:
-    """``{results}/memory/{model}/{task}/{k}-{seed}/metrics.json``: a memory job's measurements (:mod:`lmft.memory_stage`)."""
+    """``{results}/memory/{model}/{task}/{k}-{seed}/metrics.json``: a memory job's measurements (:mod:`lmft.finetune.memory`)."""
     return f"{results}/memory/{model}/{task}/{k}-{seed}/metrics.json"
 
 
@@ -123,7 +124,7 @@ GRAFT_REFERENCE = "reference"  # beside a graft method's sparsity-* folders: pre
 
 def evidence_files(metrics: str, stage: str) -> list[str]:
     """The per-example files a run of ``stage`` leaves beside its ``metrics`` (``metrics.json``) path,
-    which the findings compare pairwise (:mod:`lmft.evidence`)."""
+    which the findings compare pairwise (:mod:`lmft.aggregate.evidence`)."""
     here = metrics.rsplit("/", 1)[0]
     if stage == "interpolate":
         return [f"{here}/{LOSSES}"]

@@ -3,47 +3,41 @@
 ``Plan(config)`` turns a config into each stage's jobs, their parameters and their targets; the
 rules files (``rules/*.smk``) read it from ``PLAN`` (``rules/common.smk``) and declare files,
 params and resources, so no rules file needs another and their order does not matter. The stages'
-own parts live beside it: :mod:`lmft.kernel_plan`, :mod:`lmft.graft_plan`,
-:mod:`lmft.interpolate_plan`; paths come from :mod:`lmft.paths`.
+own parts live in their folders: :mod:`lmft.data.plan`, :mod:`lmft.models.plan`, :mod:`lmft.finetune.plan`,
+:mod:`lmft.kernels.plan`, :mod:`lmft.graft.plan`, :mod:`lmft.interpolate.plan`, :mod:`lmft.aggregate.plan`;
+paths come from :mod:`lmft.paths`. A rule reads the config only through ``PLAN``, and a stage's runner
+gets its settings resolved, as the rule's params.
 
 A stage is planned when the config has its section (``finetune:``, ``kernels:``, ``graft:``,
 ``interpolate:``, ``memory:``), and the aggregate when some stage has runs. Every default comes from the config
 schema: a config that Snakemake validated has them all, and ``Plan`` fills in the missing ones
-(:func:`lmft.config.with_defaults`), so a hand-made config plans what the workflow would.
+(:func:`lmft.schema.with_defaults`), so a hand-made config plans what the workflow would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from lmft.config import section, with_defaults
-from lmft.graft_plan import graft_jobs, graft_methods, graft_options, overlap_groups, overlap_path
-from lmft.grid import check_pinned, expand_methods
-from lmft.io import LmftError
-from lmft.interpolate_plan import interpolate_jobs, pair_kinds
-from lmft.kernel_plan import settings, solve_targets
-from lmft.paths import (evidence_files, finetune_run, graft_dir, interpolate_dir, kshot_files, memory_metrics, plots_dir,
-                        runs_table, tables_dir)
-from lmft.tasks import BUILTIN, get_task
-from lmft.topics import output_files, topics_for
+from lmft.aggregate import plan as aggregate_plan
+from lmft.aggregate.topics import topics_for
+from lmft.data import plan as data_plan
+from lmft.data.tasks import Task, get_task
+from lmft.finetune.grid import check_pinned, expand_methods
+from lmft.finetune.plan import MEMORY_KEYS, finetune_targets, memory_jobs
+from lmft.graft.plan import graft_jobs, graft_methods, graft_options, overlap_groups, overlap_path, reference_options
+from lmft.interpolate.plan import interpolate_jobs, pair_kinds
+from lmft.kernels import plan as kernel_plan
+from lmft.models.plan import model_source
+from lmft.paths import graft_dir, interpolate_dir, memory_metrics
+from lmft.schema import section, with_defaults
 
-
-def finetune_targets(config: Mapping[str, Any], kind: str | None = None) -> list[str]:
-    """``metrics.json`` of every job of the config: each method (each trial of a grid, named by
-    :mod:`lmft.grid`) on its ``models``, ``tasks``, ``k`` and ``seeds`` (each defaulting to all of the
-    config's); with ``kind``, only the jobs of tasks of that kind (``classification``, ``generation``)."""
-    config = with_defaults(config)
-    kshot = config["kshot"]
-    return [f"{finetune_run(config['results_dir'], model, task, k, seed, run)}/metrics.json"
-            for run, spec in expand_methods(section(config, "finetune")["methods"]).items()
-            for model in (spec.get("models") or list(config.get("models") or {}))
-            for task in spec.get("tasks") or config.get("tasks") or []
-            if kind is None or get_task(task, config).kind == kind
-            for k in spec.get("k") or kshot["k"]
-            for seed in spec.get("seeds") or kshot["seeds"]]
+# A job's resources (mem_mb in MB, runtime in minutes, GPUs) where neither its section nor its method sets them.
+RESOURCES = {"finetune": {"mem_mb": 4000, "runtime": 60, "gpu": 0},
+             "memory": {"mem_mb": 4000, "runtime": 30, "gpu": 0},
+             "graft": {"mem_mb": 8000, "runtime": 60, "gpu": 0},
+             "interpolate": {"mem_mb": 8000, "runtime": 60, "gpu": 0}}
 
 
 class Plan:
@@ -60,17 +54,14 @@ class Plan:
     # --- tasks -----------------------------------------------------------------------------------
 
     def task_config(self, task: str) -> dict[str, Any]:
-        """The part of the config that defines one task (a param of its jobs): its change reruns that
-        task's jobs only."""
+        """The part of the config that defines one task (:func:`lmft.data.plan.task_config`)."""
         if task not in self._task_configs:
-            entry: dict[str, Any] = {"user_tasks": {}, "task_overrides": {}}
-            for key in ("user_tasks", "task_overrides"):
-                if task in self.config[key]:
-                    entry[key][task] = self.config[key][task]
-            if get_task(task, self.config).source.get("kind") == "snli":
-                entry["snli_source"] = self.config["snli_source"]
-            self._task_configs[task] = entry
+            self._task_configs[task] = data_plan.task_config(self.config, task)
         return self._task_configs[task]
+
+    def task(self, name: str) -> Task:
+        """The task ``name`` as the config defines it."""
+        return get_task(name, self.config)
 
     def tasks_config(self, names: Iterable[str]) -> dict[str, Any]:
         """The config entries that define ``names`` (:meth:`task_config`), merged."""
@@ -82,15 +73,29 @@ class Plan:
 
     @cached_property
     def generation_tasks(self) -> list[str]:
-        """Every generation task the config can name (built-in and the user's): their k-shot splits hold
-        k examples, not k per label (rule ``kshot_examples``), and their runs fill the generation table."""
-        return sorted(t for t in [*BUILTIN, *self.config["user_tasks"]] if get_task(t, self.config).kind == "generation")
+        """Every generation task the config can name (:func:`lmft.data.plan.generation_tasks`)."""
+        return data_plan.generation_tasks(self.config)
 
     @cached_property
     def kshot_targets(self) -> list[str]:
-        kshot = self.config["kshot"]
-        return [f for t in self.config["tasks"] for k in kshot["k"] for s in kshot["seeds"]
-                for f in kshot_files(self.data, t, k, s).values()]
+        return data_plan.kshot_targets(self.config)
+
+    def raw_inputs(self, task: str) -> list[str]:
+        """The files the download job of ``task`` reads (:func:`lmft.data.plan.raw_inputs`)."""
+        return data_plan.raw_inputs(self.config, task)
+
+    def kshot_settings(self, task: str) -> dict[str, Any]:
+        """A k-shot job's settings (:func:`lmft.data.plan.kshot_settings`)."""
+        return data_plan.kshot_settings(self.config, task)
+
+    # --- models ----------------------------------------------------------------------------------
+
+    def model_source(self, model: str) -> str:
+        return model_source(self.config, model)
+
+    def resources(self, stage: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A job's resources: :data:`RESOURCES` of its stage, overridden by ``given`` (its section's or method's)."""
+        return {**RESOURCES[stage], **(given or {})}
 
     # --- fine-tuning -----------------------------------------------------------------------------
 
@@ -100,7 +105,7 @@ class Plan:
 
     @cached_property
     def finetune_runs(self) -> dict[str, dict[str, Any]]:
-        """Run name -> settings: every method, a grid's trials apart (:mod:`lmft.grid`)."""
+        """Run name -> settings: every method, a grid's trials apart (:mod:`lmft.finetune.grid`)."""
         return expand_methods(self.finetune["methods"])
 
     def run_setting(self, run: str, key: str) -> Any:
@@ -108,8 +113,9 @@ class Plan:
         return self.finetune_runs[run].get(key, self.finetune[key])
 
     def run_resources(self, run: str) -> dict[str, Any]:
-        """A run's resources: the finetune section's, overridden by its method's."""
-        return {**(self.finetune.get("resources") or {}), **(self.finetune_runs[run].get("resources") or {})}
+        """A run's resources: the finetune section's, overridden by its method's (:meth:`resources`)."""
+        return self.resources("finetune", {**(self.finetune.get("resources") or {}),
+                                           **(self.finetune_runs[run].get("resources") or {})})
 
     def eval_cap(self, method: str) -> int | None:
         """The test cap the fine-tuning runs of ``method`` used, so that scores compare with theirs."""
@@ -123,12 +129,20 @@ class Plan:
 
     @cached_property
     def kernels(self) -> dict[str, Any]:
-        """The ``kernels:`` section resolved (:func:`lmft.kernel_plan.settings`)."""
-        return settings(self.config)
+        """The ``kernels:`` section resolved (:func:`lmft.kernels.plan.settings`)."""
+        return kernel_plan.settings(self.config)
 
     @cached_property
     def kernel_metrics(self) -> list[str]:
-        return solve_targets(self.config, self.kernels) if self._planned("kernels") else []
+        return kernel_plan.solve_targets(self.config, self.kernels) if self._planned("kernels") else []
+
+    def kernel_shard_settings(self, task: str, split: str) -> dict[str, Any]:
+        """Everything a shard job of ``task``'s ``split`` computes with (:func:`lmft.kernels.plan.shard_settings`)."""
+        return kernel_plan.shard_settings(self.kernels, self.task(task), split)
+
+    def kernel_shard_mem_mb(self, task: str, model_json: str) -> int:
+        """A shard job's memory (:func:`lmft.kernels.plan.shard_mem_mb_for`)."""
+        return kernel_plan.shard_mem_mb_for(model_json, self.task(task), self.kernels)
 
     # --- grafting --------------------------------------------------------------------------------
 
@@ -138,7 +152,7 @@ class Plan:
 
     @cached_property
     def graft_jobs(self) -> list[dict[str, Any]]:
-        """The graft jobs (:func:`lmft.graft_plan.graft_jobs`); each reads one fine-tuning run per seed,
+        """The graft jobs (:func:`lmft.graft.plan.graft_jobs`); each reads one fine-tuning run per seed,
         so no method of a grid."""
         if not self._planned("graft"):
             return []
@@ -153,9 +167,14 @@ class Plan:
         return {method: graft_options(self.config, method) for method in graft_methods(self.config)}
 
     def graft_options(self, method: str) -> dict[str, Any]:
-        """The graft settings of ``method``'s jobs (:func:`lmft.graft_plan.graft_options`)."""
+        """The graft settings of ``method``'s jobs (:func:`lmft.graft.plan.graft_options`)."""
         known = self._graft_options
         return known[method] if method in known else graft_options(self.config, method)
+
+    def graft_reference_options(self, method: str) -> dict[str, Any]:
+        """The part of ``method``'s graft settings that its reference jobs take
+        (:func:`lmft.graft.plan.reference_options`)."""
+        return reference_options(self.graft_options(method))
 
     def graft_ood(self, task: str) -> list[str]:
         """The tasks whose test splits score the grafts of ``task`` out of distribution."""
@@ -163,7 +182,7 @@ class Plan:
 
     @cached_property
     def overlap_groups(self) -> dict[str, dict[str, Any]]:
-        """Overlap table -> the group of masks it compares (:func:`lmft.graft_plan.overlap_groups`)."""
+        """Overlap table -> the group of masks it compares (:func:`lmft.graft.plan.overlap_groups`)."""
         if not self.graft["overlap"]:
             return {}
         return {overlap_path(self.results, g): g for g in overlap_groups(self.graft_jobs)}
@@ -176,7 +195,7 @@ class Plan:
 
     @cached_property
     def interpolate_jobs(self) -> dict[str, dict[str, Any]]:
-        """Job folder -> job (:func:`lmft.interpolate_plan.interpolate_jobs`); each endpoint reads one run."""
+        """Job folder -> job (:func:`lmft.interpolate.plan.interpolate_jobs`); each endpoint reads one run."""
         if not self._planned("interpolate"):
             return {}
         jobs = {interpolate_dir(self.results, job["model"], job["task"], job["pair"]): job
@@ -198,30 +217,16 @@ class Plan:
     @cached_property
     def memory_settings(self) -> dict[str, Any]:
         """What a memory job's measurements depend on (its rule's params): changing one reruns them."""
-        return {key: self.memory[key] for key in ("modes", "batch_size", "steps", "repeats")}
+        return {key: self.memory[key] for key in MEMORY_KEYS}
 
     @cached_property
     def memory_resources(self) -> dict[str, Any]:
-        """A memory job's resources (mem_mb, runtime, gpu): the section's, else 4000 MB, 30 minutes, no GPU."""
-        return {"mem_mb": 4000, "runtime": 30, "gpu": 0, **(self.memory.get("resources") or {})}
+        return self.resources("memory", self.memory.get("resources"))
 
     @cached_property
     def memory_jobs(self) -> list[dict[str, Any]]:
-        """One job per model, classification task, k and seed of the ``memory:`` section (unset: all the config's)."""
-        if not self._planned("memory"):
-            return []
-        from lmft.params import parse_mode  # heavy (torch): only where memory is planned
-
-        m, kshot = self.memory, self.config["kshot"]
-        for mode in m["modes"]:
-            try:
-                parse_mode(mode)
-            except LmftError as e:
-                raise LmftError(f"config: memory.modes: {e}") from e
-        tasks = m["tasks"] or [t for t in self.config["tasks"] if get_task(t, self.config).kind == "classification"]
-        return [{"model": model, "task": task, "k": k, "seed": seed}
-                for model in m["models"] or list(self.config["models"]) for task in tasks
-                for k in m["k"] or kshot["k"] for seed in m["seeds"] or kshot["seeds"]]
+        """One job per model, classification task, k and seed (:func:`lmft.finetune.plan.memory_jobs`)."""
+        return memory_jobs(self.config) if self._planned("memory") else []
 
     @cached_property
     def memory_metrics(self) -> list[str]:
@@ -244,24 +249,24 @@ class Plan:
 
     @cached_property
     def curves(self) -> list[str]:
-        """The interpolation curves, which the interpolate jobs write beside their metrics.json."""
-        return [str(Path(p).with_name("curve.parquet")) for p in self.metrics.get("interpolate", [])]
+        return aggregate_plan.curves(self.metrics)
 
     @cached_property
     def evidence(self) -> list[str]:
-        """The per-example files beside the runs' metrics that the findings compare pairwise."""
-        return sorted({f for stage, files in self.metrics.items() for m in files for f in evidence_files(m, stage)})
+        return aggregate_plan.evidence(self.metrics)
 
     @cached_property
     def topics(self) -> list[str]:
-        """The aggregate's topics: those the stages with runs fill (:func:`lmft.topics.topics_for`)."""
+        """The aggregate's topics: those the stages with runs fill (:func:`lmft.aggregate.topics.topics_for`)."""
         return topics_for(self.metrics)
 
     @cached_property
     def aggregate_files(self) -> dict[str, str]:
-        """The aggregate's outputs by name: ``runs`` (the table of every run), each topic's tables and plots."""
-        return {"runs": runs_table(self.results),
-                **output_files(tables_dir(self.results), plots_dir(self.results), self.topics)}
+        return aggregate_plan.aggregate_files(self.results, self.topics)
+
+    @cached_property
+    def aggregate_settings(self) -> dict[str, Any]:
+        return aggregate_plan.aggregate_settings(self.config)
 
     @cached_property
     def targets(self) -> list[str]:

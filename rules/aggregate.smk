@@ -1,7 +1,7 @@
 # Last stage: every planned run's metrics.json -> runs.parquet, paper tables, the findings (each
 # paper's claims against this run) and plots (HTML tables and PNG plots go into `snakemake --report`).
+from lmft.aggregate.topics import TOPICS
 from lmft.paths import plots_dir, tables_dir
-from lmft.topics import REPORT_CATEGORY, TOPIC_FILES
 
 
 def aggregate_outputs():
@@ -11,8 +11,8 @@ def aggregate_outputs():
         if name.endswith(("_html", "_png")):
             topic = name.split("_")[0]
             kind = "Plot" if "_plot_" in name else "Table"
-            path = report(path, caption=f"../workflow/report/{topic}.rst", category=REPORT_CATEGORY[topic],
-                          subcategory=kind, labels={"result": TOPIC_FILES[topic][2], "kind": kind.lower()})
+            path = report(path, caption=f"../workflow/report/{topic}.rst", category=TOPICS[topic].category,
+                          subcategory=kind, labels={"result": TOPICS[topic].title, "kind": kind.lower()})
         out[name] = path
     return out
 
@@ -28,8 +28,8 @@ rule aggregate:
         topics=PLAN.topics,
         tables_dir=tables_dir(RESULTS),
         plots_dir=plots_dir(RESULTS),
-        labels=config["aggregate"]["labels"],
-        task_order=config["tasks"],
+        labels=PLAN.aggregate_settings["labels"],
+        task_order=PLAN.aggregate_settings["task_order"],
         # which interpolate pairs are pre-trained -> fine-tuned and seed -> seed: their metrics do not say
         pair_kinds=PLAN.pair_kinds,
     log:

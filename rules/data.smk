@@ -1,10 +1,8 @@
 # Stage 1-2: raw data of each task, then LM-BFF k-shot splits (k per label) of classification tasks
 # and k-example splits of generation tasks, in the same paths.
 
-from lmft.data import RAW_FORMAT, source_files
-from lmft.kshot import balances_test
+from lmft.data.raw import RAW_FORMAT
 from lmft.paths import kshot_files, one_of
-from lmft.tasks import get_task
 
 
 rule download_lmbff:
@@ -24,7 +22,7 @@ rule download_lmbff:
 
 rule download:
     input:
-        lambda w: source_files(get_task(w.task, config), Path(DATA), config),
+        lambda w: PLAN.raw_inputs(w.task),
     output:
         train=f"{DATA}/raw/{{task}}/train.parquet",
         test=f"{DATA}/raw/{{task}}/test.parquet",
@@ -51,9 +49,8 @@ rule kshot:
     output:
         **kshot_files(DATA, "{task}", "{k}", "{seed}"),
     params:
-        test_cap=config["kshot"]["test_cap"],
-        # a per-task bool, so that changing test_balance reruns only the tasks it flips
-        test_balance=lambda w: balances_test(w.task, config["kshot"]["test_balance"]),
+        # test_cap, and test_balance as a per-task bool: a change reruns only the tasks it flips
+        settings=lambda w: PLAN.kshot_settings(w.task),
     log:
         "logs/kshot/{task}/{k}-{seed}.log",
     benchmark:
@@ -75,7 +72,7 @@ rule kshot_examples:
     wildcard_constraints:
         task=one_of(PLAN.generation_tasks),
     params:
-        test_cap=config["kshot"]["test_cap"],
+        test_cap=lambda w: PLAN.kshot_settings(w.task)["test_cap"],
     log:
         "logs/kshot/{task}/{k}-{seed}.log",
     benchmark:

@@ -4,7 +4,7 @@
 # Params are the job's own method entry (without `models`, `resources`, `threads`, `eval_cap`,
 # which are passed or used separately) and its task's definition: changing one method's
 # hyper-parameter reruns that method's jobs only, changing a task's template that task's only.
-# A method with lists (a grid, lmft/grid.py) runs one job per trial, in the run directory
+# A method with lists (a grid, lmft/finetune/grid.py) runs one job per trial, in the run directory
 # `{method}~{key}-{value}...`; the `method` wildcard is that run name and the params hold the
 # trial's single values, so changing one value of a list reruns that value's trials only.
 #
@@ -12,7 +12,7 @@
 # not a declared output, so Snakemake leaves it in place when the job fails or is killed (it
 # deletes declared outputs only), and the rerun continues from it bit for bit. No `shadow:`: a
 # shadow directory is thrown away with the resume file in it.
-from lmft.methods import job_spec
+from lmft.finetune.methods import job_spec
 from lmft.paths import finetune_run, kshot_split, kshot_splits, memory_metrics, model_manifest, one_of
 
 FT_RUNS = PLAN.finetune_runs  # run name -> settings (a grid's trials apart)
@@ -42,16 +42,16 @@ rule finetune:
         "benchmarks/finetune/{model}/{task}/{k}-{seed}/{method}.tsv"
     threads: lambda w: PLAN.run_setting(w.method, "threads")
     resources:
-        mem_mb=lambda w: PLAN.run_resources(w.method).get("mem_mb", 4000),
-        runtime=lambda w: PLAN.run_resources(w.method).get("runtime", 60),
-        gpu=lambda w: PLAN.run_resources(w.method).get("gpu", 0),
+        mem_mb=lambda w: PLAN.run_resources(w.method)["mem_mb"],
+        runtime=lambda w: PLAN.run_resources(w.method)["runtime"],
+        gpu=lambda w: PLAN.run_resources(w.method)["gpu"],
     script:
         "../workflow/scripts/finetune.py"
 
 
 # Memory of training steps (MeZO's claim: the memory of inference, far below back-propagation): one job
 # per model, task, k and seed of the `memory:` section, on the run's first training batch, every mode
-# and method in one process (lmft/memory_stage.py). Its metrics.json goes to the aggregate.
+# and method in one process (lmft/finetune/memory.py). Its metrics.json goes to the aggregate.
 rule memory:
     input:
         train=kshot_split(DATA, "{task}", "{k}", "{seed}", "train"),

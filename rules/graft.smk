@@ -1,13 +1,12 @@
 # Grafting (Panigrahi et al. 2023): a sparse mask per fine-tuning run and sparsity, and how the
 # masks of several tasks (or seeds) overlap. Runs only when the config has a `graft:` section
-# (lmft/graft_plan.py plans it, lmft/graft.py runs its jobs). The scores of the pre-trained and
+# (lmft/graft/plan.py plans it, lmft/graft/stage.py runs its jobs). The scores of the pre-trained and
 # fine-tuned ends are made once per run (graft_reference) and read by every sparsity's job.
-from lmft.graft_plan import reference_options
-from lmft.paths import (finetune_run, graft_dir, graft_reference, kshot_split, kshot_splits, model_manifest,
-                        overlap_seeds, overlap_tasks)
+from lmft.paths import (EVAL_SPLITS, finetune_run, graft_dir, graft_reference, kshot_split, kshot_splits,
+                        model_manifest, overlap_seeds, overlap_tasks)
 
 GRAFT = PLAN.graft
-GRAFT_RESOURCES = GRAFT.get("resources") or {}
+GRAFT_RESOURCES = PLAN.resources("graft", GRAFT.get("resources"))
 GRAFT_RUN = graft_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}", "{sparsity}")
 GRAFT_REFERENCE = graft_reference(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}")
 GRAFTED = finetune_run(RESULTS, "{model}", "{task}", "{k}", "{seed}", "{method}")  # the run a graft reads
@@ -31,12 +30,12 @@ wildcard_constraints:
 rule graft_reference:
     input:
         **GRAFT_INPUTS,
-        **{s: kshot_split(DATA, "{task}", "{k}", "{seed}", s) for s in ("dev", "test")},
+        **{s: kshot_split(DATA, "{task}", "{k}", "{seed}", s) for s in EVAL_SPLITS},
     output:
         metrics=f"{GRAFT_REFERENCE}/metrics.json",
         predictions=f"{GRAFT_REFERENCE}/predictions.parquet",
     params:
-        options=lambda w: reference_options(PLAN.graft_options(w.method)),
+        options=lambda w: PLAN.graft_reference_options(w.method),
         **GRAFT_PARAMS,
     log:
         "logs/graft/{model}/{task}/{k}-{seed}/{method}/reference.log",
@@ -44,9 +43,7 @@ rule graft_reference:
         "benchmarks/graft/{model}/{task}/{k}-{seed}/{method}/reference.tsv"
     threads: GRAFT["threads"]
     resources:
-        mem_mb=GRAFT_RESOURCES.get("mem_mb", 8000),
-        runtime=GRAFT_RESOURCES.get("runtime", 60),
-        gpu=GRAFT_RESOURCES.get("gpu", 0),
+        **GRAFT_RESOURCES,
     script:
         "../workflow/scripts/graft_reference.py"
 
@@ -69,9 +66,7 @@ rule graft:
         "benchmarks/graft/{model}/{task}/{k}-{seed}/{method}/sparsity-{sparsity}.tsv"
     threads: GRAFT["threads"]
     resources:
-        mem_mb=GRAFT_RESOURCES.get("mem_mb", 8000),
-        runtime=GRAFT_RESOURCES.get("runtime", 60),
-        gpu=GRAFT_RESOURCES.get("gpu", 0),
+        **GRAFT_RESOURCES,
     script:
         "../workflow/scripts/graft.py"
 

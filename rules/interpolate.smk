@@ -1,10 +1,10 @@
 # Mode connectivity (Qin et al. 2022): loss and metric along the straight line between two
 # checkpoints, per configured pair (per example in losses.parquet; distances in metrics.json). Runs only when the config has an `interpolate:` section
-# (lmft/interpolate_plan.py plans it, lmft/interpolate.py runs its jobs).
+# (lmft/interpolate/plan.py plans it, lmft/interpolate/stage.py runs its jobs).
 from lmft.paths import finetune_run, interpolate_dir, kshot_splits, model_manifest
 
 INTERP = PLAN.interpolate
-INTERP_RESOURCES = INTERP.get("resources") or {}
+INTERP_RESOURCES = PLAN.resources("interpolate", INTERP.get("resources"))
 INTERP_DIR = interpolate_dir(RESULTS, "{model}", "{task}", "{pair}")
 
 wildcard_constraints:
@@ -55,8 +55,6 @@ rule interpolate:
         "benchmarks/interpolate/{model}/{task}/{pair}.tsv"
     threads: INTERP["threads"]
     resources:
-        mem_mb=INTERP_RESOURCES.get("mem_mb", 8000),
-        runtime=INTERP_RESOURCES.get("runtime", 60),
-        gpu=INTERP_RESOURCES.get("gpu", 0),
+        **INTERP_RESOURCES,
     script:
         "../workflow/scripts/interpolate.py"

@@ -1,5 +1,5 @@
 # The kernel view of fine-tuning (Malladi et al. 2023): eNTK kernels in shards, merged, then solved.
-# Runs only when the config has a `kernels:` section (lmft/kernel_plan.py plans it, lmft/kernel_stage.py
+# Runs only when the config has a `kernels:` section (lmft/kernels/plan.py plans it, lmft/kernels/stage.py
 # runs its jobs).
 #
 #   kernel_shard  (model, task, k, seed, prompt, split, row, col) -> one shard of every formula + f0 slice
@@ -8,23 +8,22 @@
 #                 metrics.json and predictions.parquet (per test example; index = row of the k-shot test.parquet)
 #                 for every configured solver but the stacked ones (asym), which read both parts of a
 #                 stacked kernel: each has a rule of its own on the stacked formula's kernels alone,
-#                 kernel_solve_{solver} (lmft.kernel_plan.solve_rules)
+#                 kernel_solve_{solver} (lmft.kernels.plan.solve_rules)
 #
 # Sharding uses wildcards per block: shard (row, col) of a `row_shards` x `col_shards` grid is its
 # own job (`resources: gpu`), so on SLURM the shards of one kernel run on as many GPUs at once.
 # One shard job computes every configured formula: the Jacobians of its rows and columns, the
 # expensive part, do not depend on the formula (sgd, signgd and asymmetric-signgd only contract
 # them differently), so one pass of Jacobians serves all formulas instead of one pass per formula.
-# The formulas, prompt settings and solvers are those of their registries (lmft/formulas.py,
-# lmft/solvers.py): the wildcards below come from them.
+# The formulas, prompt settings and solvers are those of their registries (lmft/kernels/formulas.py,
+# lmft/kernels/solvers.py): the wildcards below come from them.
 #
 # With `published_dir` the solve jobs read kernels (and f0, for solvers with f0_scaling) from that
 # directory, in the same layout as results/kernels; no shard or merge job is planned.
-from lmft.formulas import FORMULAS, PROMPTS
-from lmft.kernel_plan import KERNEL_KEYS, col_shards, kernel_info, shard_mem_mb_for, solve_rules
+from lmft.kernels.formulas import FORMULAS, PROMPTS
+from lmft.kernels.plan import col_shards, kernel_info, solve_rules
 from lmft.paths import (SPLITS, kernel_dir, kernel_file, kernel_shard, kernel_solve_dir, kernel_solve_metrics,
                         kernel_solve_predictions, kshot_split, model_manifest, one_of)
-from lmft.tasks import get_task
 
 KCFG = PLAN.kernels
 KDIR = kernel_dir(RESULTS, "{model}", "{task}", "{k}", "{seed}")
@@ -44,7 +43,7 @@ def kernel_shard_files(w, formula, split):
 
 
 def kernel_mem_mb(w, input):
-    return shard_mem_mb_for(input.model, get_task(w.task, config), KCFG)
+    return PLAN.kernel_shard_mem_mb(w.task, input.model)
 
 
 if not KCFG["published_dir"]:
@@ -60,9 +59,7 @@ if not KCFG["published_dir"]:
         wildcard_constraints:
             **KWILDCARDS,
         params:
-            kernel={k: KCFG[k] for k in KERNEL_KEYS},
-            shards=lambda w: {"row_shards": KCFG["row_shards"], "col_shards": col_shards(KCFG, w.split)},
-            test_cap=lambda w: KCFG["test_cap"] if w.split == "test" else None,
+            settings=lambda w: PLAN.kernel_shard_settings(w.task, w.split),
             task=lambda w: PLAN.task_config(w.task),
         log:
             "logs/kernel_shard/{model}/{task}/{k}-{seed}/{prompt}/{split}/{row}-{col}.log",
@@ -129,7 +126,7 @@ for solve in solve_rules(KCFG):
         params:
             formula=lambda w, solve=solve: solve.formula.format(**dict(w.items())),
             solvers={s: KCFG["solvers"][s] for s in solve.solvers},
-            kernel=kernel_info(KCFG),
+            kernel=lambda w: kernel_info(KCFG, w.prompt),
             task=lambda w: PLAN.task_config(w.task),
         log:
             f"logs/kernel_solve/{{model}}/{{task}}/{{k}}-{{seed}}/{solve.run}.log",

@@ -6,7 +6,7 @@ rule prepare_model:
     output:
         model_manifest(RESULTS, "{model}"),
     params:
-        source=lambda w: config["models"][w.model]["source"],
+        source=lambda w: PLAN.model_source(w.model),
     log:
         "logs/prepare_model/{model}.log",
     benchmark:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from lmft.batching import label_ids
-from lmft.evaluate import Evaluation
-from lmft.methods import Job, MethodType, Outcome
-from lmft.methods.settings import COMMON, setting
+from lmft.finetune.methods import Job, MethodType, Outcome
+from lmft.finetune.methods.settings import COMMON, setting
+from lmft.models.batching import label_ids
+from lmft.models.evaluate import Evaluation
 
 
 def run(job: Job) -> Outcome:

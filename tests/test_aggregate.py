@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft import aggregate, gather, summary, tables, topics
-from lmft import plots
+from lmft.aggregate import gather, plots, summary, tables, topics
+from lmft.aggregate import stage as aggregate
 from lmft.io import ArtifactError, LmftError, write_json, write_parquet
 
 MODEL = "tiny"
@@ -241,8 +241,14 @@ def test_topics_follow_registered_stages(tmp_path):
     assert topics.output_files("t", "p", ["findings"]) == {f"findings_{f}": f"t/findings.{f}" for f in ("csv", "md", "html")}
 
 
+def test_every_topic_has_a_builder():
+    from lmft.aggregate.stage import BUILD
+
+    assert list(BUILD) == list(topics.TOPICS)
+
+
 def test_every_topic_has_a_report_category_and_caption():
     """rules/aggregate.smk marks each topic's HTML table and PNG plot for the report with these."""
-    assert set(topics.REPORT_CATEGORY) == set(topics.TOPICS)
+    assert all(topic.category for topic in topics.TOPICS.values())
     root = Path(__file__).resolve().parent.parent / "workflow/report"
     assert [t for t in topics.TOPICS if not (root / f"{t}.rst").is_file()] == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lmft.benchmarks import stage_table
+from lmft.aggregate.benchmarks import stage_table
 from lmft.io import ArtifactError
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmft import bootstrap as bs
-from lmft import metrics
-from lmft.verdicts import FAILS, HOLDS, INCONCLUSIVE, Rule
+from lmft.aggregate import bootstrap as bs
+from lmft.aggregate.verdicts import FAILS, HOLDS, INCONCLUSIVE, Rule
+from lmft.models import metrics
 
 
 def test_interval_of_a_mean_matches_the_normal_approximation():

@@ -1,4 +1,4 @@
-"""lmft.checkpoint: trainable-only safetensors checkpoints that reload to identical logits."""
+"""lmft.models.checkpoint: trainable-only safetensors checkpoints that reload to identical logits."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmft.batching import collate, encode_frame, label_ids, pad_id
-from lmft.checkpoint import apply_state, load_trainable, save_trainable, trainable_state
-from lmft.heads import build_classifier
+from lmft.data.tasks import get_task
 from lmft.io import ArtifactError, LmftError, load_tensors
-from lmft.params import select_trainable
-from lmft.tasks import get_task
+from lmft.models.batching import collate, encode_frame, label_ids, pad_id
+from lmft.models.checkpoint import apply_state, load_trainable, save_trainable, trainable_state
+from lmft.models.heads import build_classifier
+from lmft.models.params import select_trainable
 from tiny import make_tiny_model_dir, tiny_frame
 
 SST2 = get_task("sst-2")

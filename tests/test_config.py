@@ -5,8 +5,9 @@ import copy
 import pytest
 import yaml
 
-from lmft.config import SCHEMA, check_config, load_config, section, validate_schema, with_defaults
+from lmft.config import check_config, load_config, validate_schema
 from lmft.io import LmftError
+from lmft.schema import SCHEMA, section, with_defaults
 
 
 @pytest.fixture

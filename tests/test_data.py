@@ -8,14 +8,14 @@ import urllib.error
 import pandas as pd
 import pytest
 
-from lmft import download, sources_embedded
-from lmft.data import GENERATION_COLUMNS, load_raw
-from lmft.download import AMAZON_URL, BABI_URL, XSUM_URLS, NoNetworkError, fetch, sha256_of
-from lmft.frames import drop_duplicates, drop_duplicates_given_test, holdout, normalise_text
+from lmft.data import download, sources_embedded
+from lmft.data.download import AMAZON_URL, BABI_URL, XSUM_URLS, NoNetworkError, fetch, sha256_of
+from lmft.data.frames import drop_duplicates, drop_duplicates_given_test, holdout, normalise_text
+from lmft.data.raw import GENERATION_COLUMNS, load_raw
+from lmft.data.sources_embedded import ENDS_SENTENCE, SENTENCE_END, first_sentence, summary_example
+from lmft.data.tasks import GenerationTask, Task, get_task
+from lmft.data.user import read_table
 from lmft.io import LmftError
-from lmft.sources_embedded import ENDS_SENTENCE, SENTENCE_END, first_sentence, summary_example
-from lmft.tasks import GenerationTask, Task, get_task
-from lmft.user_data import read_table
 
 
 def user_config(path, **kw):

@@ -1,11 +1,11 @@
-"""Greedy decoding (lmft.decode) against transformers' own ``generate`` on tiny random causal LMs."""
+"""Greedy decoding (lmft.finetune.decode) against transformers' own ``generate`` on tiny random causal LMs."""
 
 import pytest
 import torch
 from transformers import LlamaConfig
 from transformers import AutoModelForCausalLM
 
-from lmft.decode import cut_at_stop, generate_texts, greedy_decode, left_pad
+from lmft.finetune.decode import cut_at_stop, generate_texts, greedy_decode, left_pad
 from lmft.io import LmftError
 from tiny import make_config, make_tokenizer
 

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft import claims, gather, interpolate_plan, summary, tables, topics
-from lmft import findings as fd
+from lmft.aggregate import claims, gather, summary, tables, topics
+from lmft.aggregate import findings as fd
+from lmft.interpolate import plan as interpolate_plan
 from lmft.io import write_json, write_parquet
 
 HOLD, FAIL, INCON = "t-hold", "t-fail", "t-incon"
@@ -291,7 +292,7 @@ def test_claims_without_runs_are_not_measured(tmp_path):
     reasons = {f.claim: f.reason for f in found}
     assert reasons["lmbff-zeroshot"] == "no prompt fine-tuning (type ft, head prompt or causal) at k=16; it ran at k=4"
     assert reasons["mezo-memory-ft"] == "no memory measurement (the config's memory: section)"
-    assert reasons["modeconn-seed"].endswith("no pair kinds were given (lmft.interpolate_plan.pair_kinds of the config)")
+    assert reasons["modeconn-seed"].endswith("no pair kinds were given (lmft.interpolate.plan.pair_kinds of the config)")
 
 
 def table_runs(root: Path) -> list[Path]:
@@ -320,7 +321,7 @@ def test_findings_are_byte_identical_whatever_the_input_order(tmp_path):
 
     def render(order, out):
         table = fd.findings_table(gather.load_runs(order))
-        written = tables.write_table(table, out / "findings", topics.table_formats("findings"))
+        written = tables.write_table(table, out / "findings", topics.TOPICS["findings"].formats)
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
 
     shuffled = list(paths)
@@ -397,7 +398,7 @@ def test_main_table_baselines_and_single_seed_standard_error(tmp_path):
 @pytest.mark.parametrize("cfg,kinds", [
     ("config.yaml", {"data-seed": "data-seed", "task-task": "task-task"}),
     ("config/findings.yaml", {"pretrained-ft": "pretrained-ft", "seed-seed": "seed-seed", "data-seed": "data-seed",
-                              "data-seed-2": "data-seed", "task-task": "task-task", "step-final": "other"})])
+                              "task-task": "task-task"})])
 def test_shipped_configs_plan_the_pair_kinds_their_claims_need(cfg, kinds):
     from lmft.config import load_config
 

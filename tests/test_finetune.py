@@ -1,4 +1,4 @@
-"""lmft.finetune: every method type end to end on tiny models, reloading, kill and resume, bad settings."""
+"""lmft.finetune.stage: every method type end to end on tiny models, reloading, kill and resume, bad settings."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from lmft.evaluate import predict
-from lmft.finetune import run_finetune
-from lmft.heads import build_classifier
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import get_task
+from lmft.finetune.methods import TYPES, job_spec, resolve_spec
+from lmft.finetune.runs import load_finetuned, load_run
+from lmft.finetune.stage import run_finetune
 from lmft.io import ArtifactError, LmftError, load_tensors, read_json
-from lmft.kshot import cap_rows
-from lmft.methods import TYPES, job_spec, resolve_spec
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import predict
+from lmft.models.heads import build_classifier
 from lmft.plan import finetune_targets
-from lmft.runs import encode_split, load_finetuned, load_run
-from lmft.tasks import get_task
 from tiny import make_tiny_model_dir, write_tiny_splits
 
 SST2 = get_task("sst-2")

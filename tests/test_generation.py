@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from lmft.finetune import run_finetune
+from lmft.data.tasks import GenerationTask
+from lmft.finetune.stage import run_finetune
 from lmft.io import LmftError, read_json, read_parquet, write_parquet
-from lmft.tasks import GenerationTask
 from tiny import make_tiny_model_dir
 
 TASK = GenerationTask(name="toy-summary", prompt="Article: {text_a}\nSummary:", source={}, max_length=40,

@@ -1,4 +1,4 @@
-"""Grafting masks (lmft.graft) and their overlap (lmft.overlap) on a tiny prompt-BERT."""
+"""Grafting masks (lmft.graft.stage) and their overlap (lmft.graft.overlap) on a tiny prompt-BERT."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 from tiny import make_tiny_model_dir, tiny_frame, tiny_prompt_split, write_tiny_splits
 
-from lmft.checkpoint import apply_state
-from lmft.config import SCHEMA, load_config
-from lmft.evaluate import evaluate, predict
-from lmft.graft import REFERENCE_KEYS, load_mask, run_graft, run_reference, save_mask
-from lmft.graft_mask import (
-    DEFAULT_EXCLUDE,
+from lmft.config import load_config, validate_schema
+from lmft.data.tasks import get_task
+from lmft.finetune.methods import job_spec, resolve_spec
+from lmft.finetune.runs import load_run
+from lmft.finetune.stage import run_finetune
+from lmft.graft.mask import (
     base_patch,
     graft,
     kept_fraction,
@@ -27,17 +27,19 @@ from lmft.graft_mask import (
     soft_graft,
     split_state,
 )
-from lmft.graft_plan import graft_jobs, graft_options, overlap_groups, overlap_path, reference_options
-from lmft.finetune import run_finetune
-from lmft.heads import build_classifier
-from lmft.methods import job_spec, resolve_spec
+from lmft.graft.overlap import mask_overlap
+from lmft.graft.plan import OPTIONS, graft_jobs, graft_options, overlap_groups, overlap_path, reference_options
+from lmft.graft.stage import REFERENCE_KEYS, load_mask, run_graft, run_reference, save_mask
+from lmft.graft.topk import top_k_mask
 from lmft.io import ArtifactError, LmftError, read_json, save_tensors, write_json, write_parquet
-from lmft.overlap import mask_overlap
+from lmft.models.checkpoint import apply_state
+from lmft.models.evaluate import evaluate, predict
+from lmft.models.heads import build_classifier
+from lmft.models.substitute import Substituted, substitute
 from lmft.paths import graft_dir, graft_reference
-from lmft.runs import load_run
-from lmft.substitute import Substituted, substitute
-from lmft.tasks import get_task
-from lmft.topk import top_k_mask
+from lmft.schema import SCHEMA, section
+
+EXCLUDE = section({}, "graft")["exclude"]  # the schema's default: embeddings and heads
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def test_sparsity_one_and_zero_reproduce_finetuned_and_pretrained_logits(tiny):
 
 
 def test_default_exclusion_keeps_embeddings_and_head_finetuned(tiny):
-    graftable, rest = split_state(tiny["ft"])
+    graftable, rest = split_state(tiny["ft"], EXCLUDE)
     assert any("embeddings" in n for n in rest) and any(".cls.predictions" in n for n in rest)
     assert all("embeddings" not in n and ".cls." not in n for n in graftable)
     model = fresh(tiny, rest)
@@ -105,13 +107,13 @@ def test_classifier_names_of_other_heads_are_excluded():
     names = ["linear.weight", "linear.bias", "backbone.lm_head.dense.weight", "backbone.model.embed_tokens.weight",
              "backbone.transformer.wte.weight", "backbone.transformer.h.0.attn.c_attn.weight",
              "backbone.encoder.layer.0.attention.self.query.weight"]
-    assert select_graftable(names) == names[-2:]
+    assert select_graftable(names, EXCLUDE) == names[-2:]
     assert select_graftable(names, exclude=()) == names
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 1e-5, 1e-4, 0.003, 0.01, 0.37, 0.5, 1.0])
 def test_base_patch_keeps_exactly_the_requested_count(tiny, sparsity):
-    graftable, _ = split_state(tiny["ft"])
+    graftable, _ = split_state(tiny["ft"], EXCLUDE)
     n = sum(t.numel() for t in graftable.values())
     mask = base_patch(tiny["pre"], graftable, sparsity)
     want = max(round(sparsity * n), 1) if sparsity else 0  # at least one entry at a small model's 1e-4
@@ -142,7 +144,7 @@ def test_top_k_matches_a_sort_with_ties_broken_by_position():
 
 
 def test_base_patch_is_the_largest_movement(tiny):
-    graftable, _ = split_state(tiny["ft"])
+    graftable, _ = split_state(tiny["ft"], EXCLUDE)
     mask = base_patch(tiny["pre"], graftable, 0.02)
     moved = {n: (graftable[n] - tiny["pre"][n]).abs() for n in graftable}
     inside = torch.cat([moved[n][mask[n]] for n in graftable])
@@ -171,7 +173,7 @@ def test_soft_graft_starts_at_the_base_patch():
 
 
 def relax(tiny, **kw):
-    graftable, rest = split_state(tiny["ft"])
+    graftable, rest = split_state(tiny["ft"], EXCLUDE)
     model = fresh(tiny, rest)
     theta0 = theta0_of(model, graftable)
     base = base_patch(theta0, graftable, 0.01)
@@ -200,7 +202,7 @@ def test_relaxation_keeps_count_lowers_training_loss_and_is_deterministic(tiny):
 
 
 def test_relaxation_leaves_the_model_as_it_was(tiny):
-    graftable, rest = split_state(tiny["ft"])
+    graftable, rest = split_state(tiny["ft"], EXCLUDE)
     model = fresh(tiny, rest)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
@@ -248,7 +250,7 @@ def test_bad_input_raises_clear_errors(tiny):
     with pytest.raises(LmftError, match="sparsity must be in"):
         mask_count(1.5, 10)
     with pytest.raises(LmftError, match="leave no graftable tensor"):
-        select_graftable(["backbone.bert.embeddings.x"], DEFAULT_EXCLUDE)
+        select_graftable(["backbone.bert.embeddings.x"], EXCLUDE)
     with pytest.raises(LmftError, match="bad exclude pattern"):
         select_graftable(["a"], ["("])
     with pytest.raises(LmftError, match="not parameters of the pre-trained model"):
@@ -259,7 +261,7 @@ def test_bad_input_raises_clear_errors(tiny):
         top_k_mask({"w": torch.tensor([1.0, math.nan])}, 1)
     with pytest.raises(LmftError, match="covers"):
         graft({"w": torch.zeros(2)}, {"w": torch.ones(2)}, {"v": torch.ones(2, dtype=torch.bool)})
-    graftable, _ = split_state(tiny["ft"])
+    graftable, _ = split_state(tiny["ft"], EXCLUDE)
     with pytest.raises(LmftError, match="epochs must be"):
         relax_mask(fresh(tiny), graftable, base_patch(tiny["pre"], graftable, 0.1), tiny["split"], epochs=0, lr=1.0,
                    sigmoid_bias=10.0)
@@ -324,16 +326,22 @@ def runs(tmp_path_factory):
     return {"model_json": model_json, "splits": splits, "ood": root / "ood.parquet", "dirs": dirs}
 
 
-def reference_of(runs, out, method="ft", ood=True, **kw):
+def graft_settings(**changes):
+    """Every graft option as the plan resolves it (the schema's defaults), with ``changes``."""
+    return {key: {**section({}, "graft"), **changes}[key] for key in OPTIONS}
+
+
+def reference_of(runs, out, method="ft", ood=True, options=None, **kw):
     """Run the graft reference of ``method``'s run into ``out``; returns its metrics."""
     return run_reference(runs["model_json"], get_task("sst-2"), runs["dirs"][method], runs["splits"], out, model="tiny",
-                         k=6, seed=13, method=method, ood=OOD(runs) if ood else None, **kw)
+                         k=6, seed=13, method=method, ood=OOD(runs) if ood else None,
+                         options=reference_options(graft_settings(**(options or {}))), **kw)
 
 
-def graft_of(runs, out, reference, sparsity, method="ft", ood=True, **kw):
+def graft_of(runs, out, reference, sparsity, method="ft", ood=True, options=None, **kw):
     return run_graft(runs["model_json"], get_task("sst-2"), runs["dirs"][method], runs["splits"], out,
                      reference / "metrics.json", model="tiny", k=6, seed=13, method=method, sparsity=sparsity,
-                     ood=OOD(runs) if ood else None, **kw)
+                     ood=OOD(runs) if ood else None, options=graft_settings(**(options or {})), **kw)
 
 
 def OOD(runs):
@@ -402,7 +410,7 @@ def test_grafts_read_pre_and_ft_from_the_reference_and_score_each_mask_once(runs
     doctored = {**ref, "pre_test_metric": 0.125, "ft_test_metric": 0.625, "pre_test_ece": 0.5,
                 "ood": {"rt-polarity": {"pre": 0.25, "ft": 0.75}}}
     write_json(doctored, ref_dir / "metrics.json")
-    import lmft.graft as stage
+    import lmft.graft.stage as stage
     scored = []
     monkeypatch.setattr(stage, "evaluate", lambda clf, split, *a, **kw: scored.append(split.name) or evaluate(
         clf, split, *a, **kw))
@@ -463,12 +471,14 @@ def test_run_graft_rejects_bad_settings(runs, tmp_path):
     kw = {"model": "tiny", "k": 6, "seed": 13, "method": "ft", "sparsity": 0.1}
     args = (runs["model_json"], get_task("sst-2"), runs["dirs"]["ft"], runs["splits"], tmp_path,
             ref_dir / "metrics.json")
-    with pytest.raises(LmftError, match="unknown option"):
-        run_graft(*args, options={"epoch": 3}, **kw)
-    with pytest.raises(LmftError, match="select must be"):
-        run_graft(*args, options={"select": "first"}, **kw)
     with pytest.raises(LmftError, match="same label space"):
-        run_graft(*args, ood={"sst-5": (get_task("sst-5"), runs["ood"])}, options={"epochs": 1}, **kw)
+        run_graft(*args, ood={"sst-5": (get_task("sst-5"), runs["ood"])}, options=graft_settings(epochs=1), **kw)
+    # the settings themselves are the schema's to check, before any job runs
+    config = {"models": {"m": {"source": "m"}}, "tasks": ["sst-2"]}
+    with pytest.raises(LmftError, match="graft.*'epoch' was unexpected"):
+        validate_schema(config | {"graft": {"epoch": 3}})
+    with pytest.raises(LmftError, match="graft.select.*'first'.*best, last"):
+        validate_schema(config | {"graft": {"select": "first"}})
 
 
 CONFIG = {"models": {"m1": {}, "m2": {}}, "tasks": ["t1", "t2"], "kshot": {"k": [16], "seeds": [13, 21]},
@@ -482,12 +492,14 @@ def test_graft_jobs_and_overlap_groups_from_the_config():
                                   "methods": {"ft": {"models": ["m1"], "lr": 7.0}, "lora": None}}}
     jobs = graft_jobs(config)
     assert len(jobs) == 2 * 1 * 2 * 2 * 2  # methods ft, lora x m1 x tasks x seeds x sparsities
-    assert graft_options(config, "ft") == {"lr": 7.0, "epochs": 3} and graft_options(config, "lora")["lr"] == 5.0
+    defaults = section({}, "graft")
+    assert graft_options(config, "ft") == {key: {**defaults, "lr": 7.0, "epochs": 3}[key] for key in OPTIONS}
+    assert graft_options(config, "lora")["lr"] == 5.0
     assert graft_dir("results", **jobs[0]) == "results/graft/m1/t1/16-13/ft/sparsity-0.001"
     assert graft_dir("results", **{**jobs[0], "sparsity": 1e-4}).endswith("/ft/sparsity-0.0001")
     assert graft_reference("results", "m1", "t1", 16, 13, "ft") == "results/graft/m1/t1/16-13/ft/reference"
     # the reference takes only the settings that its scores depend on
-    assert reference_options(graft_options(config, "ft")) == {}
+    assert reference_options(graft_options(config, "ft")) == {"exclude": EXCLUDE, "eval_batch_size": 32}
     assert reference_options({"lr": 1.0, "exclude": ["x"], "eval_batch_size": 4}) == {"exclude": ["x"],
                                                                                         "eval_batch_size": 4}
     groups = overlap_groups(jobs)

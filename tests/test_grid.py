@@ -1,4 +1,4 @@
-"""lmft.grid: expansion of hyper-parameter lists into trials, their names and run directories, the
+"""lmft.finetune.grid: expansion of hyper-parameter lists into trials, their names and run directories, the
 trial's job and metrics, the aggregate's best dev trial per seed, and stages that refuse grids."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from lmft import gather, summary
+from lmft.aggregate import gather, summary
 from lmft.config import validate_schema
-from lmft.finetune import run_finetune
-from lmft.grid import check_pinned, expand_methods, grid_keys, split_run, trial_fields, trials
+from lmft.data.tasks import get_task
+from lmft.finetune.grid import check_pinned, expand_methods, grid_keys, split_run, trial_fields, trials
+from lmft.finetune.methods import job_spec, resolve_spec
+from lmft.finetune.stage import run_finetune
 from lmft.io import LmftError
-from lmft.methods import job_spec, resolve_spec
 from lmft.plan import finetune_targets
-from lmft.tasks import get_task
 from test_aggregate import finetune as write_finetune_metrics
 from tiny import make_tiny_model_dir, write_tiny_splits
 

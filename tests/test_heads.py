@@ -1,4 +1,4 @@
-"""lmft.heads: the prompt, cls and causal heads against the backbones' own outputs."""
+"""lmft.models.heads: the prompt, cls and causal heads against the backbones' own outputs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from lmft.batching import collate, encode_frame, label_ids, pad_id
-from lmft.heads import Classifier, build_classifier, fit_linear_head
+from lmft.data.tasks import get_task
 from lmft.io import LmftError
-from lmft.models import NO_MLM_HEAD_NOTE, prepare
-from lmft.params import select_trainable
-from lmft.tasks import get_task
+from lmft.models.batching import collate, encode_frame, label_ids, pad_id
+from lmft.models.heads import Classifier, build_classifier, fit_linear_head
+from lmft.models.load import NO_MLM_HEAD_NOTE, prepare
+from lmft.models.params import select_trainable
 from test_models import write_sentence_pooling
 from tiny import make_tiny_model_dir, save_tiny_hf_dir, tiny_frame
 

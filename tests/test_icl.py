@@ -1,4 +1,4 @@
-"""lmft.icl: demonstration templates, sampling, prompt construction and the truncation rule."""
+"""lmft.finetune.demos: demonstration templates, sampling, prompt construction and the truncation rule."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft.icl import build_prompt, demo_parts, icl_encode, prompt_template, sample_demos
+from lmft.data.tasks import get_task
+from lmft.data.templates import encode
+from lmft.finetune.demos import build_prompt, demo_parts, icl_encode, prompt_template, sample_demos
 from lmft.io import LmftError
-from lmft.tasks import get_task
-from lmft.templates import encode
 from tiny import make_tokenizer, tiny_frame
 
 SST2, SNLI = get_task("sst-2"), get_task("snli")

@@ -1,4 +1,4 @@
-"""Interpolation curves between checkpoints (lmft.interpolate) on a tiny prompt-BERT."""
+"""Interpolation curves between checkpoints (lmft.interpolate.stage) on a tiny prompt-BERT."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from tiny import make_tiny_model_dir, tiny_prompt_split, write_tiny_splits
 from torch import nn
 from torch.func import functional_call
 
-from lmft.evaluate import evaluate, predict
-from lmft.finetune import run_finetune
-from lmft.connectivity import (
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import get_task
+from lmft.finetune.runs import build_for_run, load_run
+from lmft.finetune.stage import run_finetune
+from lmft.interpolate.connectivity import (
     alphas,
     barrier,
     curve_metrics,
@@ -27,14 +29,12 @@ from lmft.connectivity import (
     relative_distance,
     weight_distance,
 )
-from lmft.interpolate import Endpoint, run_interpolate
-from lmft.interpolate_plan import interpolate_jobs
+from lmft.interpolate.plan import interpolate_jobs
+from lmft.interpolate.stage import Endpoint, run_interpolate
 from lmft.io import LmftError, read_json
-from lmft.kshot import cap_rows
+from lmft.models.evaluate import evaluate, predict
+from lmft.models.substitute import Substituted
 from lmft.paths import finetune_run, interpolate_dir
-from lmft.runs import build_for_run, load_run
-from lmft.substitute import Substituted
-from lmft.tasks import get_task
 
 
 @pytest.fixture(scope="module")

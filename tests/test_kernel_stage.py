@@ -1,4 +1,4 @@
-"""lmft.kernel_plan and lmft.kernel_stage: settings, shard layout, memory estimate, shard -> merge -> solve."""
+"""lmft.kernels.plan and lmft.kernels.stage: settings, shard layout, memory estimate, shard -> merge -> solve."""
 
 import json
 
@@ -9,16 +9,18 @@ import torch
 import yaml
 from tiny import make_tiny_model_dir, tiny_frame
 
-from lmft import jacobians, kernel_files, kernels, solvers
-from lmft.config import SCHEMA
-from lmft.formulas import FORMULAS, PROMPTS
-from lmft import kernel_plan as kp
-from lmft import kernel_stage as ks
-from lmft.kernel_sets import load_kernel_set
-from lmft.paths import SPLITS
+from lmft.data.kshot import cap_rows
+from lmft.data.tasks import get_task
 from lmft.io import LmftError, write_parquet
-from lmft.kshot import cap_rows
-from lmft.tasks import get_task
+from lmft.kernels import compute as kernels
+from lmft.kernels import files as kernel_files
+from lmft.kernels import jacobians, solvers
+from lmft.kernels import plan as kp
+from lmft.kernels import stage as ks
+from lmft.kernels.formulas import FORMULAS, PROMPTS
+from lmft.kernels.sets import load_kernel_set
+from lmft.paths import SPLITS
+from lmft.schema import SCHEMA
 
 CONFIG = {"models": {"tiny": {"source": "x"}, "other": {"source": "y"}}, "tasks": ["alpha", "three"],
           "user_tasks": {"alpha": {"path": "a.csv", "text_columns": ["text"], "label_column": "label",
@@ -83,8 +85,19 @@ def test_solve_rules_give_each_stacked_solver_a_rule_of_its_own():
         "kernel_solve_asym"]
 
 
+def test_the_plan_resolves_each_shard_jobs_settings():
+    """The runner computes with what the plan resolved for its task and split (the shard rule's params)."""
+    cfg = kp.settings(CONFIG | {"kernels": {"binary": True, "col_shards": {"test": 3}, "test_cap": 10, "row_batch": 5}})
+    alpha, three = get_task("alpha", CONFIG), get_task("three", CONFIG)
+    test, dev = kp.shard_settings(cfg, alpha, "test"), kp.shard_settings(cfg, three, "dev")
+    assert (test["binary"], test["num_logits"], test["col_shards"], test["test_cap"]) == (True, 1, 3, 10)
+    assert (dev["binary"], dev["num_logits"], dev["col_shards"], dev["test_cap"]) == (False, 3, 1, None)
+    assert (test["row_batch"], test["head_batch_size"], test["head_max_iter"]) == (5, 16, 5000)
+    assert kp.kernel_info(cfg, "noprompt")["head_init"] == "logistic"
+
+
 def test_the_schema_lists_the_registered_formulas_prompts_and_solvers():
-    """The registries (lmft.formulas, lmft.solvers) are the one list of what exists; the schema names them to validate."""
+    """The registries (lmft.kernels.formulas, lmft.kernels.solvers) are the one list of what exists; the schema names them to validate."""
     kernels_schema = yaml.safe_load(SCHEMA.read_text())["properties"]["kernels"]["properties"]
     assert kernels_schema["formulas"]["items"]["enum"] == list(FORMULAS)
     assert kernels_schema["prompt"]["items"]["enum"] == list(PROMPTS)
@@ -162,7 +175,8 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
         for r, c in grid:
             d = tmp / f"shards/{split}/{r}-{c}"
             ks.run_shard(model_json, task, paths["train"], paths[split], {f: d / f"{f}.pt" for f in cfg["formulas"]},
-                         d / "f0.pt", split=split, prompt="prompt", seed=13, row=r, col=c, cfg=cfg)
+                         d / "f0.pt", split=split, prompt="prompt", seed=13, row=r, col=c,
+                         cfg=kp.shard_settings(cfg, task, split))
         out = {f: tmp / f"{f}-prompt/{split}.pt" for f in cfg["formulas"]}
         ks.merge({f: [tmp / f"shards/{split}/{r}-{c}/{f}.pt" for r, c in grid] for f in cfg["formulas"]},
                  [tmp / f"shards/{split}/0-{c}/f0.pt" for c in range(kp.col_shards(cfg, split))], out,
@@ -179,7 +193,7 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
     f0, _ = kernel_files.load_logits(tmp / "f0-prompt/test.pt")
     assert torch.equal(f0, jacobians.logits(clf, cols, binary=True))
 
-    info = kp.kernel_info(cfg)
+    info = kp.kernel_info(cfg, "prompt")
     outs = {s: tmp / f"solve/{s}/metrics.json" for s in ("lstsq", "asym")}
     results = ks.solve({s: files[s]["asymmetric-signgd"] for s in SPLITS}, None, outs, cfg["solvers"], task=task,
                        model="tiny", k=4, seed=13, formula="asymmetric-signgd", prompt="prompt", kernel_info=info,
@@ -189,8 +203,9 @@ def test_shards_merge_to_the_whole_kernel_and_solve_writes_metrics(tiny):
         assert (metrics["stage"], metrics["method"], metrics["solver"], metrics["num_logits"]) == \
             ("kernel", "kernel", solver, 1)
         assert (metrics["n_train"], metrics["n_dev"], metrics["n_test"]) == (8, 6, 10)
-        assert metrics["kernel"] == info | {"head_init": "pretrained"}
-    assert info == {"source": "computed", "mode": "all", "freeze_embeddings": False, "binary": True, "test_cap": 10}
+        assert metrics["kernel"] == info
+    assert info == {"source": "computed", "mode": "all", "freeze_embeddings": False, "binary": True, "test_cap": 10,
+                    "head_init": "pretrained"}
 
     # every solver leaves its per-example test predictions beside its metrics: the k-shot test rows of the cap
     plain = kp.settings(CONFIG | {"kernels": {"solvers": ["lstsq", "logistic", "logistic-dev", "svm"]}})["solvers"]
@@ -239,7 +254,8 @@ def test_merge_refuses_shards_of_another_formula(tiny, tmp_path):
     _, model_json, paths, task = tiny
     cfg = kp.settings(CONFIG | {"kernels": {"formulas": ["sgd", "signgd"]}})
     ks.run_shard(model_json, task, paths["train"], paths["dev"], {f: tmp_path / f"{f}.pt" for f in cfg["formulas"]},
-                 tmp_path / "f0.pt", split="dev", prompt="noprompt", seed=13, row=0, col=0, cfg=cfg)
+                 tmp_path / "f0.pt", split="dev", prompt="noprompt", seed=13, row=0, col=0,
+                 cfg=kp.shard_settings(cfg, task, "dev"))
     with pytest.raises(LmftError, match="a shard of another formula than sgd"):
         ks.merge({"sgd": [tmp_path / "signgd.pt"]}, [tmp_path / "f0.pt"], {"sgd": tmp_path / "k.pt"}, tmp_path / "f.pt")
 
@@ -255,7 +271,7 @@ def test_noprompt_kernels_start_from_the_logistic_regression_head(tiny, tmp_path
     for r, c in grid:
         d = tmp_path / f"{r}-{c}"
         ks.run_shard(model_json, task, paths["train"], paths["test"], {"sgd": d / "sgd.pt"}, d / "f0.pt", split="test",
-                     prompt="noprompt", seed=13, row=r, col=c, cfg=cfg)
+                     prompt="noprompt", seed=13, row=r, col=c, cfg=kp.shard_settings(cfg, task, "test"))
     ks.merge({"sgd": [tmp_path / f"{r}-{c}/sgd.pt" for r, c in grid]}, [tmp_path / f"0-{c}/f0.pt" for c in range(2)],
              {"sgd": tmp_path / "sgd.pt"}, tmp_path / "f0.pt")
 
@@ -270,7 +286,7 @@ def test_noprompt_kernels_start_from_the_logistic_regression_head(tiny, tmp_path
     cv = LogisticRegressionCV(Cs=[2 * c for c in solvers.GRIDS["logistic"]], cv=StratifiedKFold(4),
                               scoring="accuracy", max_iter=5000, random_state=0).fit(feats, y)
     lr = LogisticRegression(C=float(np.ravel(cv.C_)[0]), max_iter=5000).fit(feats, y)
-    assert ks.fit_head(clf, rows) == float(np.ravel(cv.C_)[0]) / 2
+    assert ks.fit_head(clf, rows, cfg["head_batch_size"], cfg["head_max_iter"]) == float(np.ravel(cv.C_)[0]) / 2
     # relative tolerances only: on these 8 examples the CV ties and keeps the smallest C, so the head is small
     w, b = torch.from_numpy(lr.coef_[0]).float(), torch.from_numpy(lr.intercept_).float()
     torch.testing.assert_close(clf.linear.weight.data, torch.stack([-w / 4, w / 4]), rtol=1e-6, atol=0)
@@ -318,7 +334,7 @@ def test_paper_head_is_the_multinomial_fit_at_half_its_log_odds(tiny):
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(40, clf.linear.in_features, generator=gen, dtype=torch.float64)
     labels = (feats[:, 0] + 0.8 * torch.randn(40, generator=gen, dtype=torch.float64) > 0).long()  # not separable
-    c = ks.fit_paper_head(clf, feats, labels)
+    c = ks.fit_paper_head(clf, feats, labels, 5000)
     assert c in ks.HEAD_CS
     # the fitted rows are [-u, u] (the penalty splits the difference evenly); the paper writes coef_ = u halved
     w, b = multinomial_fit(feats.numpy(), labels.numpy(), c, 2)
@@ -337,7 +353,7 @@ def test_paper_head_is_the_multinomial_fit_at_half_its_log_odds(tiny):
     clf3, _ = ks.build_model(model_json, three, "noprompt", seed=13)
     noise = 0.8 * torch.randn(40, generator=gen, dtype=torch.float64)
     labels3 = torch.bucketize(feats[:, 0] + noise, torch.tensor([-0.4, 0.4], dtype=torch.float64))
-    c3 = ks.fit_paper_head(clf3, feats, labels3)
+    c3 = ks.fit_paper_head(clf3, feats, labels3, 5000)
     w3, b3 = multinomial_fit(feats.numpy(), labels3.numpy(), c3, 3)
     tol3 = 2e-3 * float(max(np.abs(w3).max(), np.abs(b3).max()))
     torch.testing.assert_close(clf3.linear.weight.double(), torch.from_numpy(w3), rtol=0, atol=tol3)

@@ -1,4 +1,4 @@
-"""lmft.kernels: eNTK entries against plain autograd, symmetry and PSD, shards bit for bit, merging, files."""
+"""lmft.kernels.compute: eNTK entries against plain autograd, symmetry and PSD, shards bit for bit, merging, files."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from torch import nn
 from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           RobertaConfig, RobertaForMaskedLM)
 
-from lmft import jacobians, kernel_files, kernel_pairs, kernels, tile_jacobians, tiled_kernel
-from lmft.formulas import FORMULAS
-from lmft.kernel_files import merge_shards, split_range
-from lmft.tile_jacobians import TILE
-from lmft.heads import Classifier
 from lmft.io import ArtifactError, LmftError
+from lmft.kernels import compute as kernels
+from lmft.kernels import files as kernel_files
+from lmft.kernels import jacobians, tile_jacobians
+from lmft.kernels import pairs as kernel_pairs
+from lmft.kernels import tiled as tiled_kernel
+from lmft.kernels.files import merge_shards, split_range
+from lmft.kernels.formulas import FORMULAS
+from lmft.kernels.tile_jacobians import TILE
+from lmft.models.heads import Classifier
 
 VOCAB, HIDDEN, WORDS = 24, 8, (5, 6, 7)
 

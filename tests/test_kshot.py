@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lmft.data.kshot import (BALANCED_BY_DEFAULT, balances_test, cap_test, cap_test_examples, examples_info,
+                             kshot_examples, kshot_split, split_info)
 from lmft.io import LmftError
-from lmft.kshot import (BALANCED_BY_DEFAULT, balances_test, cap_test, cap_test_examples, examples_info, kshot_examples,
-                        kshot_split, split_info)
 
 
 def frame(n_per_label: dict[str, int], seed: int = 0) -> pd.DataFrame:

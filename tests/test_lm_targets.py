@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmft.data.tasks import GenerationTask
+from lmft.finetune.lm_targets import IGNORE, icl_prompts, lm_split, prompt_ids, prompt_text, target_loss
 from lmft.io import LmftError
-from lmft.lm_targets import IGNORE, icl_prompts, lm_split, prompt_ids, prompt_text, target_loss
-from lmft.tasks import GenerationTask
 from tiny import make_model, make_tokenizer
 
 TASK = GenerationTask(name="toy-summary", prompt="Article: {text_a}\nSummary:", source={}, max_length=40,

@@ -14,10 +14,10 @@ import pytest
 from tiny import make_tiny_model_dir, save_tiny_hf_dir, tiny_frame, write_tiny_splits
 from workflow_utils import planned_jobs, snakemake, write_config
 
-from lmft.finetune import run_finetune
+from lmft.data.tasks import get_task
+from lmft.finetune.methods import TYPES, load_plugins, resolve_spec
+from lmft.finetune.stage import run_finetune
 from lmft.io import LmftError, write_parquet
-from lmft.methods import TYPES, load_plugins, resolve_spec
-from lmft.tasks import get_task
 
 PLUGIN = Path(__file__).with_name("majority.py")
 
@@ -106,4 +106,4 @@ def test_runs_through_the_workflow_as_a_plugin(tmp_path: Path) -> None:
     write_config(work, config | {"finetune": {"methods": config["finetune"]["methods"]}})  # the plugin not named
     proc = snakemake(work, "-n", check=False)
     assert proc.returncode != 0
-    assert "type must be one of ft, mezo, linear-probe, zeroshot, icl, got 'majority'" in proc.stdout + proc.stderr
+    assert "type must be one of zeroshot, icl, linear-probe, ft, mezo, got 'majority'" in proc.stdout + proc.stderr

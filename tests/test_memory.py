@@ -1,4 +1,4 @@
-"""lmft.memory (peak memory increase of a block), the memory stage (lmft.memory_stage) on a tiny causal LM,
+"""lmft.finetune.peak (peak memory increase of a block), the memory stage (lmft.finetune.memory) on a tiny causal LM,
 its plan and config section, and its rows in runs.parquet."""
 
 import json
@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from lmft import memory
-from lmft.aggregate import aggregate
+from lmft.aggregate.gather import load_runs
+from lmft.aggregate.stage import aggregate
+from lmft.aggregate.topics import topics_for
 from lmft.config import check_config, validate_schema
-from lmft.gather import load_runs
+from lmft.data.tasks import get_task
+from lmft.finetune import peak as memory
+from lmft.finetune.memory import WHATS, run_memory
+from lmft.finetune.peak import NOT_MEASURED, PeakIncrease, measure_name
 from lmft.io import LmftError, read_json, write_json
-from lmft.memory import NOT_MEASURED, PeakIncrease, measure_name
-from lmft.memory_stage import WHATS, run_memory
 from lmft.plan import Plan
-from lmft.tasks import get_task
-from lmft.topics import topics_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_config, make_tokenizer, write_tiny_splits  # noqa: E402
@@ -79,7 +79,7 @@ def wide_llama(tmp_path_factory):
     """A 2-layer Llama 512 wide (8.9M parameters, 34 MB): optimiser state and gradients dwarf activations."""
     from transformers import AutoModelForCausalLM
 
-    from lmft.models import prepare
+    from lmft.models.load import prepare
 
     root = tmp_path_factory.mktemp("wide")
     tokenizer = make_tokenizer("llama")

@@ -1,18 +1,18 @@
-"""lmft.methods: the registry of method types, their schemas and defaults, and loading plugins."""
+"""lmft.finetune.methods: the registry of method types, their schemas and defaults, and loading plugins."""
 
 from __future__ import annotations
 
 import pytest
 
 from lmft.config import validate_schema
+from lmft.finetune.methods import BUILTIN, TYPES, MethodType, check_values, get_type, load_plugins, register, resolve_spec
+from lmft.finetune.methods.settings import COMMON, setting
+from lmft.finetune.methods.zeroshot import run as zeroshot_run
 from lmft.io import LmftError
-from lmft.methods import BUILTIN, TYPES, MethodType, check_values, get_type, load_plugins, register, resolve_spec
-from lmft.methods.settings import COMMON, setting
-from lmft.methods.zeroshot import run as zeroshot_run
 
 
 def test_the_builtin_types_are_registered_in_order() -> None:
-    assert BUILTIN == ("ft", "mezo", "linear-probe", "zeroshot", "icl")
+    assert BUILTIN == ("zeroshot", "icl", "linear-probe", "ft", "mezo")  # the tables' row order
     assert [name for name, t in TYPES.items() if t.trains] == ["ft", "mezo"]
 
 
@@ -37,7 +37,7 @@ def test_values_are_checked_against_the_type_naming_method_and_key(spec, message
     with pytest.raises(LmftError, match="config: finetune.methods." + message):
         validate_schema(config)
     config["finetune"]["methods"]["m"] = {"type": "sft"}
-    with pytest.raises(LmftError, match="method 'm': type must be one of ft, mezo, linear-probe, zeroshot, icl, got"):
+    with pytest.raises(LmftError, match="method 'm': type must be one of zeroshot, icl, linear-probe, ft, mezo, got"):
         validate_schema(config)
 
 
@@ -56,13 +56,13 @@ def test_register_refuses_a_second_type_of_the_same_name() -> None:
     register(TYPES["zeroshot"])  # the same type again: nothing happens
     with pytest.raises(LmftError, match="a method type named 'zeroshot' is registered already"):
         register(MethodType("zeroshot", COMMON, zeroshot_run))
-    with pytest.raises(LmftError, match="method type must be one of ft, .*, got 'toy' .* finetune.plugins"):
+    with pytest.raises(LmftError, match="method type must be one of zeroshot, .*, got 'toy' .* finetune.plugins"):
         get_type("toy")
 
 
 @pytest.mark.parametrize("module, message", [
     ("lmft_no_such_plugin", "config: finetune.plugins: no module 'lmft_no_such_plugin' in .* or on the Python path"),
-    ("json", r"config: finetune.plugins: module 'json' defines no METHOD = lmft.methods.MethodType\(...\)"),
+    ("json", r"config: finetune.plugins: module 'json' defines no METHOD = lmft.finetune.methods.MethodType\(...\)"),
 ])
 def test_plugins_that_define_no_type_are_named(module: str, message: str) -> None:
     with pytest.raises(LmftError, match=message):

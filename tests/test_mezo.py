@@ -7,9 +7,10 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
-from lmft import mezo
+from lmft.finetune import spsa as mezo
+from lmft.finetune.spsa import MeZO, mezo_step, perturb_, spsa_grad
 from lmft.io import LmftError, torch_load, torch_save
-from lmft.mezo import MeZO, classifier_loss, mezo_step, perturb_, spsa_grad
+from lmft.models.losses import classifier_loss
 
 
 class TinyBert(nn.Module):
@@ -93,7 +94,7 @@ def test_projected_grad_matches_autograd_directional_derivative():
 
 @pytest.mark.parametrize("eps,n", [(1e-3, 1), (1e-3, 3), (1e-1, 1)])
 def test_lr_zero_restores_parameters_bit_for_bit(eps, n, monkeypatch):
-    monkeypatch.setattr("lmft.mezo._CHUNK", 97)  # many chunks per tensor, as big tensors have
+    monkeypatch.setattr("lmft.finetune.spsa._CHUNK", 97)  # many chunks per tensor, as big tensors have
     model = TinyBert()
     with torch.no_grad():  # make rounding bite: negative zeros, small and mid-sized values
         model.bert.embeddings.word_embeddings.weight[0].fill_(-0.0)
@@ -167,7 +168,7 @@ def test_update_starts_from_the_exactly_restored_parameters():
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_a_step_draws_z_four_times_per_perturbation_less_one(n, monkeypatch):
-    monkeypatch.setattr("lmft.mezo._CHUNK", 97)
+    monkeypatch.setattr("lmft.finetune.spsa._CHUNK", 97)
     draws = []
     original = mezo._Scratch.draw
     monkeypatch.setattr(mezo._Scratch, "draw", lambda self, c, seed: draws.append(seed) or original(self, c, seed))
@@ -179,7 +180,7 @@ def test_a_step_draws_z_four_times_per_perturbation_less_one(n, monkeypatch):
 
 
 def test_direction_is_standard_normal_and_reproducible_chunk_by_chunk(monkeypatch):
-    monkeypatch.setattr("lmft.mezo._CHUNK", 1000)
+    monkeypatch.setattr("lmft.finetune.spsa._CHUNK", 1000)
     params = [torch.zeros(20_000), torch.zeros(3, 4)]
     z = direction(params, 9)
     assert same_bits(bits(z), bits(direction(params, 9)))
@@ -344,5 +345,5 @@ def test_classifier_loss_names_a_bad_loss():
     model, batch = TinyBert(), bert_batch()
     with pytest.raises(LmftError, match="unknown loss 'mse'; one of label-words, lm"):
         classifier_loss(model, batch, "mse")
-    with pytest.raises(LmftError, match="the lm loss needs a lmft.heads.Classifier, got TinyBert"):
+    with pytest.raises(LmftError, match="the lm loss needs a lmft.models.heads.Classifier, got TinyBert"):
         classifier_loss(model, batch, "lm")

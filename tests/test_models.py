@@ -1,4 +1,4 @@
-"""lmft.models: prepare (local dirs, embedded models, hub ids) and load."""
+"""lmft.models.load: prepare (local dirs, embedded models, hub ids) and load."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmft import models
 from lmft.io import ArtifactError, LmftError
-from lmft.models import load, prepare, read_manifest, trained_pooling, transformer_blocks
+from lmft.models import load as models
+from lmft.models.load import load, prepare, read_manifest, trained_pooling, transformer_blocks
 from tiny import ARCHS, make_tiny_model_dir, save_tiny_hf_dir
 
 

@@ -1,4 +1,4 @@
-"""lmft.params: exactly which parameters train in each mode, for BERT, RoBERTa, GPT-2 and Llama."""
+"""lmft.models.params: exactly which parameters train in each mode, for BERT, RoBERTa, GPT-2 and Llama."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmft.batching import collate, encode_frame, label_ids, pad_id
-from lmft.heads import build_classifier
+from lmft.data.tasks import get_task
 from lmft.io import LmftError
-from lmft.params import count_trainable, parse_mode, select_trainable
-from lmft.tasks import get_task
+from lmft.models.batching import collate, encode_frame, label_ids, pad_id
+from lmft.models.heads import build_classifier
+from lmft.models.params import count_trainable, parse_mode, select_trainable
 from tiny import make_tiny_model_dir, tiny_frame
 
 SST2 = get_task("sst-2")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmft.graft_plan import OPTIONS
+from lmft.graft.plan import OPTIONS
 from lmft.io import LmftError
 from lmft.plan import Plan
 
@@ -30,7 +30,8 @@ def test_job_settings_fall_back_from_the_method_to_the_section_to_the_schema():
     plan = Plan(CONFIG)
     assert (plan.run_setting("ft", "eval_cap"), plan.run_setting("zs", "eval_cap")) == (50, 100)
     assert plan.run_setting("zs", "threads") == 1  # the schema's default
-    assert plan.run_resources("ft") == {"mem_mb": 3000, "gpu": 1} and plan.run_resources("zs") == {"mem_mb": 3000}
+    assert plan.run_resources("ft") == {"mem_mb": 3000, "runtime": 60, "gpu": 1}  # the plan's default runtime
+    assert plan.run_resources("zs") == {"mem_mb": 3000, "runtime": 60, "gpu": 0}
     assert (plan.eval_cap("ft"), plan.eval_cap("zs"), plan.eval_cap("other")) == (50, 100, 100)
     assert plan.finetune["device"] == "auto" and plan.graft["sparsities"] == [1e-4, 1e-3, 1e-2]
 
@@ -52,8 +53,8 @@ def test_each_stage_section_adds_its_runs_and_topics():
     assert list(plan.metrics) == ["finetune", "kernel", "graft", "interpolate"]
     assert plan.topics == ["main", "kernel", "graft", "interpolate", "findings"]
     assert len(plan.kernel_metrics) == 2 * 2 and len(plan.graft_jobs) == 2 * 2
-    options = plan.graft_options("ft")  # the method's lr, the schema's defaults of the rest (not exclude: it has none)
-    assert options["lr"] == 5.0 and set(options) == set(OPTIONS) - {"exclude"} and plan.graft_ood("sst-2") == ["snli"]
+    options = plan.graft_options("ft")  # the method's lr, the schema's defaults of the rest
+    assert options["lr"] == 5.0 and list(options) == list(OPTIONS) and plan.graft_ood("sst-2") == ["snli"]
     assert len(plan.overlap_groups) == 2 + 2  # per seed the tasks' masks, per task the seeds'
     assert list(plan.interpolate_jobs) == ["results/interpolate/m/sst-2/pre-ft", "results/interpolate/m/snli/pre-ft"]
     assert plan.curves == [f"{path}/curve.parquet" for path in plan.interpolate_jobs]

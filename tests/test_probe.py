@@ -1,4 +1,4 @@
-"""lmft.probe: features, the attached linear layer, C chosen on dev, folded standardisation."""
+"""lmft.finetune.logreg: features, the attached linear layer, C chosen on dev, folded standardisation."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmft.evaluate import model_inputs
-from lmft.runs import encode_split
-from lmft.heads import build_classifier
+from lmft.data.tasks import get_task
+from lmft.finetune.logreg import attach_linear, extract_features, fit_probe
 from lmft.io import LmftError
-from lmft.params import count_trainable
-from lmft.probe import attach_linear, extract_features, fit_probe
-from lmft.tasks import get_task
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import model_inputs
+from lmft.models.heads import build_classifier
+from lmft.models.params import count_trainable
 from tiny import make_tiny_model_dir, tiny_frame
 
 SST2 = get_task("sst-2")

@@ -1,4 +1,4 @@
-"""lmft.solvers and lmft.metrics: kernel regression, logistic (CV and dev-selected), SVM and AsK-LS solvers;
+"""lmft.kernels.solvers and lmft.models.metrics: kernel regression, logistic (CV and dev-selected), SVM and AsK-LS solvers;
 accuracy, F1, ECE."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmft import metrics, solvers
 from lmft.io import LmftError
-from lmft.kernel_sets import KernelSet, load_kernel_set
+from lmft.kernels import solvers
+from lmft.kernels.sets import KernelSet, load_kernel_set
+from lmft.models import metrics
 
 
 def blobs(n: int, classes: int, seed: int, dim: int = 6, spread: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +201,7 @@ def test_majority_share():
 
 
 def test_load_kernel_set_pairs_a_kernel_file_with_its_f0_file(tmp_path):
-    from lmft.kernel_files import save_kernel, save_logits
+    from lmft.kernels.files import save_kernel, save_logits
 
     train, _, _ = splits(3, 3)
     save_kernel(tmp_path / "train.pt", train.kernel, train.labels)
@@ -224,7 +225,7 @@ def test_load_kernel_set_reads_the_papers_binary_labels(tmp_path):
 def test_load_kernel_set_checks_the_shape_of_the_named_formula(tmp_path):
     """The formula registry says which kernels are stacked: a file of another shape stops the solve."""
     from lmft.io import ArtifactError
-    from lmft.kernel_files import save_kernel
+    from lmft.kernels.files import save_kernel
 
     train, _, _ = splits(2, 1)
     save_kernel(tmp_path / "sgd.pt", train.kernel, train.labels)

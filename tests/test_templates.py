@@ -3,9 +3,9 @@
 import pytest
 from transformers import BertTokenizer
 
+from lmft.data.tasks import NLI, SENTIMENT, get_task
+from lmft.data.templates import causal_prefix, encode, label_word_ids, parse, render
 from lmft.io import LmftError
-from lmft.tasks import NLI, SENTIMENT, get_task
-from lmft.templates import causal_prefix, encode, label_word_ids, parse, render
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "it", "was", "a", "fine", "film", "great", "terrible",
          "the", "cat", "sat", "is", "sitting", "yes", "no", "maybe", "?", ",", ".", "lovely", "movie", "gr", "##eat", "##s"]

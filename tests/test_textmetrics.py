@@ -2,8 +2,8 @@
 
 import pytest
 
+from lmft.finetune.textmetrics import example_scores, mean_scores, normalise_answer, qa, rouge, token_f1
 from lmft.io import LmftError
-from lmft.textmetrics import example_scores, mean_scores, normalise_answer, qa, rouge, token_f1
 
 
 def test_rouge_by_hand():

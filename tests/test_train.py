@@ -1,4 +1,4 @@
-"""lmft.train: schedule, sampler, learning on a tiny task, best-dev checkpoint, the lm loss, bad settings."""
+"""lmft.finetune.loop: schedule, sampler, learning on a tiny task, best-dev checkpoint, the lm loss, bad settings."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from lmft.evaluate import Split, evaluate
-from lmft.runs import encode_split
-from lmft.heads import build_classifier, fit_linear_head
+from lmft.data.tasks import get_task
+from lmft.finetune.logreg import extract_features
+from lmft.finetune.loop import EpochSampler, FirstOrder, LoopConfig, ZerothOrder, lr_factor, train_loop
 from lmft.io import LmftError
-from lmft.mezo import classifier_loss
-from lmft.params import select_trainable
-from lmft.probe import extract_features
-from lmft.tasks import get_task
-from lmft.train import EpochSampler, FirstOrder, LoopConfig, ZerothOrder, lr_factor, train_loop
+from lmft.models.encode import encode_split
+from lmft.models.evaluate import Split, evaluate
+from lmft.models.heads import build_classifier, fit_linear_head
+from lmft.models.losses import classifier_loss
+from lmft.models.params import select_trainable
 from tiny import make_tiny_model_dir, tiny_frame
 
 SST2 = get_task("sst-2")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmft.tasks import get_task
+from lmft.data.tasks import get_task
 from workflow_utils import planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.workflow

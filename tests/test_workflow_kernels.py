@@ -9,8 +9,8 @@ import torch
 from tiny import save_tiny_hf_dir
 from workflow_utils import planned_jobs, snakemake, write_config
 
-from lmft.kernel_files import load_logits
-from lmft.kshot import cap_rows
+from lmft.data.kshot import cap_rows
+from lmft.kernels.files import load_logits
 
 pytestmark = pytest.mark.workflow
 

@@ -1,9 +1,9 @@
 """Tiny random models and real tokenizers for tests: fast (well under a second), deterministic, offline.
 
 ``make_tiny_model_dir(tmp_path, arch)`` builds a 2-layer, 32-wide model of the given architecture
-with a small tokenizer, saves it in ``save_pretrained`` layout, runs :func:`lmft.models.prepare`
-on it and returns the ``model.json`` path that :func:`lmft.models.load` and
-:func:`lmft.heads.build_classifier` take.
+with a small tokenizer, saves it in ``save_pretrained`` layout, runs :func:`lmft.models.load.prepare`
+on it and returns the ``model.json`` path that :func:`lmft.models.load.load` and
+:func:`lmft.models.heads.build_classifier` take.
 
 The tokenizers are real ``transformers`` tokenizers built from small vocabularies:
 
@@ -170,7 +170,7 @@ def make_tiny_model_dir(tmp_path: Path, arch: str = "bert", mlm_head: bool = Tru
     as the embedded MiniLM is; ``layers`` sets the depth. Two calls with the same arguments give
     identical weights.
     """
-    from lmft.models import prepare
+    from lmft.models.load import prepare
 
     folder = save_tiny_hf_dir(tmp_path, arch, mlm_head, seed, layers)
     prepare(str(folder), folder.parent / "prepared")
@@ -202,10 +202,10 @@ def write_tiny_splits(root: Path) -> dict[str, Path]:
 
 def tiny_prompt_split(root: Path, name: str = "train"):
     """A tiny BERT prompt classifier for SST-2 and :func:`tiny_frame` encoded for it: ``(model_json, clf, split)``."""
-    from lmft.batching import encode_frame, label_ids, pad_id
-    from lmft.evaluate import Split
-    from lmft.heads import build_classifier
-    from lmft.tasks import get_task
+    from lmft.data.tasks import get_task
+    from lmft.models.batching import encode_frame, label_ids, pad_id
+    from lmft.models.evaluate import Split
+    from lmft.models.heads import build_classifier
 
     task = get_task("sst-2")
     model_json = make_tiny_model_dir(root, "bert")

@@ -1,6 +1,6 @@
 """Snakemake adapter: every run's metrics.json -> results/tables/* and results/plots/*."""
 
-from lmft.aggregate import aggregate
+from lmft.aggregate.stage import aggregate
 from lmft.runtime import run_script
 
 

@@ -1,17 +1,11 @@
 """Snakemake adapter: LM-BFF's packed original data -> data/raw/_lmbff/original/."""
 
-from pathlib import Path
-
-from lmft.download import LMBFF_URL, extract_tar, fetch_or_reuse
+from lmft.data.stage import run_download_lmbff
 from lmft.runtime import run_script
 
 
 def main(smk):
-    archive = Path(smk.params.archive)
-    fetch_or_reuse(LMBFF_URL, archive, "lm-bff tasks")
-    extract_tar(archive, Path(smk.output[0]).parent / "_extract")
-    (Path(smk.output[0]).parent / "_extract" / "original").rename(smk.output[0])
-    (Path(smk.output[0]).parent / "_extract").rmdir()
+    run_download_lmbff(smk.params.archive, smk.output[0])
 
 
 run_script(main, snakemake)  # noqa: F821

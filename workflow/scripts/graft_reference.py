@@ -2,15 +2,16 @@
 
 from pathlib import Path
 
-from lmft.graft import run_reference
+from lmft.data.tasks import get_task
+from lmft.graft.stage import run_reference
+from lmft.paths import EVAL_SPLITS
 from lmft.runtime import run_script
-from lmft.tasks import get_task
 
 
 def main(smk):
     w, p = smk.wildcards, smk.params
     ood = {name: (get_task(name, p.tasks), path) for name, path in zip(p.ood, smk.input.ood)}
-    splits = {s: smk.input[s] for s in ("dev", "test")}
+    splits = {s: smk.input[s] for s in EVAL_SPLITS}
     run_reference(smk.input.model_json, get_task(w.task, p.tasks), Path(smk.input.checkpoint).parent, splits,
                   Path(smk.output.metrics).parent, model=w.model, k=int(w.k), seed=int(w.seed), method=w.method,
                   options=p.options, ood=ood, eval_cap=p.eval_cap, device=p.device)

@@ -1,6 +1,6 @@
 """Snakemake adapter: the shards of one (model, task, k, seed, prompt) -> each formula's kernel file and f0, per split."""
 
-from lmft.kernel_stage import SPLITS, merge
+from lmft.kernels.stage import SPLITS, merge
 from lmft.runtime import run_script
 
 

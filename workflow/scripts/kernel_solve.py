@@ -1,9 +1,9 @@
 """Snakemake adapter: one kernel's train/dev/test files (and f0, the k-shot test table) -> the metrics.json and
 predictions.parquet of each of the job's solvers."""
 
-from lmft.kernel_stage import SPLITS, solve
+from lmft.data.tasks import get_task
+from lmft.kernels.stage import SPLITS, solve
 from lmft.runtime import run_script
-from lmft.tasks import get_task
 
 
 def main(smk):

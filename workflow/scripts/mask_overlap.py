@@ -1,8 +1,8 @@
 """Snakemake adapter: graft masks of several tasks (or seeds) -> an overlap table (parquet)."""
 
-from lmft.graft import load_mask
+from lmft.graft.overlap import mask_overlap
+from lmft.graft.stage import load_mask
 from lmft.io import write_parquet
-from lmft.overlap import mask_overlap
 from lmft.runtime import run_script
 
 

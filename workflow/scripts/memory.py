@@ -1,8 +1,8 @@
 """Snakemake adapter: a k-shot train split + a prepared model -> results/memory/.../metrics.json."""
 
-from lmft.memory_stage import run_memory
+from lmft.data.tasks import get_task
+from lmft.finetune.memory import run_memory
 from lmft.runtime import run_script
-from lmft.tasks import get_task
 
 
 def main(smk):

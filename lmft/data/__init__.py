@@ -1,0 +1,1 @@
+"""The data stage (rules/data.smk): task registry, raw sources read into tables, k-shot splits."""

@@ -1,0 +1,1 @@
+"""The interpolation stage (rules/interpolate.smk): linear mode connectivity between checkpoints."""
