@@ -198,26 +198,44 @@ def dense_blocks(layout: Layout, room: int | None, logits: int) -> list[Layout]:
 
 
 @dataclass
+class Factors:
+    """Factored weights of a tile that share one input: ``x`` ``[L, d_in]``, the input at the L token
+    positions of the tile's examples (``slot`` ``[L]``: whose), and ``g`` ``[C, L, sum d_out]``, the
+    weights' output gradients there side by side, ``members`` ``(factored tensor index, offset, d_out)``."""
+
+    x: Tensor
+    g: Tensor
+    slot: Tensor
+    members: list[tuple[int, int, int]]
+
+
+@dataclass
 class Tile:
     """The Jacobians of tile ``index`` of the global grid, examples ``TILE * index + s`` for slots ``s < TILE``.
 
     ``slots`` [TILE]: each slot's global example index, -1 for a slot outside the shard (its
     Jacobians are those of the example there, or zero past the split's end). ``dense[i]``: tensor
-    i's Jacobians ``[C, TILE, numel]`` (None where all zero). ``factored[i]``: ``(X [TILE, T, d_in],
-    G [TILE, C, T, d_out])`` of factored tensor i, zero past the examples' lengths and the split's
-    end. ``groups``: the factored tensors' indices grouped by a shared input X (e.g. the query, key
-    and value projections), in order. ``tables``: per table, ``(ids [K], owner [K], values [K, C, H]
-    float64)``, the rows of every slot's Jacobian that can be nonzero, slot by slot (``owner``),
-    ascending ids within a slot.
+    i's Jacobians ``[C, TILE, numel]`` (None where all zero). ``factored``: the factored tensors in
+    groups that share an input (e.g. the query, key and value projections), in order; slot s's
+    Jacobian of factored tensor i is ``G[:, slot == s]^T X[slot == s]`` (:meth:`factors`).
+    ``tables``: per table, ``(ids [K], owner [K], values [K, C, H] float64)``, the rows of every
+    slot's Jacobian that can be nonzero, slot by slot (``owner``), ascending ids within a slot.
     """
 
     index: int
     slots: Tensor
     num_logits: int
     dense: list[Tensor | None]
-    factored: list[tuple[Tensor, Tensor]]
-    groups: list[list[int]]
+    factored: list[Factors]
     tables: list[tuple[Tensor, Tensor, Tensor]]
+
+    def factors(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(X [L, d_in], G [C, L, d_out], slot [L])`` of factored tensor ``i``."""
+        for f in self.factored:
+            for j, offset, d_out in f.members:
+                if j == i:
+                    return f.x, f.g[..., offset:offset + d_out], f.slot
+        raise KeyError(i)
 
 
 def tile_jacobians(model: nn.Module, layout: Layout, batch: Batch, index: int, lo: int, hi: int,
@@ -248,13 +266,13 @@ def tile_jacobians(model: nn.Module, layout: Layout, batch: Batch, index: int, l
                 out[:, s:s + cap.size] = x
             s += cap.size
         dense.append(out)
-    factored, groups = (got[0].factored, got[0].groups) if layout.batched else ([], [])
+    factored = got[0].factored if layout.batched else []
     tables = []
     for t in range(len(layout.tables)):
         rows = [(ids, torch.full_like(ids, s), values.transpose(0, 1))
                 for s, (ids, values) in enumerate(r for cap in got for r in cap.tables[t])]
         tables.append(tuple(torch.cat(part) for part in zip(*rows)))
-    return Tile(index, slots_of(index, lo, hi), c, dense, factored, groups, tables)
+    return Tile(index, slots_of(index, lo, hi), c, dense, factored, tables)
 
 
 def with_slots(tile: Tile, lo: int, hi: int) -> Tile:
@@ -313,13 +331,12 @@ class _Call:
 @dataclass
 class _Captured:
     """What one pass of ``size`` examples gave: ``dense[i]`` ``[C, size, numel]`` or None, the
-    factored tensors and their groups (batched only), and per table per example ``(ids, values [C, k, H])``."""
+    factored tensors (batched only), and per table per example ``(ids, values [C, k, H])``."""
 
     size: int
     logits: int
     dense: list[Tensor | None]
-    factored: list[tuple[Tensor, Tensor]]
-    groups: list[list[int]]
+    factored: list[Factors]
     tables: list[list[tuple[Tensor, Tensor]]]
 
 
@@ -427,12 +444,12 @@ def _capture(model: nn.Module, layout: Layout, part: Mapping[str, Tensor | None]
     if batched:
         dense = [_per_example(layout, p, calls, size, c, decoded_grads=decoder_grads, table_of=_table_index(layout, p))
                  for p in layout.dense]
-        factored, groups = _factors(layout, calls, size, c)
+        factored = _factors(layout, calls, part["attention_mask"][:, :width].bool(), c)
     else:
         dense = [None if all(g[i] is None for g in dense_grads) else
                  torch.stack([torch.zeros_like(p) if g[i] is None else g[i] for g in dense_grads]).reshape(c, 1, -1)
                  for i, p in enumerate(layout.dense)]
-        factored, groups = [], []
+        factored = []
     tables = []
     first = 0
     for t, table in enumerate(layout.tables):
@@ -446,7 +463,7 @@ def _capture(model: nn.Module, layout: Layout, part: Mapping[str, Tensor | None]
                 [[(u[b], None if dg is None else dg[b]) for u, dg in d[t]] for d in decoder_grads]))
         tables.append(per_example)
         first = stop
-    return _Captured(size, c, dense, factored, groups, tables)
+    return _Captured(size, c, dense, factored, tables)
 
 
 def _table_index(layout: Layout, p: Tensor) -> int | None:
@@ -486,37 +503,47 @@ def _per_example(layout: Layout, p: Tensor, calls: Mapping[int, list[_Call]], si
     return out if hit else None
 
 
-def _factors(layout: Layout, calls: Mapping[int, list[_Call]], size: int, c: int
-             ) -> tuple[list[tuple[Tensor, Tensor]], list[list[int]]]:
-    """The factored tensors' ``(X [TILE, T, d_in], G [TILE, C, T, d_out])``, padded to TILE examples,
-    and their groups by shared input (several calls of one module: their positions one after the other)."""
-    factored, keys = [], []
-    shared: dict[tuple, Tensor] = {}
-    for p in layout.factored:
-        _, module = layout.rules[id(p)]
-        mine = calls.get(id(module), [])
-        d_out, d_in = _factor_dims(layout.rules[id(p)][0], p)
-        if not mine:  # not called: a zero Jacobian
-            mine = [_Call(torch.zeros(size, 1, d_in, dtype=p.dtype, device=p.device), None, [None] * c)]
-        key = tuple((m.x.data_ptr(), tuple(m.x.shape), m.x.stride()) for m in mine)
-        if key not in shared:
-            x = torch.cat([m.x.reshape(size, -1, d_in) for m in mine], 1)
-            shared[key] = torch.cat([x, x.new_zeros(TILE - size, *x.shape[1:])])
-        x = shared[key]
-        g = x.new_zeros(TILE, c, x.shape[1], d_out)
-        for a in range(c):
-            start = 0
-            for m in mine:
-                t = m.x.reshape(size, -1, d_in).shape[1]
-                if m.grads[a] is not None:
-                    g[:size, a, start:start + t] = m.grads[a].reshape(size, t, d_out)
-                start += t
-        factored.append((x, g))
-        keys.append(key)
+def _factors(layout: Layout, calls: Mapping[int, list[_Call]], mask: Tensor, c: int) -> list[Factors]:
+    """The factored tensors in groups by shared input, over the token positions their modules saw that
+    are the examples' own (``mask`` ``[B, W]``; an input of another length, e.g. the states at
+    ``mask_pos``, keeps all of its rows), example by example, several calls of a module one after the
+    other. A position outside an example's attention mask gets an exactly zero output gradient:
+    dropping it changes nothing."""
+    size, width = mask.shape
     groups: dict[tuple, list[int]] = {}
-    for i, key in enumerate(keys):
+    for i, p in enumerate(layout.factored):
+        mine = calls.get(id(layout.rules[id(p)][1]), [])
+        key = tuple((m.x.data_ptr(), tuple(m.x.shape), m.x.stride()) for m in mine) or ("not called", i)
         groups.setdefault(key, []).append(i)
-    return factored, list(groups.values())
+    out = []
+    for members in groups.values():
+        dims = [_factor_dims(layout.rules[id(layout.factored[i])][0], layout.factored[i]) for i in members]
+        first = layout.factored[members[0]]
+        d_in = dims[0][1]
+        mine = calls.get(id(layout.rules[id(first)][1]), [])
+        if not mine:  # not called: a zero Jacobian
+            mine = [_Call(torch.zeros(size, 1, d_in, dtype=first.dtype, device=first.device), None, [None] * c)]
+        keeps = [mask.to(m.x.device) if m.x.reshape(size, -1, d_in).shape[1] == width else
+                 torch.ones(size, m.x.reshape(size, -1, d_in).shape[1], dtype=torch.bool, device=m.x.device) for m in mine]
+        x = torch.cat([m.x.reshape(size, -1, d_in)[keep] for m, keep in zip(mine, keeps)])
+        slots = torch.arange(size, device=x.device)
+        slot = torch.cat([slots[:, None].expand_as(keep)[keep] for keep in keeps])
+        g = x.new_empty(c, x.shape[0], sum(d_out for d_out, _ in dims))
+        offset, placed = 0, []
+        for i, (d_out, _) in zip(members, dims):
+            calls_i = calls.get(id(layout.rules[id(layout.factored[i])][1]), [])
+            for a in range(c):
+                start = 0
+                for k, keep in enumerate(keeps):
+                    n = int(keep.sum())
+                    dst = g[a, start:start + n, offset:offset + d_out]
+                    grad = calls_i[k].grads[a] if calls_i else None
+                    dst.zero_() if grad is None else dst.copy_(grad.reshape(*keep.shape, d_out)[keep])
+                    start += n
+            placed.append((i, offset, d_out))
+            offset += d_out
+        out.append(Factors(x, g, slot, placed))
+    return out
 
 
 def _table_rows(table: _Table, weight_grads: list[Tensor | None],

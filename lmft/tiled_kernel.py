@@ -35,6 +35,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmft.formulas import FORMULAS
@@ -75,7 +76,7 @@ def tile_blocks(layout: Layout, row_tiles: Sequence[Tile], col_tiles: Sequence[T
 
     Per product, in this order: the dense slices (per pair of tiles and slice one
     ``[TILE*C, w] @ [w, TILE*C]`` GEMM); for a product with a sign the factored tensors' slices
-    likewise, for the plain product ``x.y`` their Gram products (:func:`_gram`); then the embedding
+    likewise, for the plain product ``x.y`` their Gram products (:func:`_grams`); then the embedding
     tables, whose shared rows each pair sums in ascending row id (one ``[C, H] @ [H, C]`` per row).
     Every product a pair's entry comes from has the same shape whatever the shard, and the entry's
     place in it is fixed by its examples' global indices, so its bits depend neither on the shard
@@ -111,11 +112,9 @@ def tile_blocks(layout: Layout, row_tiles: Sequence[Tile], col_tiles: Sequence[T
                         acc[o, i, j].addmm_(u, v.T)
     plain = [o for o, p in enumerate(products) if p == ("x", "y")]
     if plain and layout.factored:
-        for i, rt in enumerate(row_tiles):
-            for j, ct in enumerate(col_tiles):
-                gram = _gram(rt, ct)
-                for o in plain:
-                    acc[o, i, j] += gram
+        grams = _grams(row_tiles, col_tiles)
+        for o in plain:
+            acc[o] += grams
     out = acc.view(len(products), nr, ns, TILE, c, TILE, c).permute(0, 1, 3, 4, 2, 5, 6)
     out = out.reshape(len(products), nr * TILE, c, ns * TILE, c)
     for t in range(len(layout.tables)):
@@ -140,40 +139,51 @@ def _stage(tile: Tile, pieces: Sequence[tuple[int, int, int]], buf: Tensor, layo
 
 def _stage_factored(tile: Tile, pieces: Sequence[tuple[int, int, int]], buf: Tensor, layout: Layout) -> Tensor:
     """``buf`` ``[TILE, C, w]`` float64 filled with one slice of ``tile``'s factored Jacobians, formed in
-    float64 from the rows of the weight that the slice covers."""
+    float64 example by example from the rows of the weight that the slice covers."""
     offset = 0
     for i, start, stop in pieces:
         p = layout.factored[i]
-        x, g = tile.factored[i]  # [TILE, T, d_in], [TILE, C, T, d_out]
+        x, g, slot = tile.factors(i)  # [L, d_in], [C, L, d_out], [L]
         cols = p.shape[1]
         r0, r1 = start // cols, -(-stop // cols)
-        if layout.rules[id(p)][0] == "linear":  # [d_out, d_in] = G^T X
-            j = g[..., r0:r1].double().transpose(-1, -2) @ x.double()[:, None]
-        else:  # Conv1D, [d_in, d_out] = X^T G
-            j = x[..., r0:r1].double().transpose(-1, -2)[:, None] @ g.double()
-        buf[..., offset:offset + stop - start] = j.flatten(2)[..., start - r0 * cols:stop - r0 * cols]
+        dst = buf[..., offset:offset + stop - start]
+        for s in range(TILE):
+            mine = slot == s
+            xs, gs = x[mine].double(), g[:, mine].double()
+            if layout.rules[id(p)][0] == "linear":  # [d_out, d_in] = G^T X
+                j = gs[..., r0:r1].transpose(-1, -2) @ xs
+            else:  # Conv1D, [d_in, d_out] = X^T G
+                j = xs[:, r0:r1].T @ gs
+            dst[s] = j.flatten(1)[:, start - r0 * cols:stop - r0 * cols]
         offset += stop - start
     return buf
 
 
-def _gram(rt: Tile, ct: Tile) -> Tensor:
-    """``[TILE*C, TILE*C]`` float64: the sums over the factored weights of ``<J(x_s, a), J(y_u, b)>`` at
-    row ``s*C + a``, column ``u*C + b``, from Gram products over token positions, group by group."""
-    if rt.groups != ct.groups:
+def _grams(row_tiles: Sequence[Tile], col_tiles: Sequence[Tile]) -> Tensor:
+    """``[R, S, TILE*C, TILE*C]`` float64 per pair of tiles: the sums over the factored weights of
+    ``<J(x_s, a), J(y_u, b)>`` at row ``s*C + a``, column ``u*C + b``, group by group of weights that share
+    an input: ``sum_{t in s, t' in u} (X X'^T)[t, t'] (G G'^T)[t, t']`` over the token positions of the two
+    examples, with G the group's output gradients side by side; the sums over positions are products
+    with the positions' one-hot slots."""
+    members = [f.members for f in row_tiles[0].factored]
+    if any([f.members for f in t.factored] != members for t in [*row_tiles, *col_tiles]):
         raise LmftError("tiles of one model grouped their factored weights differently")
-    c = rt.num_logits
-    out = torch.zeros(TILE * c, TILE * c, dtype=torch.float64, device=rt.factored[0][0].device)
-    for group in rt.groups:
-        xr, xc = rt.factored[group[0]][0], ct.factored[group[0]][0]  # [TILE, T, d_in]
-        tr, tc = xr.shape[1], xc.shape[1]
-        inputs = xr.reshape(TILE * tr, -1).double() @ xc.reshape(TILE * tc, -1).double().T
-        grads = None
-        for i in group:
-            gr = rt.factored[i][1].transpose(0, 1).reshape(c * TILE * tr, -1).double()  # rows (a, s, t)
-            gc = ct.factored[i][1].transpose(0, 1).reshape(c * TILE * tc, -1).double()
-            grads = gr @ gc.T if grads is None else grads.addmm_(gr, gc.T)
-        pair = (grads.view(c, TILE, tr, c, TILE, tc) * inputs.view(1, TILE, tr, 1, TILE, tc)).sum((2, 5))
-        out += pair.permute(1, 0, 3, 2).reshape(TILE * c, TILE * c)
+    c = row_tiles[0].num_logits
+    device = row_tiles[0].factored[0].x.device
+    out = torch.zeros(len(row_tiles), len(col_tiles), TILE * c, TILE * c, dtype=torch.float64, device=device)
+    for k in range(len(members)):
+        def operands(tile: Tile) -> tuple[Tensor, Tensor, Tensor]:
+            f = tile.factored[k]
+            return f.x.double(), f.g.reshape(-1, f.g.shape[-1]).double(), F.one_hot(f.slot, TILE).double()
+
+        rows, cols = [operands(t) for t in row_tiles], [operands(t) for t in col_tiles]
+        for i, (xr, gr, er) in enumerate(rows):
+            lr = xr.shape[0]
+            for j, (xc, gc, ec) in enumerate(cols):
+                lc = xc.shape[0]
+                pair = (gr @ gc.T).view(c, lr, c, lc).mul_((xr @ xc.T).view(1, lr, 1, lc))
+                pair = er.T @ (pair.view(-1, lc) @ ec).view(c, lr, c * TILE)  # [C, TILE, C*TILE]
+                out[i, j] += pair.view(c, TILE, c, TILE).permute(1, 0, 3, 2).reshape(TILE * c, TILE * c)
     return out
 
 
