@@ -253,20 +253,16 @@ def tile_jacobians(model: nn.Module, layout: Layout, batch: Batch, index: int, l
             part = take(batch, torch.tensor([g]))
             got.append(_capture(model, layout, part, int(part["attention_mask"][0].nonzero().max()) + 1, binary, False))
     c = got[0].logits
-    dense: list[Tensor | None] = []
-    for i, p in enumerate(layout.dense):
-        parts = [x.dense[i] for x in got]
-        if all(x is None for x in parts):
-            dense.append(None)
-            continue
-        out = torch.zeros(c, TILE, p.numel(), dtype=p.dtype, device=p.device)
-        s = 0
-        for x, cap in zip(parts, got):
-            if x is not None:
-                out[:, s:s + cap.size] = x
-            s += cap.size
-        dense.append(out)
-    factored = got[0].factored if layout.batched else []
+    if layout.batched:
+        dense, factored = got[0].dense, got[0].factored
+    else:
+        dense, factored = [], []
+        for i, p in enumerate(layout.dense):
+            parts = [x.dense[i] for x in got]
+            dense.append(None if all(x is None for x in parts) else
+                         torch.stack([torch.zeros(c, p.numel(), dtype=p.dtype, device=p.device) if x is None else x
+                                      for x in parts] + [torch.zeros(c, p.numel(), dtype=p.dtype, device=p.device)]
+                                     * (TILE - len(parts)), 1))
     tables = []
     for t in range(len(layout.tables)):
         rows = [(ids, torch.full_like(ids, s), values.transpose(0, 1))
@@ -330,8 +326,8 @@ class _Call:
 
 @dataclass
 class _Captured:
-    """What one pass of ``size`` examples gave: ``dense[i]`` ``[C, size, numel]`` or None, the
-    factored tensors (batched only), and per table per example ``(ids, values [C, k, H])``."""
+    """What one pass of ``size`` examples gave: ``dense[i]``, ``[C, TILE, numel]`` (batched) or ``[C, numel]``
+    (one example), or None, the factored tensors (batched only), and per table per example ``(ids, values [C, k, H])``."""
 
     size: int
     logits: int
@@ -447,7 +443,7 @@ def _capture(model: nn.Module, layout: Layout, part: Mapping[str, Tensor | None]
         factored = _factors(layout, calls, part["attention_mask"][:, :width].bool(), c)
     else:
         dense = [None if all(g[i] is None for g in dense_grads) else
-                 torch.stack([torch.zeros_like(p) if g[i] is None else g[i] for g in dense_grads]).reshape(c, 1, -1)
+                 torch.stack([torch.zeros_like(p) if g[i] is None else g[i] for g in dense_grads]).reshape(c, -1)
                  for i, p in enumerate(layout.dense)]
         factored = []
     tables = []
@@ -477,11 +473,10 @@ def _table_index(layout: Layout, p: Tensor) -> int | None:
 
 def _per_example(layout: Layout, p: Tensor, calls: Mapping[int, list[_Call]], size: int, c: int,
                  decoded_grads: list[list[list[tuple[Tensor, Tensor]]]], table_of: int | None) -> Tensor | None:
-    """``[C, B, numel]``: the per-example gradients of dense tensor ``p`` from its module's calls (None
-    where all are zero)."""
+    """``[C, TILE, numel]``: the per-example gradients of dense tensor ``p`` from its module's calls, for
+    the first ``size`` slots (None where all are zero)."""
     kind, module = layout.rules[id(p)]
-    out = torch.zeros(c, size, p.numel(), dtype=p.dtype, device=p.device)
-    hit = False
+    out = None
     for a in range(c):
         if table_of is not None:  # the bias of a tied decoder: its output gradient summed over positions
             records = [(None, g) for _, g in decoded_grads[a][table_of]]
@@ -490,17 +485,20 @@ def _per_example(layout: Layout, p: Tensor, calls: Mapping[int, list[_Call]], si
         for call, g in records:
             if g is None:
                 continue
-            hit = True
-            g = g.reshape(size, -1, g.shape[-1])
+            if out is None:
+                out = torch.zeros(c, TILE, p.numel(), dtype=p.dtype, device=p.device)
+            positions = tuple(range(1, g.dim() - 1))  # summed without a copy of a non-contiguous g
             if kind in ("bias", "decoder"):
-                out[a] += g.sum(1)
+                out[a, :size] += g.sum(positions) if positions else g
             elif kind == "norm":
-                out[a] += (g * call.normed.reshape(g.shape)).sum(1)
+                out[a, :size] += (g * call.normed).sum(positions).reshape(size, -1) if positions else \
+                    (g * call.normed).reshape(size, -1)
             else:
                 x = call.x.reshape(size, -1, call.x.shape[-1])
+                g = g.reshape(size, -1, g.shape[-1])
                 j = g.transpose(1, 2) @ x if kind == "linear" else x.transpose(1, 2) @ g
-                out[a] += j.reshape(size, -1)
-    return out if hit else None
+                out[a, :size] += j.reshape(size, -1)
+    return out
 
 
 def _factors(layout: Layout, calls: Mapping[int, list[_Call]], mask: Tensor, c: int) -> list[Factors]:
@@ -523,11 +521,13 @@ def _factors(layout: Layout, calls: Mapping[int, list[_Call]], mask: Tensor, c: 
         mine = calls.get(id(layout.rules[id(first)][1]), [])
         if not mine:  # not called: a zero Jacobian
             mine = [_Call(torch.zeros(size, 1, d_in, dtype=first.dtype, device=first.device), None, [None] * c)]
-        keeps = [mask.to(m.x.device) if m.x.reshape(size, -1, d_in).shape[1] == width else
-                 torch.ones(size, m.x.reshape(size, -1, d_in).shape[1], dtype=torch.bool, device=m.x.device) for m in mine]
+        keeps = []  # per call: the (example, position) indices of the kept rows of its [B, T, d] input
+        for m in mine:
+            t = m.x.reshape(size, -1, d_in).shape[1]
+            keep = mask if t == width else torch.ones(size, t, dtype=torch.bool)
+            keeps.append(tuple(k.to(m.x.device) for k in keep.nonzero(as_tuple=True)))
         x = torch.cat([m.x.reshape(size, -1, d_in)[keep] for m, keep in zip(mine, keeps)])
-        slots = torch.arange(size, device=x.device)
-        slot = torch.cat([slots[:, None].expand_as(keep)[keep] for keep in keeps])
+        slot = torch.cat([keep[0] for keep in keeps])
         g = x.new_empty(c, x.shape[0], sum(d_out for d_out, _ in dims))
         offset, placed = 0, []
         for i, (d_out, _) in zip(members, dims):
@@ -535,10 +535,10 @@ def _factors(layout: Layout, calls: Mapping[int, list[_Call]], mask: Tensor, c: 
             for a in range(c):
                 start = 0
                 for k, keep in enumerate(keeps):
-                    n = int(keep.sum())
-                    dst = g[a, start:start + n, offset:offset + d_out]
+                    n = keep[0].numel()
                     grad = calls_i[k].grads[a] if calls_i else None
-                    dst.zero_() if grad is None else dst.copy_(grad.reshape(*keep.shape, d_out)[keep])
+                    g[a, start:start + n, offset:offset + d_out] = 0 if grad is None else \
+                        grad.reshape(size, -1, d_out)[keep]
                     start += n
             placed.append((i, offset, d_out))
             offset += d_out

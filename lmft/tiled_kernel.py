@@ -171,12 +171,19 @@ def _grams(row_tiles: Sequence[Tile], col_tiles: Sequence[Tile]) -> Tensor:
     c = row_tiles[0].num_logits
     device = row_tiles[0].factored[0].x.device
     out = torch.zeros(len(row_tiles), len(col_tiles), TILE * c, TILE * c, dtype=torch.float64, device=device)
+    sizes = [(f.x.numel(), f.g.numel()) for t in [*row_tiles, *col_tiles] for f in t.factored]
+    # float64 operands in buffers allocated once: fresh multi-MB tensors per group cost page faults
+    scratch = [(torch.empty(max(x for x, _ in sizes), dtype=torch.float64, device=device),
+                torch.empty(max(g for _, g in sizes), dtype=torch.float64, device=device))
+               for _ in [*row_tiles, *col_tiles]]
     for k in range(len(members)):
-        def operands(tile: Tile) -> tuple[Tensor, Tensor, Tensor]:
-            f = tile.factored[k]
-            return f.x.double(), f.g.reshape(-1, f.g.shape[-1]).double(), F.one_hot(f.slot, TILE).double()
-
-        rows, cols = [operands(t) for t in row_tiles], [operands(t) for t in col_tiles]
+        operands = []
+        for t, (bx, bg) in zip([*row_tiles, *col_tiles], scratch):
+            f = t.factored[k]
+            operands.append((bx[:f.x.numel()].view(f.x.shape).copy_(f.x),
+                             bg[:f.g.numel()].view(-1, f.g.shape[-1]).copy_(f.g.reshape(-1, f.g.shape[-1])),
+                             F.one_hot(f.slot, TILE).double()))
+        rows, cols = operands[:len(row_tiles)], operands[len(row_tiles):]
         for i, (xr, gr, er) in enumerate(rows):
             lr = xr.shape[0]
             for j, (xc, gc, ec) in enumerate(cols):
