@@ -16,29 +16,33 @@ data are random tokens, right-padded, lengths drawn uniformly from ``length/2 ..
 example's last token.
 
 With ``--mem-mb`` only the default (tiled) path runs, once, under that memory budget
-(``kernels.mem_mb``: the dense tensors in blocks, each a pass of its own over the examples); it
-prints the wall and CPU time, the number of blocks and the process's peak resident set (which
-includes building the model and the data).
+(``kernels.mem_mb``: Jacobians held within it, the tensors in blocks where they do not fit, each
+block a pass of its own over the examples); it prints the wall and CPU time and the process's peak
+resident set (which includes building the model and the data), then the floor below (once each).
 
 Otherwise the same shard (all N rows x all M columns) is computed with :func:`lmft.kernels.compute_shard`
 four ways, on the CPU and, where CUDA is present, again on the GPU:
 
-- ``default``: ``method="tiled"``, one forward and C backward passes per example, embedding
-  tables as rows, float64 GEMMs over tiles of a fixed grid;
+- ``default``: ``method="tiled"``, per tile of 8 examples one batched forward and C backward
+  passes, per-example gradients from the modules' inputs and output gradients, wide weights
+  contracted as Gram products of those factors, embedding tables as rows (:mod:`lmft.tiled_kernel`);
 - ``batched``: torch.func, vmap over the examples of a block that share an attention mask, then
   the per-pair contraction;
-- ``per-example``: torch.func, one example per vmap call (``vmap_chunk=1``, the CPU default
-  before the tiled path), per-pair contraction;
+- ``per-example``: torch.func, one example per vmap call (``vmap_chunk=1``), per-pair contraction;
 - ``naive``: one ``torch.autograd.grad`` per (example, logit), per-pair contraction (the reference).
 
 The per-pair methods recompute the column Jacobians once per row block (``ceil(N / row_batch)``
 times); the tiled one keeps them where they form one block.
 Times are wall-clock and the process's CPU time (the fairer number on a shared machine; on CUDA
 the wall time is the one that counts), each the least of ``--repeat`` runs.
-The lower bound printed is (N + M) forward and backward passes of one example each: the work of
-computing every example's gradient once, for one logit. The last line gives the default's time
-over the lower bound and the naive loop's over the default's (CPU time on the CPU, wall time on
-CUDA).
+The lower bound is the floor of the computation: the N + M examples' passes, batched in the
+default's tiles (one forward and one backward per logit, the backward taking the activation
+gradients only: :func:`batched_passes`), plus the N x M contraction of the Jacobians outside the
+embedding tables, ``[N*C, P] @ [P, M*C]`` in float64, timed alone on operands filled once
+(:func:`contraction`). The bound printed before, N + M unbatched forward and backward passes of
+one logit (:func:`per_example_passes`), is printed too. The last line gives the default's time
+over the lower bound, the naive loop's over the default's and the default's over the old bound
+(CPU time on the CPU, wall time on CUDA).
 """
 
 from __future__ import annotations
@@ -214,14 +218,20 @@ def bench(model: Classifier, x: dict, y: dict, args: argparse.Namespace, device:
 
 def bounded(model: Classifier, x: dict, y: dict, args: argparse.Namespace) -> None:
     """The default path once under ``--mem-mb``: time and the process's peak resident set (the kernel's
-    log, with its dense blocks, goes to stderr)."""
+    log, with its blocks, goes to stderr); then the floor, once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cpu = torch.device("cpu")
     t, k = timed(lambda: kernels.compute_shard(model, x, y, "sgd", row_batch=args.row_batch, col_batch=args.col_batch,
-                                               mem_mb=args.mem_mb).kernel, torch.device("cpu"))
+                                               mem_mb=args.mem_mb).kernel, cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"cpu  default (tiled) under mem_mb {args.mem_mb:.0f} MB: "
           f"{_seconds(t)}; peak resident set {peak:.0f} MB; kernel {tuple(k.shape)}, "
           f"max |K| {float(k.abs().max()):.3g}", flush=True)
+    passes = batched_passes(model, [x, y], cpu)
+    print(f"cpu  floor: batched passes {_seconds(passes)}", flush=True)
+    gemms, coords = contraction(model, args.n, args.m, args.classes, cpu)
+    print(f"cpu  floor: float64 contraction alone, P={coords / 1e6:.1f}M {_seconds(gemms)}", flush=True)
+    print(f"cpu  default / lower bound = {t[1] / (passes[1] + gemms[1]):.2f}x (CPU time)", flush=True)
 
 
 def main() -> None:

@@ -303,19 +303,19 @@ def test_bad_input_raises_clear_errors():
         jacobians.jacobians(model, x)
 
 
-def _backbone(arch: str, attn: str) -> tuple[nn.Module, bool]:
+def _backbone(arch: str, attn: str, hidden: int = HIDDEN) -> tuple[nn.Module, bool]:
     small = dict(vocab_size=VOCAB, num_attention_heads=2, attn_implementation=attn)
     if arch == "bert":
-        return BertForMaskedLM(BertConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+        return BertForMaskedLM(BertConfig(hidden_size=hidden, num_hidden_layers=1, intermediate_size=2 * hidden,
                                           max_position_embeddings=16, **small)), False
     if arch == "roberta":
-        return RobertaForMaskedLM(RobertaConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+        return RobertaForMaskedLM(RobertaConfig(hidden_size=hidden, num_hidden_layers=1, intermediate_size=2 * hidden,
                                                 max_position_embeddings=20, pad_token_id=0, type_vocab_size=1,
                                                 **small)), False
     if arch == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_embd=HIDDEN, n_layer=1, n_positions=16, bos_token_id=1, eos_token_id=1,
+        return GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=1, n_positions=16, bos_token_id=1, eos_token_id=1,
                                           **small)), True
-    return LlamaForCausalLM(LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+    return LlamaForCausalLM(LlamaConfig(hidden_size=hidden, num_hidden_layers=1, intermediate_size=2 * hidden,
                                         num_key_value_heads=1, max_position_embeddings=16, bos_token_id=1,
                                         eos_token_id=1, pad_token_id=0, **small)), True
 
@@ -334,6 +334,24 @@ def test_vmap_runs_through_the_shared_classifier_of_each_architecture(arch, attn
     tiled = kernels.compute_shard(clf, x, x, "sgd").kernel
     ref = kernels.compute_shard(clf, x, x, "sgd", method="naive").kernel
     torch.testing.assert_close(tiled, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("arch", ["roberta", "gpt2", "llama"])
+def test_factored_weights_of_each_architecture_equal_the_reference(arch):
+    """Wide Linear (GPT-2: Conv1D) weights kept factored, LayerNorm and RMSNorm rules, a padding row
+    (RoBERTa), a causal model's padded positions dropped: every formula against the per-pair reference."""
+    torch.manual_seed(0)
+    backbone, causal = _backbone(arch, "eager", WIDE)
+    clf = Classifier(backbone.double(), "causal" if causal else "prompt", 2, causal, label_ids=[5, 6]).eval()
+    x, y = make_batch(TILE + 2, labels=2), make_batch(5, seed=4, labels=2)
+    assert len(tile_jacobians.layout_of(clf, 9).factored) >= 3
+    got = kernels.compute_shards(clf, x, y, ["sgd", "asymmetric-signgd"], row_range=(1, TILE + 2), binary=True)
+    ref = kernels.compute_shards(clf, x, y, ["sgd", "asymmetric-signgd"], row_range=(1, TILE + 2), binary=True,
+                                 method="naive")
+    for formula, shard in got.items():
+        want = ref[formula].kernel
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(shard.kernel, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
 
 
 def test_pretrained_logits_do_not_depend_on_the_slice():
