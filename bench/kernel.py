@@ -16,29 +16,33 @@ data are random tokens, right-padded, lengths drawn uniformly from ``length/2 ..
 example's last token.
 
 With ``--mem-mb`` only the default (tiled) path runs, once, under that memory budget
-(``kernels.mem_mb``: the dense tensors in blocks, each a pass of its own over the examples); it
-prints the wall and CPU time, the number of blocks and the process's peak resident set (which
-includes building the model and the data).
+(``kernels.mem_mb``: Jacobians held within it, the tensors in blocks where they do not fit, each
+block a pass of its own over the examples); it prints the wall and CPU time and the process's peak
+resident set (which includes building the model and the data), then the floor below (once each).
 
 Otherwise the same shard (all N rows x all M columns) is computed with :func:`lmft.kernels.compute.compute_shard`
 four ways, on the CPU and, where CUDA is present, again on the GPU:
 
-- ``default``: ``method="tiled"``, one forward and C backward passes per example, embedding
-  tables as rows, float64 GEMMs over tiles of a fixed grid;
+- ``default``: ``method="tiled"``, per tile of 8 examples one batched forward and C backward
+  passes, per-example gradients from the modules' inputs and output gradients, wide weights
+  contracted as Gram products of those factors, embedding tables as rows (:mod:`lmft.kernels.tiled`);
 - ``batched``: torch.func, vmap over the examples of a block that share an attention mask, then
   the per-pair contraction;
-- ``per-example``: torch.func, one example per vmap call (``vmap_chunk=1``, the CPU default
-  before the tiled path), per-pair contraction;
+- ``per-example``: torch.func, one example per vmap call (``vmap_chunk=1``), per-pair contraction;
 - ``naive``: one ``torch.autograd.grad`` per (example, logit), per-pair contraction (the reference).
 
 The per-pair methods recompute the column Jacobians once per row block (``ceil(N / row_batch)``
 times); the tiled one keeps them where they form one block.
 Times are wall-clock and the process's CPU time (the fairer number on a shared machine; on CUDA
 the wall time is the one that counts), each the least of ``--repeat`` runs.
-The lower bound printed is (N + M) forward and backward passes of one example each: the work of
-computing every example's gradient once, for one logit. The last line gives the default's time
-over the lower bound and the naive loop's over the default's (CPU time on the CPU, wall time on
-CUDA).
+The lower bound is the floor of the computation: the N + M examples' passes, batched in the
+default's tiles (one forward and one backward per logit, the backward taking the activation
+gradients only: :func:`batched_passes`), plus the N x M contraction of the Jacobians outside the
+embedding tables, ``[N*C, P] @ [P, M*C]`` in float64, timed alone on operands filled once
+(:func:`contraction`). The bound printed before, N + M unbatched forward and backward passes of
+one logit (:func:`per_example_passes`), is printed too. The last line gives the default's time
+over the lower bound, the naive loop's over the default's and the default's over the old bound
+(CPU time on the CPU, wall time on CUDA).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmft.kernels import compute as kernels  # noqa: E402
 from lmft.models.heads import Classifier  # noqa: E402
+from lmft.kernels.tile_jacobians import SLICE, TILE, layout_of  # noqa: E402
 
 SHAPES = {  # BertConfig keywords, LlamaConfig keywords for a causal model
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
@@ -100,9 +105,10 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int = 1)
     return best, out
 
 
-def lower_bound(model: Classifier, data: list[dict[str, torch.Tensor]], device: torch.device,
-                repeat: int = 1) -> tuple[float, float]:
-    """Seconds for one forward and one backward pass (of logit 0) per example, each alone at its own length."""
+def per_example_passes(model: Classifier, data: list[dict[str, torch.Tensor]], device: torch.device,
+                       repeat: int = 1) -> tuple[float, float]:
+    """Seconds for one forward and one backward pass (of logit 0, all parameter gradients) per example,
+    each alone at its own length (the bound this benchmark printed before the batched tiles)."""
     params = [p for p in model.parameters() if p.requires_grad]
 
     def run() -> torch.Tensor:
@@ -115,6 +121,55 @@ def lower_bound(model: Classifier, data: list[dict[str, torch.Tensor]], device: 
         return torch.zeros(())
 
     return timed(run, device, repeat)[0]
+
+
+def batched_passes(model: Classifier, data: list[dict[str, torch.Tensor]], device: torch.device,
+                   repeat: int = 1) -> tuple[float, float]:
+    """Seconds for the floor's passes: per tile of TILE examples (the default's grid), trimmed to its
+    longest example, one batched forward and one backward per logit that gives the activation
+    gradients only (the gradient of the logits' sum with respect to the word embeddings' output, which
+    runs the backward through every layer without forming a parameter gradient)."""
+    embeddings = model.backbone.get_input_embeddings()
+
+    def run() -> torch.Tensor:
+        for split in data:
+            n = split["input_ids"].shape[0]
+            for start in range(0, n, TILE):
+                rows = slice(start, min(start + TILE, n))
+                width = int(split["attention_mask"][rows].sum(1).max())
+                leaves = []
+                hook = embeddings.register_forward_hook(
+                    lambda m, a, out: leaves.append(out.detach().requires_grad_()) or leaves[-1])
+                try:
+                    out = model(split["input_ids"][rows, :width].to(device), split["attention_mask"][rows, :width].to(device),
+                                split["token_type_ids"][rows, :width].to(device), split["mask_pos"][rows].to(device))
+                finally:
+                    hook.remove()
+                for a in range(out.shape[1]):
+                    torch.autograd.grad(out[:, a].sum(), leaves, retain_graph=a + 1 < out.shape[1])
+        return torch.zeros(())
+
+    return timed(run, device, repeat)[0]
+
+
+def contraction(model: Classifier, n: int, m: int, logits: int, device: torch.device, repeat: int = 1
+                ) -> tuple[tuple[float, float], int]:
+    """Seconds for the floor's contraction alone, and its width P: ``[N*C, P] @ [P, M*C]`` in float64 over the
+    P trainable coordinates outside the embedding tables (the dense part of the Jacobians), one GEMM per
+    slice of SLICE coordinates on operands filled once (no Jacobian is read or staged)."""
+    coords = sum(p.numel() for p in layout_of(model, 1).tensors())
+    gen = torch.Generator(device=device).manual_seed(0)
+    u = torch.randn(n * logits, SLICE, dtype=torch.float64, device=device, generator=gen)
+    v = torch.randn(SLICE, m * logits, dtype=torch.float64, device=device, generator=gen)
+    acc = torch.zeros(n * logits, m * logits, dtype=torch.float64, device=device)
+
+    def run() -> torch.Tensor:
+        for start in range(0, coords, SLICE):
+            w = min(SLICE, coords - start)
+            acc.addmm_(u[:, :w], v[:w])
+        return acc
+
+    return timed(run, device, repeat)[0], coords
 
 
 def _seconds(t: tuple[float, float]) -> str:
@@ -133,6 +188,7 @@ def bench(model: Classifier, x: dict, y: dict, args: argparse.Namespace, device:
         "naive (one backward per example-logit)": dict(method="naive"),
     }
     times, results = {}, {}
+    tiles = sum(-(-k // TILE) for k in (args.n, args.m))
     for label, opts in runs.items():
         times[label], results[label] = timed(lambda o=opts: kernels.compute_shard(model, x, y, **shard, **o).kernel, device,
                                              args.repeat)
@@ -141,28 +197,41 @@ def bench(model: Classifier, x: dict, y: dict, args: argparse.Namespace, device:
         default, batched, per_example, naive = (t[i] for t in times.values())
         print(f"{device.type:4s} {kind} time: naive / default = {naive / default:.2f}x, naive / batched = "
               f"{naive / batched:.2f}x, naive / per-example = {naive / per_example:.2f}x")
-    bound = lower_bound(model, [x, y], device, args.repeat)
-    print(f"{device.type:4s} {'lower bound, (N+M) = %d forward+backward passes' % (args.n + args.m):44s} {_seconds(bound)}")
+    passes = batched_passes(model, [x, y], device, args.repeat)
+    gemms, coords = contraction(model, args.n, args.m, args.classes, device, args.repeat)
+    bound = (passes[0] + gemms[0], passes[1] + gemms[1])
+    single = per_example_passes(model, [x, y], device, args.repeat)
+    print(f"{device.type:4s} {'floor: batched passes, %d tiles of <= %d, C=%d' % (tiles, TILE, args.classes):44s} "
+          f"{_seconds(passes)}")
+    print(f"{device.type:4s} {'floor: float64 contraction alone, P=%.1fM' % (coords / 1e6):44s} {_seconds(gemms)}")
+    print(f"{device.type:4s} {'lower bound = the floor (the two above)':44s} {_seconds(bound)}")
+    print(f"{device.type:4s} {'per-example passes, (N+M) = %d (old bound)' % (args.n + args.m):44s} {_seconds(single)}")
     ref = results["naive (one backward per example-logit)"]
     for label, k in results.items():
         print(f"{device.type:4s} max |K - K_naive| / max |K_naive|, {label.split(' (')[0]}: "
               f"{float((k - ref).abs().max() / ref.abs().max()):.1e}")
     i = 0 if device.type == "cuda" else 1  # the CPU time on a shared CPU, the wall time on a GPU
     default, naive = times["default (tiled: rows of tables, tile GEMMs)"][i], times["naive (one backward per example-logit)"][i]
-    print(f"{device.type:4s} default / lower bound = {default / bound[i]:.2f}x; naive / default = {naive / default:.2f}x",
-          flush=True)
+    print(f"{device.type:4s} default / lower bound = {default / bound[i]:.2f}x; naive / default = {naive / default:.2f}x; "
+          f"default / per-example passes = {default / single[i]:.2f}x", flush=True)
 
 
 def bounded(model: Classifier, x: dict, y: dict, args: argparse.Namespace) -> None:
     """The default path once under ``--mem-mb``: time and the process's peak resident set (the kernel's
-    log, with its dense blocks, goes to stderr)."""
+    log, with its blocks, goes to stderr); then the floor, once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cpu = torch.device("cpu")
     t, k = timed(lambda: kernels.compute_shard(model, x, y, "sgd", row_batch=args.row_batch, col_batch=args.col_batch,
-                                               mem_mb=args.mem_mb).kernel, torch.device("cpu"))
+                                               mem_mb=args.mem_mb).kernel, cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"cpu  default (tiled) under mem_mb {args.mem_mb:.0f} MB: "
           f"{_seconds(t)}; peak resident set {peak:.0f} MB; kernel {tuple(k.shape)}, "
           f"max |K| {float(k.abs().max()):.3g}", flush=True)
+    passes = batched_passes(model, [x, y], cpu)
+    print(f"cpu  floor: batched passes {_seconds(passes)}", flush=True)
+    gemms, coords = contraction(model, args.n, args.m, args.classes, cpu)
+    print(f"cpu  floor: float64 contraction alone, P={coords / 1e6:.1f}M {_seconds(gemms)}", flush=True)
+    print(f"cpu  default / lower bound = {t[1] / (passes[1] + gemms[1]):.2f}x (CPU time)", flush=True)
 
 
 def main() -> None:

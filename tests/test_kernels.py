@@ -5,33 +5,42 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          RobertaConfig, RobertaForMaskedLM)
+from transformers import (BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM)
 
-from lmft.io import ArtifactError, LmftError
-from lmft.kernels import compute as kernels
+from lmft.kernels import jacobians
+
 from lmft.kernels import files as kernel_files
-from lmft.kernels import jacobians, tile_jacobians
+
 from lmft.kernels import pairs as kernel_pairs
+
+from lmft.kernels import compute as kernels
+
+from lmft.kernels import tile_jacobians
+
 from lmft.kernels import tiled as tiled_kernel
-from lmft.kernels.files import merge_shards, split_range
 from lmft.kernels.formulas import FORMULAS
+from lmft.kernels.files import merge_shards, split_range
 from lmft.kernels.tile_jacobians import TILE
 from lmft.models.heads import Classifier
+from lmft.io import ArtifactError, LmftError
+from lmft.models.params import select_trainable
 
 VOCAB, HIDDEN, WORDS = 24, 8, (5, 6, 7)
+WIDE = 32  # a hidden size whose Linear weights the tiled path keeps factored at 9 tokens (9 * (in + out) < in * out)
 
 
 class TinyClassifier(nn.Module):
     """A 2-layer random BERT: a linear head on [CLS] (``cls``) or the MLM scores of label words at mask_pos (``mlm``)."""
 
-    def __init__(self, head: str = "cls", num_labels: int = 3, dtype: torch.dtype = torch.float32, seed: int = 0):
+    def __init__(self, head: str = "cls", num_labels: int = 3, dtype: torch.dtype = torch.float32, seed: int = 0,
+                 hidden: int = HIDDEN):
         super().__init__()
         torch.manual_seed(seed)
-        config = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=16, max_position_embeddings=16, attn_implementation="eager")
+        config = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=2 * hidden, max_position_embeddings=16, attn_implementation="eager")
         self.lm = BertForMaskedLM(config)  # its decoder is tied to the word embeddings
-        self.linear = nn.Linear(HIDDEN, num_labels) if head == "cls" else None
+        self.linear = nn.Linear(hidden, num_labels) if head == "cls" else None
         self.words = list(WORDS[:num_labels])
         self.to(dtype).eval()
 
@@ -75,10 +84,11 @@ def freeze_key_biases(model: nn.Module) -> None:
             p.requires_grad_(False)
 
 
+@pytest.mark.parametrize("hidden", [HIDDEN, WIDE])  # Linear weights materialised, factored
 @pytest.mark.parametrize("head", ["cls", "mlm"])
 @pytest.mark.parametrize("formula", FORMULAS)
-def test_entries_equal_inner_products_of_autograd_gradients(formula, head):
-    model = TinyClassifier(head, dtype=torch.float64)
+def test_entries_equal_inner_products_of_autograd_gradients(formula, head, hidden):
+    model = TinyClassifier(head, dtype=torch.float64, hidden=hidden)
     if formula != "sgd":
         freeze_key_biases(model)
     x, y = make_batch(5, seed=1), make_batch(4, seed=2)
@@ -157,9 +167,10 @@ def test_tiled_default_equals_the_per_pair_reference(head):
     assert not any(m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.parametrize("hidden", [HIDDEN, WIDE])  # Linear weights materialised, factored
 @pytest.mark.parametrize("formula", ["sgd", "asymmetric-signgd"])
-def test_tiled_shards_across_tiles_threads_and_train_x_train_give_the_same_bits(formula):
-    model = TinyClassifier("mlm")  # float32 Jacobians, float64 contraction
+def test_tiled_shards_across_tiles_threads_and_train_x_train_give_the_same_bits(formula, hidden):
+    model = TinyClassifier("mlm", hidden=hidden)  # float32 Jacobians, float64 contraction
     n, m = 2 * TILE + 3, TILE + 3
     x, y = make_batch(n, seed=3), make_batch(m, seed=4)
     whole = kernels.compute_shard(model, x, y, formula, row_batch=n, col_batch=m).kernel
@@ -302,19 +313,19 @@ def test_bad_input_raises_clear_errors():
         jacobians.jacobians(model, x)
 
 
-def _backbone(arch: str, attn: str) -> tuple[nn.Module, bool]:
+def _backbone(arch: str, attn: str, hidden: int = HIDDEN) -> tuple[nn.Module, bool]:
     small = dict(vocab_size=VOCAB, num_attention_heads=2, attn_implementation=attn)
     if arch == "bert":
-        return BertForMaskedLM(BertConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+        return BertForMaskedLM(BertConfig(hidden_size=hidden, num_hidden_layers=1, intermediate_size=2 * hidden,
                                           max_position_embeddings=16, **small)), False
     if arch == "roberta":
-        return RobertaForMaskedLM(RobertaConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+        return RobertaForMaskedLM(RobertaConfig(hidden_size=hidden, num_hidden_layers=1, intermediate_size=2 * hidden,
                                                 max_position_embeddings=20, pad_token_id=0, type_vocab_size=1,
                                                 **small)), False
     if arch == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_embd=HIDDEN, n_layer=1, n_positions=16, bos_token_id=1, eos_token_id=1,
+        return GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=1, n_positions=16, bos_token_id=1, eos_token_id=1,
                                           **small)), True
-    return LlamaForCausalLM(LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=16,
+    return LlamaForCausalLM(LlamaConfig(hidden_size=hidden, num_hidden_layers=1, intermediate_size=2 * hidden,
                                         num_key_value_heads=1, max_position_embeddings=16, bos_token_id=1,
                                         eos_token_id=1, pad_token_id=0, **small)), True
 
@@ -335,6 +346,24 @@ def test_vmap_runs_through_the_shared_classifier_of_each_architecture(arch, attn
     torch.testing.assert_close(tiled, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("arch", ["roberta", "gpt2", "llama"])
+def test_factored_weights_of_each_architecture_equal_the_reference(arch):
+    """Wide Linear (GPT-2: Conv1D) weights kept factored, LayerNorm and RMSNorm rules, a padding row
+    (RoBERTa), a causal model's padded positions dropped: every formula against the per-pair reference."""
+    torch.manual_seed(0)
+    backbone, causal = _backbone(arch, "eager", WIDE)
+    clf = Classifier(backbone.double(), "causal" if causal else "prompt", 2, causal, label_ids=[5, 6]).eval()
+    x, y = make_batch(TILE + 2, labels=2), make_batch(5, seed=4, labels=2)
+    assert len(tile_jacobians.layout_of(clf, 9).factored) >= 3
+    got = kernels.compute_shards(clf, x, y, ["sgd", "asymmetric-signgd"], row_range=(1, TILE + 2), binary=True)
+    ref = kernels.compute_shards(clf, x, y, ["sgd", "asymmetric-signgd"], row_range=(1, TILE + 2), binary=True,
+                                 method="naive")
+    for formula, shard in got.items():
+        want = ref[formula].kernel
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(shard.kernel, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+
+
 def test_pretrained_logits_do_not_depend_on_the_slice():
     model = TinyClassifier("mlm")
     x = make_batch(7, seed=3)
@@ -344,29 +373,57 @@ def test_pretrained_logits_do_not_depend_on_the_slice():
     assert torch.equal(whole, torch.cat(parts))  # column shards of any size: the same f0 bits
 
 
-def test_a_memory_budget_cuts_the_dense_tensors_into_blocks_and_gives_the_same_kernel(monkeypatch):
-    """A budget with room for a few hundred coordinates (several blocks) against no budget; too small a budget."""
-    model = TinyClassifier("mlm", dtype=torch.float64)
+def test_a_memory_budget_cuts_the_tensors_into_blocks_and_gives_the_same_kernel(monkeypatch):
+    """A budget with room for a few tensors (several blocks) against no budget; too small a budget."""
+    model = TinyClassifier("mlm", dtype=torch.float64, hidden=WIDE)
     x, y = make_batch(TILE + 3, seed=1), make_batch(TILE + 1, seed=2)
     formulas = list(FORMULAS)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    held, c = 2 * TILE, len(WORDS)  # a tile of rows and one of columns (row_batch = col_batch = TILE)
-    largest = max(p.numel() for p in tile_jacobians.layout_of(model).dense)
+    c = len(WORDS)
+    layout = tile_jacobians.layout_of(model, 9)
+    largest = max(layout.example_bytes(p, c) for p in layout.tensors())
 
-    def budget(coords: int) -> float:
-        return (tiled_kernel.BASE_MB * 2**20 + 3 * weights + coords * held * c * 8) / 2**20
+    def budget(room: int, held: int) -> float:
+        return (tiled_kernel.BASE_MB * 2**20 + 3 * weights + room * held) / 2**20
 
-    blocks = []
-    real = tile_jacobians.dense_blocks
-    monkeypatch.setattr(tiled_kernel, "dense_blocks", lambda *a: blocks.append(real(*a)) or blocks[-1])
+    runs = []
+    real = tiled_kernel._run
+    monkeypatch.setattr(tiled_kernel, "_run", lambda m, block, *a: runs.append(block) or real(m, block, *a))
     want = kernels.compute_shards(model, x, y, formulas)
-    got = kernels.compute_shards(model, x, y, formulas, mem_mb=budget(2 * largest))
-    assert len(blocks[0]) == 1 and len(blocks[1]) >= 3
+    got = kernels.compute_shards(model, x, y, formulas, mem_mb=budget(2 * largest, 4 * TILE))  # both sides whole
+    assert len(runs) >= 4 and all(block.tables == [] for block in runs[2:])  # 1 unbounded run, then >= 3 blocks
+    assert {id(p) for block in runs[1:] for p in block.tensors()} == {id(p) for p in layout.tensors()}
     for formula in formulas:
         assert got[formula].kernel.abs().sum() > 0
         torch.testing.assert_close(got[formula].kernel, want[formula].kernel, rtol=1e-10,
                                    atol=1e-10 * float(want[formula].kernel.abs().max()))
-    with pytest.raises(LmftError, match=r"kernels\.mem_mb = .* too small"):
-        kernels.compute_shards(model, x, y, formulas, mem_mb=budget(largest - 1))
+    with pytest.raises(LmftError, match=r"kernels\.mem_mb = .* too small"):  # a tile of rows and one of columns
+        kernels.compute_shards(model, x, y, formulas, mem_mb=budget(largest - 1, 2 * TILE))
     with pytest.raises(LmftError, match=r"kernels\.mem_mb bounds the tiled method only"):
-        kernels.compute_shards(model, x, y, formulas, method="naive", mem_mb=budget(largest))
+        kernels.compute_shards(model, x, y, formulas, method="naive", mem_mb=budget(largest, 2 * TILE))
+
+
+def test_tiles_factor_wide_linear_weights_and_fall_back_to_one_example_at_a_time():
+    """Factored Linear weights where their factors are smaller; a tied decoder read as E[label_ids] (the
+    prompt head of an encoder without MLM head) and an uncovered tensor (a prefix) take one example at a time."""
+    wide = tile_jacobians.layout_of(TinyClassifier("mlm", hidden=WIDE), 9)
+    # per layer the query, key, value, attention output, intermediate and output weights; the MLM transform's
+    assert wide.batched and all(p.dim() == 2 for p in wide.factored) and len(wide.factored) == 2 * 6 + 1
+    assert tile_jacobians.layout_of(TinyClassifier("mlm"), 9).factored == []
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=WIDE, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=WIDE, max_position_embeddings=16, attn_implementation="eager")
+    encoder = Classifier(BertModel(config).double(), "prompt", 2, False, label_ids=[5, 6]).eval()
+    x = make_batch(TILE + 2, labels=2)
+    got = kernels.compute_shards(encoder, x, x, ["sgd", "signgd"], row_range=(1, TILE + 2), col_range=(0, 5))
+    ref = kernels.compute_shards(encoder, x, x, ["sgd", "signgd"], row_range=(1, TILE + 2), col_range=(0, 5),
+                                 method="naive")
+    torch.testing.assert_close(got["sgd"].kernel, ref["sgd"].kernel, rtol=1e-10, atol=0)
+    assert got["signgd"].kernel.abs().sum() > 0
+    with pytest.raises(tile_jacobians.NotSeparable):
+        tile_jacobians.tile_jacobians(encoder, tile_jacobians.layout_of(encoder, 9), x, 0, 0, TILE, False)
+    select_trainable(encoder, "prefix:2")
+    assert not tile_jacobians.layout_of(encoder, 9).batched
+    got = kernels.compute_shard(encoder, x, x, "sgd", col_range=(0, 3)).kernel
+    ref = kernels.compute_shard(encoder, x, x, "sgd", col_range=(0, 3), method="naive").kernel
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
