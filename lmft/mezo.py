@@ -166,9 +166,8 @@ class _Scratch:
     length and dtype, ``z`` ~ N(0, I) from a generator seeded with ``seed``: ``normal_(0, scale)``
     scales inside the sampler, so no pass of its own multiplies. Half-precision chunks draw in
     float32 (their ``normal_`` would round ``scale`` itself to half precision) and round once.
-    ``free(c)`` returns two more buffers: ``t`` (``c``'s length and dtype) and ``flags`` (bool,
-    ``c``'s length rounded up to a multiple of 8, the elements past ``c``'s length False). Views
-    are made once per length: most chunks have the same one.
+    ``free(c)`` returns two more buffers: ``t`` (``c``'s length and dtype) and bool ``flags``.
+    Views are made once per length: most chunks have the same one.
     """
 
     def __init__(self, chunks: Sequence[Tensor]) -> None:
@@ -181,29 +180,32 @@ class _Scratch:
                                     None if dt in _DRAWN_AS_IS else torch.empty(n, device=dev, dtype=torch.float32))
                         for (dev, dt), n in sizes.items()}
         self.generators = {dev: torch.Generator(device=dev) for dev, _ in sizes}
-        self._views: dict[tuple[torch.device, torch.dtype, int], tuple[Tensor, Tensor, Tensor, Tensor | None]] = {}
+        self._views: dict[tuple[torch.device, torch.dtype, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = {}
 
-    def _of(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def _of(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """Views ``(d, t, flags of c's length, flags padded to a multiple of 8, float32 draw or None)``."""
         key = (c.device, c.dtype, c.numel())
         views = self._views.get(key)
         if views is None:
             n = c.numel()
             d, t, flags, wide = self.buffers[key[:2]]
-            views = self._views[key] = (d[:n], t[:n], flags[:-(-n // 8) * 8], None if wide is None else wide[:n])
+            views = self._views[key] = (d[:n], t[:n], flags[:n], flags[:-(-n // 8) * 8],
+                                        None if wide is None else wide[:n])
         return views
 
     def draw(self, c: Tensor, seed: int, scale: float) -> Tensor:
-        d, _, _, wide = self._of(c)
+        d, _, _, _, wide = self._of(c)
         generator = self.generators[c.device].manual_seed(seed)
         if wide is None:
             return d.normal_(0.0, scale, generator=generator)
         return d.copy_(wide.normal_(0.0, scale, generator=generator))
 
-    def free(self, c: Tensor) -> tuple[Tensor, Tensor]:
-        _, t, flags, _ = self._of(c)
-        if flags.numel() > c.numel():
-            flags[c.numel():].zero_()  # a longer chunk may have left flags there
-        return t, flags
+    def free(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(t, flags, padded)``: ``padded`` extends ``flags`` with False to a multiple of 8 elements."""
+        _, t, flags, padded, _ = self._of(c)
+        if padded.numel() > flags.numel():
+            padded[flags.numel():].zero_()  # a longer chunk may have left flags there
+        return t, flags, padded
 
 
 def _flagged(flags: Tensor) -> Tensor | None:
@@ -262,13 +264,13 @@ def _move_out_(c: Tensor, d: Tensor, sign: int, scratch: _Scratch) -> _Kept | No
     the move back (and then even zeros would not come back).
     """
     bits = _BITS[c.dtype]
-    t, flags = scratch.free(c)
+    t, flags, padded = scratch.free(c)
     if sign > 0:
         torch.add(c, d, out=t).sub_(d)  # where moving out, then back, lands
     else:
         torch.sub(c, d, out=t).add_(d)
-    torch.ne(t.view(bits), c.view(bits), out=flags[:c.numel()])
-    index = _flagged(flags)
+    torch.ne(t.view(bits), c.view(bits), out=flags)
+    index = _flagged(padded)
     kept = None if index is None else _keep(c, t, index)
     if sign > 0:
         c.add_(d)
