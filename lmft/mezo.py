@@ -70,6 +70,7 @@ SEED_RANGE = 2**62  # step seeds are drawn below this, so seed + i stays a valid
 _MASK64 = 2**64 - 1
 _CHUNK = 1 << 16  # elements of z per draw: 256 KB per float32 buffer, in cache while a chunk is worked on;
 # at most 2**16, so that kept elements are indexed by 16-bit offsets
+_BLOCK = 1 << 18  # int16 elements per block of kept elements (512 KB)
 _DRAWN_AS_IS = (torch.float32, torch.float64)  # dtypes that normal_ draws with a full-precision scale
 
 
@@ -225,39 +226,74 @@ def _flagged(flags: Tensor) -> Tensor | None:
     return words.index_select(0, hits >> 3).mul_(8).add_(hits & 7)
 
 
-@dataclass
+class _Store:
+    """Append-only int16 blocks (``_BLOCK`` elements, or one request's if larger) that hold what a
+    pass keeps: thousands of chunks' kept elements in a few tensors, with no allocation and no
+    tensor object per chunk (those would weigh more than the elements where few are kept). A
+    block is freed when the last chunk kept in it has moved back."""
+
+    def __init__(self) -> None:
+        self.current: dict[torch.device, tuple[Tensor, int]] = {}  # device -> (block, elements used)
+
+    def take(self, device: torch.device, size: int) -> tuple[Tensor, int]:
+        """``(block, start)``: ``size`` free elements from ``start``, a multiple of 4 (any float view aligns)."""
+        block, used = self.current.get(device, (None, 0))
+        if block is None or used + size > block.numel():
+            block, used = torch.empty(max(_BLOCK, size), dtype=torch.int16, device=device), 0
+        self.current[device] = (block, used + -(-size // 4) * 4)
+        return block, used
+
+
+@dataclass(slots=True)
 class _Kept:
-    """What moving a chunk back cannot recompute, in the smallest of three forms.
+    """What moving a chunk back cannot recompute, in the smallest of three forms, from ``start`` of
+    a :class:`_Store` block: ``"delta"``: ``n`` offsets in the chunk (int16 read modulo 2**16),
+    then the elements' bit patterns minus those that moving back lands on (int16; float32
+    chunks where all fit: 4 bytes an element); ``"values"``: the offsets, then (from the next
+    multiple of 4) the elements themselves; ``"copy"``: the whole chunk (``n`` its length)."""
 
-    ``index`` (offsets in the chunk, int16 read modulo 2**16) with ``values``: either (``delta``)
-    the elements' bit patterns minus those that moving back lands on, int16 (float32 chunks where
-    all fit: 4 bytes an element), or the elements themselves; or, ``index`` None, a copy of the chunk.
-    """
+    block: Tensor
+    start: int
+    n: int
+    form: str
 
-    index: Tensor | None
-    values: Tensor
-    delta: bool = False
+    def offsets(self) -> Tensor:
+        return self.block[self.start:self.start + self.n].long().bitwise_and_(0xFFFF)
 
-    def __len__(self) -> int:
-        return self.values.numel()
+    def payload(self, dtype: torch.dtype) -> Tensor:
+        """The deltas (int16), values or copy (``dtype``) that follow the offsets."""
+        if self.form == "delta":
+            return self.block[self.start + self.n:self.start + 2 * self.n]
+        start = self.start if self.form == "copy" else self.start + -(-self.n // 4) * 4
+        width = torch.empty((), dtype=dtype).element_size() // 2
+        return self.block[start:start + self.n * width].view(dtype)
 
 
-def _keep(c: Tensor, landed: Tensor, index: Tensor) -> _Kept:
+def _keep(c: Tensor, landed: Tensor, index: Tensor, store: _Store) -> _Kept:
     """The :class:`_Kept` of ``c``'s elements at ``index`` (int64), where moving back lands on ``landed``."""
-    n, k, size = c.numel(), index.numel(), c.element_size()
-    if c.dtype == torch.float32 and 4 * k < n * size:  # int64 difference of int32 patterns: no overflow
+    n, k, width = c.numel(), index.numel(), c.element_size() // 2  # width: int16 elements per element
+    if c.dtype == torch.float32 and 2 * k < n * width:  # int64 difference of int32 patterns: no overflow
         delta = c.view(torch.int32).index_select(0, index).long().sub_(landed.view(torch.int32).index_select(0, index))
         low, high = delta.aminmax()
         if -(2**15) <= int(low) and int(high) < 2**15:
-            return _Kept(index.to(torch.int16), delta.to(torch.int16), delta=True)
-    if k * (2 + size) >= n * size:
-        return _Kept(None, c.clone())
-    return _Kept(index.to(torch.int16), c.index_select(0, index))  # offsets past 2**15 wrap: read modulo 2**16
+            block, start = store.take(c.device, 2 * k)
+            block[start:start + k].copy_(index)  # offsets past 2**15 wrap: read modulo 2**16
+            block[start + k:start + 2 * k].copy_(delta)
+            return _Kept(block, start, k, "delta")
+    if k * (1 + width) < n * width:
+        padded = -(-k // 4) * 4
+        block, start = store.take(c.device, padded + k * width)
+        block[start:start + k].copy_(index)
+        torch.index_select(c, 0, index, out=block[start + padded:start + padded + k * width].view(c.dtype))
+        return _Kept(block, start, k, "values")
+    block, start = store.take(c.device, n * width)
+    block[start:start + n * width].view(c.dtype).copy_(c)
+    return _Kept(block, start, n, "copy")
 
 
-def _move_out_(c: Tensor, d: Tensor, sign: int, scratch: _Scratch) -> _Kept | None:
+def _move_out_(c: Tensor, d: Tensor, sign: int, scratch: _Scratch, store: _Store) -> _Kept | None:
     """``c += sign d`` in place (``sign`` +1 or -1); returns what moving back needs to restore ``c``
-    bit for bit (None if moving back alone does).
+    bit for bit (None if moving back alone does), kept in ``store``.
 
     ``d`` is the rounded ``fl(eps z)`` and is added and subtracted as is: correctly rounded
     additions, the same on every code path, where a fused multiply-add may round differently on
@@ -271,7 +307,7 @@ def _move_out_(c: Tensor, d: Tensor, sign: int, scratch: _Scratch) -> _Kept | No
         torch.sub(c, d, out=t).add_(d)
     torch.ne(t.view(bits), c.view(bits), out=flags)
     index = _flagged(padded)
-    kept = None if index is None else _keep(c, t, index)
+    kept = None if index is None else _keep(c, t, index, store)
     if sign > 0:
         c.add_(d)
     else:
@@ -281,8 +317,8 @@ def _move_out_(c: Tensor, d: Tensor, sign: int, scratch: _Scratch) -> _Kept | No
 
 def _move_back_(c: Tensor, d: Tensor, sign: int, kept: _Kept | None) -> None:
     """Undo :func:`_move_out_` (same ``d`` and ``sign``): ``c -= sign d``, then the kept elements written back."""
-    if kept is not None and kept.index is None:
-        c.copy_(kept.values)
+    if kept is not None and kept.form == "copy":
+        c.copy_(kept.payload(c.dtype))
         return
     if sign > 0:
         c.sub_(d)
@@ -290,11 +326,10 @@ def _move_back_(c: Tensor, d: Tensor, sign: int, kept: _Kept | None) -> None:
         c.add_(d)
     if kept is None:
         return
-    index = kept.index.long().bitwise_and_(0xFFFF)
-    if kept.delta:
-        c.view(torch.int32).index_add_(0, index, kept.values.to(torch.int32))
+    if kept.form == "delta":
+        c.view(torch.int32).index_add_(0, kept.offsets(), kept.payload(c.dtype).to(torch.int32))
     else:
-        c.index_copy_(0, index, kept.values)
+        c.index_copy_(0, kept.offsets(), kept.payload(c.dtype))
 
 
 class _Direction:
@@ -315,6 +350,7 @@ class _Direction:
         """One pass, one draw of z: each chunk moves back to ``theta`` bit for bit, then either out to
         ``theta + out eps z`` (``out`` +1 or -1) or ``theta <- decay theta + alpha z`` (the update)."""
         update = alpha != 0.0 or decay != 1.0
+        store = _Store()
         for k, c in enumerate(self.chunks):
             side = self.side[k]
             if not (side or out or update):
@@ -324,7 +360,7 @@ class _Direction:
                 _move_back_(c, d, side, self.kept[k])
                 self.side[k], self.kept[k] = 0, None
             if out:
-                self.kept[k], self.side[k] = _move_out_(c, d, out, scratch), out
+                self.kept[k], self.side[k] = _move_out_(c, d, out, scratch, store), out
             elif update:
                 if decay != 1.0:
                     c.mul_(decay)
@@ -332,7 +368,7 @@ class _Direction:
                     c.add_(d, alpha=alpha / self.eps)  # alpha z = (alpha / eps) d, up to d's rounding
 
     def n_kept(self) -> int:
-        return sum(len(k) for k in self.kept if k is not None)
+        return sum(k.n for k in self.kept if k is not None)
 
 
 @torch.no_grad()

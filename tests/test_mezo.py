@@ -379,9 +379,25 @@ def test_each_kept_form_restores_the_chunk_bit_for_bit(dtype, eps, tiny, form, s
     before = c.clone()
     scratch = mezo._Scratch([c])
     d = scratch.draw(c, 123, eps).clone()
-    kept = mezo._move_out_(c, d, sign, scratch)
+    store = mezo._Store()
+    kept = mezo._move_out_(c, d, sign, scratch, store)
     assert torch.equal(c, (before.double() + sign * d.double()).to(dtype))  # the move itself: one rounding
-    assert {"delta": kept.delta, "values": kept.index is not None and not kept.delta,
-            "copy": kept.index is None}[form]
+    assert kept.form == form
     mezo._move_back_(c, d, sign, kept)
     assert same_bits([c], [before])
+
+
+def test_kept_elements_of_many_chunks_share_a_few_blocks(monkeypatch):
+    monkeypatch.setattr("lmft.mezo._BLOCK", 1000)
+    chunks = [(torch.randn(500, generator=torch.Generator().manual_seed(i)) * 0.02).to(dtype)
+              for i, dtype in enumerate([torch.float32, torch.float64, torch.float16] * 4)]
+    chunks[0][3] = 1e-30  # values form in float32
+    before = [c.clone() for c in chunks]
+    scratch, store = mezo._Scratch(chunks), mezo._Store()
+    draws = [scratch.draw(c, i, 1e-3).clone() for i, c in enumerate(chunks)]
+    kept = [mezo._move_out_(c, d, 1, scratch, store) for c, d in zip(chunks, draws)]
+    assert {k.form for k in kept} == {"delta", "values"}
+    assert len({id(k.block) for k in kept}) < len(kept) / 2
+    for c, d, k in zip(chunks, draws, kept):
+        mezo._move_back_(c, d, 1, k)
+    assert same_bits(chunks, before)
