@@ -217,11 +217,13 @@ def _flagged(flags: Tensor) -> Tensor | None:
     a time; where few words do (the common case: pre-trained weights keep well under 1% of the
     elements), only the flags of those words are looked at.
     """
-    words = flags.view(torch.int64).nonzero().view(-1)
-    if not words.numel():
+    words = flags.view(torch.int64)
+    hit = int(words.count_nonzero())  # a vectorised count over the words: cheap next to nonzero
+    if not hit:
         return None
-    if 4 * words.numel() > flags.numel() // 8:  # dense: one pass over the flags costs less
+    if 4 * hit > words.numel():  # dense: one pass over the flags costs less than two
         return flags.nonzero().view(-1)
+    words = words.nonzero().view(-1)
     hits = flags.view(-1, 8).index_select(0, words).view(-1).nonzero().view(-1)  # 8 i + j: flag j of word i
     return words.index_select(0, hits >> 3).mul_(8).add_(hits & 7)
 
