@@ -33,8 +33,8 @@ those words only, and kept as 16-bit offsets in the chunk with, for float32, the
 their bit patterns from where the move back lands (int16: 4 bytes an element), else their
 values, or a plain copy of the chunk where that is smaller. Few are kept where eps is small
 next to the weights: 0.6% of SmolLM2-135M's (4-bit weights dequantised, eps 1e-3), 7.5% of a
-randomly initialised BERT's (std 0.02), 0.3 byte per parameter at most while one forward pass
-runs; many where it is not (prefix tuning's eps 1e-1), where the cap is one copy of each chunk.
+randomly initialised BERT's (std 0.02; 0.3 byte per parameter while a forward pass runs); many
+where it is not (prefix tuning's eps 1e-1), where the cap is one copy of each chunk.
 
 Three draws of ``z`` per step (one perturbation), the fewest without storing ``z``: pass 1
 moves out to ``theta + eps z``; after L+, pass 2 moves each chunk back to ``theta`` and on to
@@ -267,8 +267,7 @@ class _Kept:
         if self.form == "delta":
             return self.block[self.start + self.n:self.start + 2 * self.n]
         start = self.start if self.form == "copy" else self.start + -(-self.n // 4) * 4
-        width = torch.empty((), dtype=dtype).element_size() // 2
-        return self.block[start:start + self.n * width].view(dtype)
+        return self.block[start:start + self.n * torch.finfo(dtype).bits // 16].view(dtype)
 
 
 def _keep(c: Tensor, landed: Tensor, index: Tensor, store: _Store) -> _Kept:
