@@ -57,7 +57,8 @@ def bert_batch(n: int = 6, length: int = 7, classes: int = 3) -> dict[str, Tenso
 
 def bits(params: list[Tensor]) -> list[Tensor]:
     """The parameters' bit patterns (tells -0.0 from 0.0, unlike ==)."""
-    ints = {torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+    ints = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+            torch.float64: torch.int64}
     return [p.detach().clone().view(ints[p.dtype]) for p in params]
 
 
@@ -65,10 +66,10 @@ def same_bits(a: list[Tensor], b: list[Tensor]) -> bool:
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def direction(params: list[Tensor], seed: int) -> list[Tensor]:
-    """z for ``seed``, read back through the public API: perturbing zeros by 1.0 leaves exactly z."""
+def direction(params: list[Tensor], seed: int, scale: float = 1.0) -> list[Tensor]:
+    """``fl(scale z)`` for ``seed`` (z itself by default), read back through the public API: perturbing zeros."""
     zeros = [torch.zeros_like(p) for p in params]
-    perturb_(zeros, seed, 1.0)
+    perturb_(zeros, seed, scale)
     return zeros
 
 
@@ -119,8 +120,9 @@ def test_lr_zero_restores_parameters_bit_for_bit(eps, n, monkeypatch):
     assert out["projected_grad"] != 0
 
 
-def test_lr_zero_is_exact_in_half_precision():
-    params = [torch.randn(64, 8, generator=torch.Generator().manual_seed(0)).half()]
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lr_zero_is_exact_in_half_precision(dtype):
+    params = [torch.randn(64, 8, generator=torch.Generator().manual_seed(0)).to(dtype)]
     before = bits(params)
     mezo_step(params, lambda: (params[0].float() ** 2).sum(), eps=1e-2, lr=0.0, seed=1)
     assert same_bits(bits(params), before)
@@ -160,10 +162,10 @@ def test_update_starts_from_the_exactly_restored_parameters():
     theta = [p.detach().clone() for p in params]
     loss_fn = lambda: classifier_loss(model, batch)  # noqa: E731
     g, _, _ = spsa_grad(params, loss_fn, eps=1e-3, seed=4)
-    z = direction(params, 4)
+    d = direction(params, 4, 1e-3)  # fl(eps z): the update adds (alpha / eps) d, alpha z up to d's rounding
     mezo_step(params, loss_fn, eps=1e-3, lr=0.01, weight_decay=0.5, seed=4)
     decay, alpha = 1.0 - 0.01 * 0.5, -0.01 * g
-    assert same_bits(bits(params), bits([t.mul_(decay).add_(zi, alpha=alpha) for t, zi in zip(theta, z)]))
+    assert same_bits(bits(params), bits([t.mul_(decay).add_(di, alpha=alpha / 1e-3) for t, di in zip(theta, d)]))
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -171,7 +173,8 @@ def test_a_step_draws_z_four_times_per_perturbation_less_one(n, monkeypatch):
     monkeypatch.setattr("lmft.finetune.spsa._CHUNK", 97)
     draws = []
     original = mezo._Scratch.draw
-    monkeypatch.setattr(mezo._Scratch, "draw", lambda self, c, seed: draws.append(seed) or original(self, c, seed))
+    monkeypatch.setattr(mezo._Scratch, "draw",
+                        lambda self, c, seed, scale: draws.append(seed) or original(self, c, seed, scale))
     params = [torch.randn(300), torch.randn(5, 7)]  # 4 + 1 chunks
     mezo_step(params, lambda: params[0].sum() + params[1].square().sum(), eps=1e-3, lr=1e-2, seed=0,
               n_perturbations=n)
@@ -347,3 +350,55 @@ def test_classifier_loss_names_a_bad_loss():
         classifier_loss(model, batch, "mse")
     with pytest.raises(LmftError, match="the lm loss needs a lmft.models.heads.Classifier, got TinyBert"):
         classifier_loss(model, batch, "lm")
+
+
+@pytest.mark.parametrize("n", [8, 97, 4096])
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.05, 0.6])
+def test_flagged_positions_are_those_of_nonzero(n, density):
+    g = torch.Generator().manual_seed(n)
+    flags = torch.zeros(-(-n // 8) * 8, dtype=torch.bool)
+    flags[:n] = torch.rand(n, generator=g) < density
+    found = mezo._flagged(flags)
+    expected = flags.nonzero().view(-1)
+    assert (found is None) if not expected.numel() else torch.equal(found, expected)
+
+
+@pytest.mark.parametrize("dtype,eps,tiny,form", [
+    (torch.float32, 1e-3, False, "delta"),  # few kept, bit differences within int16
+    (torch.float32, 1e-3, True, "values"),  # a weight far below eps (its bits are lost to the sum), a -0.0
+    (torch.float32, 0.5, True, "copy"),  # most kept: a copy of the chunk is smaller
+    (torch.float16, 1e-3, False, "values"),
+    (torch.bfloat16, 1e-2, False, "values"),
+    (torch.float64, 1e-3, False, "values"),
+])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_each_kept_form_restores_the_chunk_bit_for_bit(dtype, eps, tiny, form, sign):
+    n = 4000
+    c = (torch.randn(n, generator=torch.Generator().manual_seed(0)) * 0.05).to(dtype)
+    if tiny:
+        c[7], c[11] = 1e-30, -0.0
+    before = c.clone()
+    scratch = mezo._Scratch([c])
+    d = scratch.draw(c, 123, eps).clone()
+    store = mezo._Store()
+    kept = mezo._move_out_(c, d, sign, scratch, store)
+    assert torch.equal(c, (before.double() + sign * d.double()).to(dtype))  # the move itself: one rounding
+    assert kept.form == form
+    mezo._move_back_(c, d, sign, kept)
+    assert same_bits([c], [before])
+
+
+def test_kept_elements_of_many_chunks_share_a_few_blocks(monkeypatch):
+    monkeypatch.setattr("lmft.mezo._BLOCK", 1000)
+    chunks = [(torch.randn(500, generator=torch.Generator().manual_seed(i)) * 0.02).to(dtype)
+              for i, dtype in enumerate([torch.float32, torch.float64, torch.float16] * 4)]
+    chunks[0][3] = 1e-30  # values form in float32
+    before = [c.clone() for c in chunks]
+    scratch, store = mezo._Scratch(chunks), mezo._Store()
+    draws = [scratch.draw(c, i, 1e-3).clone() for i, c in enumerate(chunks)]
+    kept = [mezo._move_out_(c, d, 1, scratch, store) for c, d in zip(chunks, draws)]
+    assert {k.form for k in kept} == {"delta", "values"}
+    assert len({id(k.block) for k in kept}) < len(kept) / 2
+    for c, d, k in zip(chunks, draws, kept):
+        mezo._move_back_(c, d, 1, k)
+    assert same_bits(chunks, before)
