@@ -100,7 +100,8 @@ def make_batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[s
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    from lmft.finetune.spsa import MeZO, classifier_loss
+    from lmft.finetune.spsa import MeZO
+    from lmft.models.losses import classifier_loss
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
