@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
-from lmft.finetune import spsa as mezo
+from lmft.finetune import excursion
 from lmft.finetune.spsa import MeZO, mezo_step, perturb_, spsa_grad
 from lmft.io import LmftError, torch_load, torch_save
 from lmft.models.losses import classifier_loss
@@ -95,7 +95,7 @@ def test_projected_grad_matches_autograd_directional_derivative():
 
 @pytest.mark.parametrize("eps,n", [(1e-3, 1), (1e-3, 3), (1e-1, 1)])
 def test_lr_zero_restores_parameters_bit_for_bit(eps, n, monkeypatch):
-    monkeypatch.setattr("lmft.finetune.spsa._CHUNK", 97)  # many chunks per tensor, as big tensors have
+    monkeypatch.setattr("lmft.finetune.excursion.CHUNK", 97)  # many chunks per tensor, as big tensors have
     model = TinyBert()
     with torch.no_grad():  # make rounding bite: negative zeros, small and mid-sized values
         model.bert.embeddings.word_embeddings.weight[0].fill_(-0.0)
@@ -170,10 +170,10 @@ def test_update_starts_from_the_exactly_restored_parameters():
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_a_step_draws_z_four_times_per_perturbation_less_one(n, monkeypatch):
-    monkeypatch.setattr("lmft.finetune.spsa._CHUNK", 97)
+    monkeypatch.setattr("lmft.finetune.excursion.CHUNK", 97)
     draws = []
-    original = mezo._Scratch.draw
-    monkeypatch.setattr(mezo._Scratch, "draw",
+    original = excursion.Scratch.draw
+    monkeypatch.setattr(excursion.Scratch, "draw",
                         lambda self, c, seed, scale: draws.append(seed) or original(self, c, seed, scale))
     params = [torch.randn(300), torch.randn(5, 7)]  # 4 + 1 chunks
     mezo_step(params, lambda: params[0].sum() + params[1].square().sum(), eps=1e-3, lr=1e-2, seed=0,
@@ -183,7 +183,7 @@ def test_a_step_draws_z_four_times_per_perturbation_less_one(n, monkeypatch):
 
 
 def test_direction_is_standard_normal_and_reproducible_chunk_by_chunk(monkeypatch):
-    monkeypatch.setattr("lmft.finetune.spsa._CHUNK", 1000)
+    monkeypatch.setattr("lmft.finetune.excursion.CHUNK", 1000)
     params = [torch.zeros(20_000), torch.zeros(3, 4)]
     z = direction(params, 9)
     assert same_bits(bits(z), bits(direction(params, 9)))
@@ -358,7 +358,7 @@ def test_flagged_positions_are_those_of_nonzero(n, density):
     g = torch.Generator().manual_seed(n)
     flags = torch.zeros(-(-n // 8) * 8, dtype=torch.bool)
     flags[:n] = torch.rand(n, generator=g) < density
-    found = mezo._flagged(flags)
+    found = excursion._flagged(flags)
     expected = flags.nonzero().view(-1)
     assert (found is None) if not expected.numel() else torch.equal(found, expected)
 
@@ -378,27 +378,27 @@ def test_each_kept_form_restores_the_chunk_bit_for_bit(dtype, eps, tiny, form, s
     if tiny:
         c[7], c[11] = 1e-30, -0.0
     before = c.clone()
-    scratch = mezo._Scratch([c])
+    scratch = excursion.Scratch([c])
     d = scratch.draw(c, 123, eps).clone()
-    store = mezo._Store()
-    kept = mezo._move_out_(c, d, sign, scratch, store)
+    store = excursion._Store()
+    kept = excursion._move_out_(c, d, sign, scratch, store)
     assert torch.equal(c, (before.double() + sign * d.double()).to(dtype))  # the move itself: one rounding
     assert kept.form == form
-    mezo._move_back_(c, d, sign, kept)
+    excursion._move_back_(c, d, sign, kept)
     assert same_bits([c], [before])
 
 
 def test_kept_elements_of_many_chunks_share_a_few_blocks(monkeypatch):
-    monkeypatch.setattr("lmft.mezo._BLOCK", 1000)
+    monkeypatch.setattr("lmft.finetune.excursion._BLOCK", 1000)
     chunks = [(torch.randn(500, generator=torch.Generator().manual_seed(i)) * 0.02).to(dtype)
               for i, dtype in enumerate([torch.float32, torch.float64, torch.float16] * 4)]
     chunks[0][3] = 1e-30  # values form in float32
     before = [c.clone() for c in chunks]
-    scratch, store = mezo._Scratch(chunks), mezo._Store()
+    scratch, store = excursion.Scratch(chunks), excursion._Store()
     draws = [scratch.draw(c, i, 1e-3).clone() for i, c in enumerate(chunks)]
-    kept = [mezo._move_out_(c, d, 1, scratch, store) for c, d in zip(chunks, draws)]
+    kept = [excursion._move_out_(c, d, 1, scratch, store) for c, d in zip(chunks, draws)]
     assert {k.form for k in kept} == {"delta", "values"}
     assert len({id(k.block) for k in kept}) < len(kept) / 2
     for c, d, k in zip(chunks, draws, kept):
-        mezo._move_back_(c, d, 1, k)
+        excursion._move_back_(c, d, 1, k)
     assert same_bits(chunks, before)

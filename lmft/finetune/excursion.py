@@ -1,0 +1,262 @@
+"""Excursions of the tuned tensors to ``theta +- eps z`` and back, bit for bit, for MeZO (:mod:`lmft.finetune.spsa`).
+
+Exact restore. The reference code moves theta by +eps z, -2 eps z, +eps z and assumes it is back.
+In floating point it is not: the three roundings leave about half of the float32 elements off
+by an ulp or more, and a run with ``lr=0`` drifts. No in-place scheme can be exact by arithmetic alone:
+``p -> fl(p + eps z)`` sends several floats to one wherever the sum lands where floats are
+sparser than at ``p`` (``|p|`` well below ``eps |z|``, or a power of two crossed), so ``p`` cannot
+be recomputed from the perturbed value. Here each evaluation is an excursion that moves out by
+``+d`` (then ``-d``), evaluates the loss and moves back. Moving out computes ``fl(fl(p + d) - d)``
+into a buffer: the elements whose bits the move back would not reproduce are kept and written
+back after the move back, so the parameters are restored bit for bit, for any values, eps and
+dtype. They are found 8 at a time (the 8-byte words of the bool flags that hold one), then in
+those words only, and kept as 16-bit offsets in the chunk with, for float32, the difference of
+their bit patterns from where the move back lands (int16: 4 bytes an element), else their
+values, or a plain copy of the chunk where that is smaller. Few are kept where eps is small
+next to the weights: 0.6% of SmolLM2-135M's (4-bit weights dequantised, eps 1e-3), 7.5% of a
+randomly initialised BERT's (std 0.02; 0.3 byte per parameter while a forward pass runs); many
+where it is not (prefix tuning's eps 1e-1), where the cap is one copy of each chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+# Integer views with the width of each supported float dtype: bitwise comparison (tells -0.0 from 0.0).
+BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+         torch.float64: torch.int64}
+MASK64 = 2**64 - 1
+CHUNK = 1 << 16  # elements of z per draw: 256 KB per float32 buffer, in cache while a chunk is worked on;
+# at most 2**16, so that kept elements are indexed by 16-bit offsets
+_BLOCK = 1 << 18  # int16 elements per block of kept elements (512 KB)
+_DRAWN_AS_IS = (torch.float32, torch.float64)  # dtypes that normal_ draws with a full-precision scale
+
+
+def splitmix64(x: int) -> int:
+    """A 64-bit integer hash (SplitMix64's finaliser): nearby seeds give unrelated chunk seeds."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def chunks_of(params: Sequence[Tensor]) -> list[Tensor]:
+    """Flat views ``[<= CHUNK]`` of the tensors, in order: each tensor cut into ``CHUNK``-element pieces."""
+    return [p.view(-1)[start:start + CHUNK] for p in params for start in range(0, p.numel(), CHUNK)]
+
+
+class Scratch:
+    """A generator per device and reusable buffers per (device, dtype), as long as the largest chunk.
+
+    ``draw(c, seed, scale)`` returns ``d = fl(scale z)`` (``scale > 0``) in a buffer of ``c``'s
+    length and dtype, ``z`` ~ N(0, I) from a generator seeded with ``seed``: ``normal_(0, scale)``
+    scales inside the sampler, so no pass of its own multiplies. Half-precision chunks draw in
+    float32 (their ``normal_`` would round ``scale`` itself to half precision) and round once.
+    ``free(c)`` returns two more buffers: ``t`` (``c``'s length and dtype) and bool ``flags``.
+    Views are made once per length: most chunks have the same one.
+    """
+
+    def __init__(self, chunks: Sequence[Tensor]) -> None:
+        sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+        for c in chunks:
+            key = (c.device, c.dtype)
+            sizes[key] = max(sizes.get(key, 0), c.numel())
+        self.buffers = {(dev, dt): (torch.empty(n, device=dev, dtype=dt), torch.empty(n, device=dev, dtype=dt),
+                                    torch.zeros(-(-n // 8) * 8, device=dev, dtype=torch.bool),
+                                    None if dt in _DRAWN_AS_IS else torch.empty(n, device=dev, dtype=torch.float32))
+                        for (dev, dt), n in sizes.items()}
+        self.generators = {dev: torch.Generator(device=dev) for dev, _ in sizes}
+        self._views: dict[tuple[torch.device, torch.dtype, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = {}
+
+    def _of(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """Views ``(d, t, flags of c's length, flags padded to a multiple of 8, float32 draw or None)``."""
+        key = (c.device, c.dtype, c.numel())
+        views = self._views.get(key)
+        if views is None:
+            n = c.numel()
+            d, t, flags, wide = self.buffers[key[:2]]
+            views = self._views[key] = (d[:n], t[:n], flags[:n], flags[:-(-n // 8) * 8],
+                                        None if wide is None else wide[:n])
+        return views
+
+    def draw(self, c: Tensor, seed: int, scale: float) -> Tensor:
+        d, _, _, _, wide = self._of(c)
+        generator = self.generators[c.device].manual_seed(seed)
+        if wide is None:
+            return d.normal_(0.0, scale, generator=generator)
+        return d.copy_(wide.normal_(0.0, scale, generator=generator))
+
+    def free(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(t, flags, padded)``: ``padded`` extends ``flags`` with False to a multiple of 8 elements."""
+        _, t, flags, padded, _ = self._of(c)
+        if padded.numel() > flags.numel():
+            padded[flags.numel():].zero_()  # a longer chunk may have left flags there
+        return t, flags, padded
+
+
+def _flagged(flags: Tensor) -> Tensor | None:
+    """Positions of the True elements of ``flags`` (bool ``[8 m]``), int64 ``[k]`` in order, or None.
+
+    ``nonzero`` over a bool tensor costs a few ns an element even where almost all are False
+    (it tests them one by one). So first the 8-byte words that hold a flag are found, 8 flags at
+    a time; where few words do (the common case: pre-trained weights keep well under 1% of the
+    elements), only the flags of those words are looked at.
+    """
+    words = flags.view(torch.int64)
+    hit = int(words.count_nonzero())  # a vectorised count over the words: cheap next to nonzero
+    if not hit:
+        return None
+    if 4 * hit > words.numel():  # dense: one pass over the flags costs less than two
+        return flags.nonzero().view(-1)
+    words = words.nonzero().view(-1)
+    hits = flags.view(-1, 8).index_select(0, words).view(-1).nonzero().view(-1)  # 8 i + j: flag j of word i
+    return words.index_select(0, hits >> 3).mul_(8).add_(hits & 7)
+
+
+class _Store:
+    """Append-only int16 blocks (``_BLOCK`` elements, or one request's if larger) that hold what a
+    pass keeps: thousands of chunks' kept elements in a few tensors, with no allocation and no
+    tensor object per chunk (those would weigh more than the elements where few are kept). A
+    block is freed when the last chunk kept in it has moved back."""
+
+    def __init__(self) -> None:
+        self.current: dict[torch.device, tuple[Tensor, int]] = {}  # device -> (block, elements used)
+
+    def take(self, device: torch.device, size: int) -> tuple[Tensor, int]:
+        """``(block, start)``: ``size`` free elements from ``start``, a multiple of 4 (any float view aligns)."""
+        block, used = self.current.get(device, (None, 0))
+        if block is None or used + size > block.numel():
+            block, used = torch.empty(max(_BLOCK, size), dtype=torch.int16, device=device), 0
+        self.current[device] = (block, used + -(-size // 4) * 4)
+        return block, used
+
+
+@dataclass(slots=True)
+class _Kept:
+    """What moving a chunk back cannot recompute, in the smallest of three forms, from ``start`` of
+    a :class:`_Store` block: ``"delta"``: ``n`` offsets in the chunk (int16 read modulo 2**16),
+    then the elements' bit patterns minus those that moving back lands on (int16; float32
+    chunks where all fit: 4 bytes an element); ``"values"``: the offsets, then (from the next
+    multiple of 4) the elements themselves; ``"copy"``: the whole chunk (``n`` its length)."""
+
+    block: Tensor
+    start: int
+    n: int
+    form: str
+
+    def offsets(self) -> Tensor:
+        return self.block[self.start:self.start + self.n].long().bitwise_and_(0xFFFF)
+
+    def payload(self, dtype: torch.dtype) -> Tensor:
+        """The deltas (int16), values or copy (``dtype``) that follow the offsets."""
+        if self.form == "delta":
+            return self.block[self.start + self.n:self.start + 2 * self.n]
+        start = self.start if self.form == "copy" else self.start + -(-self.n // 4) * 4
+        return self.block[start:start + self.n * torch.finfo(dtype).bits // 16].view(dtype)
+
+
+def _keep(c: Tensor, landed: Tensor, index: Tensor, store: _Store) -> _Kept:
+    """The :class:`_Kept` of ``c``'s elements at ``index`` (int64), where moving back lands on ``landed``."""
+    n, k, width = c.numel(), index.numel(), c.element_size() // 2  # width: int16 elements per element
+    if c.dtype == torch.float32 and 2 * k < n * width:  # int64 difference of int32 patterns: no overflow
+        delta = c.view(torch.int32).index_select(0, index).long().sub_(landed.view(torch.int32).index_select(0, index))
+        low, high = delta.aminmax()
+        if -(2**15) <= int(low) and int(high) < 2**15:
+            block, start = store.take(c.device, 2 * k)
+            block[start:start + k].copy_(index)  # offsets past 2**15 wrap: read modulo 2**16
+            block[start + k:start + 2 * k].copy_(delta)
+            return _Kept(block, start, k, "delta")
+    if k * (1 + width) < n * width:
+        padded = -(-k // 4) * 4
+        block, start = store.take(c.device, padded + k * width)
+        block[start:start + k].copy_(index)
+        torch.index_select(c, 0, index, out=block[start + padded:start + padded + k * width].view(c.dtype))
+        return _Kept(block, start, k, "values")
+    block, start = store.take(c.device, n * width)
+    block[start:start + n * width].view(c.dtype).copy_(c)
+    return _Kept(block, start, n, "copy")
+
+
+def _move_out_(c: Tensor, d: Tensor, sign: int, scratch: Scratch, store: _Store) -> _Kept | None:
+    """``c += sign d`` in place (``sign`` +1 or -1); returns what moving back needs to restore ``c``
+    bit for bit (None if moving back alone does), kept in ``store``.
+
+    ``d`` is the rounded ``fl(eps z)`` and is added and subtracted as is: correctly rounded
+    additions, the same on every code path, where a fused multiply-add may round differently on
+    the move back (and then even zeros would not come back).
+    """
+    bits = BITS[c.dtype]
+    t, flags, padded = scratch.free(c)
+    if sign > 0:
+        torch.add(c, d, out=t).sub_(d)  # where moving out, then back, lands
+    else:
+        torch.sub(c, d, out=t).add_(d)
+    torch.ne(t.view(bits), c.view(bits), out=flags)
+    index = _flagged(padded)
+    kept = None if index is None else _keep(c, t, index, store)
+    if sign > 0:
+        c.add_(d)
+    else:
+        c.sub_(d)
+    return kept
+
+
+def _move_back_(c: Tensor, d: Tensor, sign: int, kept: _Kept | None) -> None:
+    """Undo :func:`_move_out_` (same ``d`` and ``sign``): ``c -= sign d``, then the kept elements written back."""
+    if kept is not None and kept.form == "copy":
+        c.copy_(kept.payload(c.dtype))
+        return
+    if sign > 0:
+        c.sub_(d)
+    else:
+        c.add_(d)
+    if kept is None:
+        return
+    if kept.form == "delta":
+        c.view(torch.int32).index_add_(0, kept.offsets(), kept.payload(c.dtype).to(torch.int32))
+    else:
+        c.index_copy_(0, kept.offsets(), kept.payload(c.dtype))
+
+
+class Direction:
+    """The direction ``z`` of one seed over the chunks of the tuned tensors, and where each chunk stands.
+
+    Chunk ``k`` draws its part of ``d = fl(eps z)`` from a generator seeded with ``hash(seed) + k``:
+    any chunk can be drawn on its own, so one pass over the chunks is one draw of ``z``, with one
+    chunk of it in memory at a time. ``side[k]`` is the chunk's current excursion (``theta + side
+    eps z``, ``side`` in -1, 0, 1) and ``kept[k]`` what moving it back needs.
+    """
+
+    def __init__(self, chunks: Sequence[Tensor], seed: int, eps: float) -> None:
+        self.chunks, self.base, self.eps = chunks, splitmix64(seed), eps
+        self.side = [0] * len(chunks)
+        self.kept: list[_Kept | None] = [None] * len(chunks)
+
+    def walk(self, scratch: Scratch, out: int = 0, decay: float = 1.0, alpha: float = 0.0) -> None:
+        """One pass, one draw of z: each chunk moves back to ``theta`` bit for bit, then either out to
+        ``theta + out eps z`` (``out`` +1 or -1) or ``theta <- decay theta + alpha z`` (the update)."""
+        update = alpha != 0.0 or decay != 1.0
+        store = _Store()
+        for k, c in enumerate(self.chunks):
+            side = self.side[k]
+            if not (side or out or update):
+                continue  # already at theta, nothing to apply: no draw
+            d = scratch.draw(c, (self.base + k) & MASK64, self.eps)
+            if side:
+                _move_back_(c, d, side, self.kept[k])
+                self.side[k], self.kept[k] = 0, None
+            if out:
+                self.kept[k], self.side[k] = _move_out_(c, d, out, scratch, store), out
+            elif update:
+                if decay != 1.0:
+                    c.mul_(decay)
+                if alpha != 0.0:  # adding 0 would turn a -0.0 into +0.0
+                    c.add_(d, alpha=alpha / self.eps)  # alpha z = (alpha / eps) d, up to d's rounding
+
+    def n_kept(self) -> int:
+        return sum(k.n for k in self.kept if k is not None)
