@@ -381,7 +381,7 @@ def test_a_memory_budget_cuts_the_tensors_into_blocks_and_gives_the_same_kernel(
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     c = len(WORDS)
     layout = tile_jacobians.layout_of(model, 9)
-    largest = max(layout.example_bytes(p, c) for p in layout.tensors())
+    largest = max(layout.example_bytes(p, c) for p in layout.order)
 
     def budget(room: int, held: int) -> float:
         return (tiled_kernel.BASE_MB * 2**20 + 3 * weights + room * held) / 2**20
@@ -392,7 +392,7 @@ def test_a_memory_budget_cuts_the_tensors_into_blocks_and_gives_the_same_kernel(
     want = kernels.compute_shards(model, x, y, formulas)
     got = kernels.compute_shards(model, x, y, formulas, mem_mb=budget(2 * largest, 4 * TILE))  # both sides whole
     assert len(runs) >= 4 and all(block.tables == [] for block in runs[2:])  # 1 unbounded run, then >= 3 blocks
-    assert {id(p) for block in runs[1:] for p in block.tensors()} == {id(p) for p in layout.tensors()}
+    assert {id(p) for block in runs[1:] for p in block.order} == {id(p) for p in layout.order}
     for formula in formulas:
         assert got[formula].kernel.abs().sum() > 0
         torch.testing.assert_close(got[formula].kernel, want[formula].kernel, rtol=1e-10,

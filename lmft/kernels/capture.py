@@ -80,11 +80,12 @@ class _Call:
 
 @dataclass
 class _Captured:
-    """What one pass of ``size`` examples gave: ``dense[i]``, ``[C, TILE, numel]`` (batched) or ``[C, numel]``
-    (one example), or None, the factored tensors (batched only), and per table per example ``(ids, values [C, k, H])``."""
+    """What one pass of ``size`` examples gave: its ``logits`` ``[size, C]`` float64, ``dense[i]``,
+    ``[C, TILE, numel]`` (batched) or ``[C, numel]`` (one example), or None, the factored tensors
+    (batched only), and per table per example ``(ids, values [C, k, H])``."""
 
     size: int
-    logits: int
+    logits: Tensor
     dense: list[Tensor | None]
     factored: list[Factors]
     tables: list[list[tuple[Tensor, Tensor]]]
@@ -213,7 +214,7 @@ def capture_tile(model: nn.Module, layout: Layout, part: Mapping[str, Tensor | N
                 [[(u[b], None if dg is None else dg[b]) for u, dg in d[t]] for d in decoder_grads]))
         tables.append(per_example)
         first = stop
-    return _Captured(size, c, dense, factored, tables)
+    return _Captured(size, y.detach().double(), dense, factored, tables)
 
 
 def _table_index(layout: Layout, p: Tensor) -> int | None:

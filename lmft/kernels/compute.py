@@ -19,7 +19,8 @@ Computation. A kernel is computed in shards (rows ``[r0, r1)`` x columns ``[c0, 
 Jacobians) that :func:`lmft.kernels.files.merge_shards` assembles. Three methods: ``tiled``, the
 default (:mod:`lmft.kernels.tiled`), and ``vmap`` and ``naive``, the per-pair reference
 (:mod:`lmft.kernels.pairs`). On the CPU the result is bit-identical whatever the shard layout and
-the batch sizes: every example's Jacobian is computed alone at its own length, and no entry's
+the batch sizes: the tiled path computes the Jacobians of fixed tiles of the global example grid in
+one batched pass each (the per-pair paths each example alone at its own length), and no entry's
 rounding depends on which other examples share a product.
 
 Gradients that are zero in exact arithmetic but not in floating point, such as those of the
@@ -37,7 +38,8 @@ from torch import Tensor, nn
 from lmft.io import LmftError
 from lmft.kernels.files import KernelShard
 from lmft.kernels.formulas import get_formula, get_formulas
-from lmft.kernels.jacobians import JACOBIAN_METHODS, Batch, check_batch
+from lmft.kernels.jacobians import JACOBIAN_METHODS, Batch, check_batch, take
+from lmft.kernels.jacobians import logits as pretrained_logits
 from lmft.kernels.pairs import per_pair
 from lmft.kernels.tiled import tiled
 
@@ -53,16 +55,27 @@ def _range(rng: tuple[int, int] | None, n: int, what: str) -> tuple[int, int]:
 
 def compute_shard(model: nn.Module, rows: Batch, cols: Batch, formula: str, **kwargs) -> KernelShard:
     """The kernel of one formula between ``rows[r0:r1]`` (training examples) and ``cols[c0:c1]`` (any
-    split); keyword arguments as :func:`compute_shards`."""
+    split); keyword arguments as :func:`compute_shards_and_logits`."""
     return compute_shards(model, rows, cols, [formula], **kwargs)[formula]
 
 
-def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequence[str], *,
-                   row_range: tuple[int, int] | None = None, col_range: tuple[int, int] | None = None,
-                   row_batch: int = 8, col_batch: int = 8, binary: bool = False, method: str = "tiled",
-                   vmap_chunk: int | None = None, mem_mb: float | None = None) -> dict[str, KernelShard]:
+def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequence[str], **kwargs
+                   ) -> dict[str, KernelShard]:
     """The kernels of several formulas between ``rows[r0:r1]`` and ``cols[c0:c1]`` from one pass of
-    Jacobians: formula -> :class:`KernelShard` (each bit-identical to computing it alone).
+    Jacobians: formula -> :class:`KernelShard` (each bit-identical to computing it alone); keyword
+    arguments as :func:`compute_shards_and_logits`."""
+    return compute_shards_and_logits(model, rows, cols, formulas, **kwargs)[0]
+
+
+def compute_shards_and_logits(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequence[str], *,
+                              row_range: tuple[int, int] | None = None, col_range: tuple[int, int] | None = None,
+                              row_batch: int = 8, col_batch: int = 8, binary: bool = False, method: str = "tiled",
+                              vmap_chunk: int | None = None, mem_mb: float | None = None
+                              ) -> tuple[dict[str, KernelShard], Tensor]:
+    """The kernels of several formulas between ``rows[r0:r1]`` and ``cols[c0:c1]`` from one pass of
+    Jacobians: formula -> :class:`KernelShard` (each bit-identical to computing it alone), and the
+    columns' pre-trained logits f0 ``[c1 - c0, C]`` float64 (the tiled path's from its tiles' forward
+    passes, as bit-stable as the kernels; the per-pair paths' from :func:`lmft.kernels.jacobians.logits`).
 
     ``rows``/``cols`` are whole splits as one batch each (see :func:`lmft.kernels.jacobians.check_batch`); the
     ranges default to everything. ``method`` ``tiled`` (the default) holds the Jacobians of blocks of
@@ -72,12 +85,12 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
     every block of ``col_batch`` columns (and as the column Jacobians of a block with the same
     examples when ``cols is rows``), and contract them with :func:`lmft.kernels.pairs.kernel_blocks`;
     ``vmap_chunk`` is :func:`lmft.kernels.jacobians.jacobians`'. ``mem_mb`` (tiled only; None: no bound) is
-    a memory budget in MB: where the held Jacobians of all dense tensors would not fit
-    (:func:`lmft.kernels.tiled.block_coords`), the dense tensors are cut into blocks, each one a pass
-    of its own over every example (forward and backward again, only the block's gradients kept),
-    and the partial float64 kernels are summed. The result then differs from the
-    unblocked one by float64 rounding only; like the tile grid, the block layout (fixed by
-    ``mem_mb``, the batch sizes and C) is part of its bits.
+    a memory budget in MB: a side is held whole where that fits and computes fewer tiles, and where
+    the held Jacobians of all tensors would not fit (:func:`lmft.kernels.tiled.block_room`), the
+    tensors are cut into blocks, each one a pass of its own over every example (forward and
+    backward again, only the block's gradients kept), and the partial float64 kernels are summed.
+    The result then differs from the unblocked one by float64 rounding only; like the tile grid,
+    the block layout (fixed by ``mem_mb``, the batch sizes and C) is part of its bits.
     Runs where the model is (CPU or CUDA); the shards come back on the CPU.
     """
     formulas = [f.name for f in get_formulas(formulas, "compute_shards")]
@@ -103,8 +116,19 @@ def compute_shards(model: nn.Module, rows: Batch, cols: Batch, formulas: Sequenc
             block.transpose(-3, -2)[..., ri[:, None], ci[None, :], :, :]
 
     if method == "tiled":
-        tiled(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, mem_mb, put)
+        f0: list[Tensor] = []
+
+        def put_logits(tile_logits: Tensor, slots: Tensor) -> None:
+            """f0[j - c0] = tile_logits[j's slot] for the tile's columns j in the shard."""
+            if not f0:
+                f0.append(torch.full((c1 - c0, tile_logits.shape[1]), float("nan"), dtype=torch.float64))
+            inside = (slots >= 0).nonzero().flatten()
+            f0[0][slots[inside] - c0] = tile_logits.cpu()[inside]
+
+        tiled(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, mem_mb, put, put_logits)
+        logits = f0[0]
     else:
         per_pair(model, rows, cols, formulas, (r0, r1), (c0, c1), row_batch, col_batch, binary, method,
                  vmap_chunk, put)
-    return {f: KernelShard(kernels[f], (r0, r1), (c0, c1), n, m, f) for f in formulas}
+        logits = pretrained_logits(model, take(cols, torch.arange(c0, c1)), binary=binary)
+    return {f: KernelShard(kernels[f], (r0, r1), (c0, c1), n, m, f) for f in formulas}, logits

@@ -4,7 +4,7 @@
 ``named_parameters`` order), model in eval mode so dropout is off; ``binary=True`` replaces the two
 logits by the one logit ``f_1 - f_0`` (C = 1). A split is given as one padded batch
 (:func:`check_batch`). :func:`jacobians` is the per-pair reference path's (``vmap`` or ``naive``);
-the tiled path takes its own per example (:mod:`lmft.kernels.tile_jacobians`).
+the tiled path takes its own per tile of examples (:mod:`lmft.kernels.tile_jacobians`).
 
 vmap and transformers 5.x. Attention masks cannot be batched under ``vmap``: the mask builders of
 transformers 5 (``masking_utils``) test ``padding_mask.all()`` to skip the mask, a data-dependent

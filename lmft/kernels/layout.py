@@ -40,14 +40,15 @@ class Table:
 
 @dataclass
 class Layout:
-    """How the tiled path splits a model's trainable tensors (``named_parameters`` order): ``dense``
-    ones, materialised per example; ``factored`` 2-D weights, kept as their module's input and output
-    gradient; ``tables`` kept as rows. ``slices`` cut the dense tensors, flattened one after the
-    other, into slices of at most ``SLICE`` coordinates: per slice, its pieces ``(tensor index, start,
-    stop)``; ``fslices`` the factored ones likewise. ``rules``: id of each dense or factored tensor ->
-    (``linear``, ``conv1d``, ``norm``, ``bias`` or ``decoder``, module); ``batched``: whether every
-    such tensor has one (tiles in one batched pass) or not (one example at a time, no factored
-    tensors). ``width``: the longest example of the kernel, which decided the factored tensors."""
+    """How the tiled path splits a model's trainable tensors: ``dense`` ones, materialised per example;
+    ``factored`` 2-D weights, kept as their module's input and output gradient; ``tables`` kept as
+    rows; ``order``: the dense and factored tensors in ``named_parameters`` order. ``slices`` cut the
+    dense tensors, flattened one after the other, into slices of at most ``SLICE`` coordinates: per
+    slice, its pieces ``(tensor index, start, stop)``; ``fslices`` the factored ones likewise.
+    ``rules``: id of each dense or factored tensor -> (``linear``, ``conv1d``, ``norm``, ``bias`` or
+    ``decoder``, module); ``batched``: whether every such tensor has one (tiles in one batched pass)
+    or not (one example at a time, no factored tensors). ``width``: the longest example of the
+    kernel, which decided the factored tensors."""
 
     dense: list[Tensor]
     factored: list[Tensor]
@@ -55,25 +56,20 @@ class Layout:
     rules: dict[int, tuple[str, nn.Module]]
     batched: bool
     width: int
+    order: list[Tensor]
     slices: list[list[tuple[int, int, int]]] = field(init=False)
     fslices: list[list[tuple[int, int, int]]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.slices, self.fslices = _slice(self.dense), _slice(self.factored)
-
-    def tensors(self) -> list[Tensor]:
-        """The dense and factored tensors, in ``named_parameters`` order."""
-        mine = {id(p) for p in self.dense + self.factored}
-        return [p for p in self._order if id(p) in mine]
+        self._factored = {id(p) for p in self.factored}
 
     def example_bytes(self, p: Tensor, logits: int) -> int:
         """Bytes one example's Jacobian of ``p`` holds for ``logits`` logits (factors at ``width`` tokens)."""
-        if any(p is q for q in self.factored):
+        if id(p) in self._factored:
             d_out, d_in = factor_dims(self.rules[id(p)][0], p)
             return self.width * (d_in + logits * d_out) * p.element_size()
         return p.numel() * logits * p.element_size()
-
-    _order: list[Tensor] = field(default_factory=list, repr=False)
 
 
 def factor_dims(kind: str, p: Tensor) -> tuple[int, int]:
@@ -130,8 +126,9 @@ def layout_of(model: nn.Module, width: int, batched: bool = True) -> Layout:
             kind = rules[id(p)][0]
             if kind in ("linear", "conv1d") and width * sum(p.shape) < p.numel():
                 factored.append(p)
-    dense = [p for p in rest if not any(p is q for q in factored)]
-    return Layout(dense, factored, table_list, rules if batched else {}, batched, width, _order=list(rest))
+    chosen = {id(p) for p in factored}
+    dense = [p for p in rest if id(p) not in chosen]
+    return Layout(dense, factored, table_list, rules if batched else {}, batched, width, rest)
 
 
 def _slice(dense: Sequence[Tensor]) -> list[list[tuple[int, int, int]]]:
@@ -159,7 +156,7 @@ def dense_blocks(layout: Layout, room: int | None, logits: int) -> list[Layout]:
         return [layout]
     groups: list[list[Tensor]] = [[]]
     size = 0
-    for p in layout.tensors():
+    for p in layout.order:
         need = layout.example_bytes(p, logits)
         if need > room:
             raise LmftError(f"a tensor whose Jacobian takes {need} bytes per example does not fit a block of {room}")
@@ -168,6 +165,7 @@ def dense_blocks(layout: Layout, room: int | None, logits: int) -> list[Layout]:
             size = 0
         groups[-1].append(p)
         size += need
-    return [Layout([p for p in g if any(p is q for q in layout.dense)], [p for p in g if any(p is q for q in layout.factored)],
-                   layout.tables if b == 0 else [], layout.rules, layout.batched, layout.width, _order=g)
+    factored = {id(p) for p in layout.factored}
+    return [Layout([p for p in g if id(p) not in factored], [p for p in g if id(p) in factored],
+                   layout.tables if b == 0 else [], layout.rules, layout.batched, layout.width, g)
             for b, g in enumerate(groups)]

@@ -10,7 +10,8 @@ Files, under ``results/kernels/{model}/{task}/{k}-{seed}/``:
 ``shards-{prompt}/{split}/{row}-{col}/{formula}.pt``
     one shard of rows ``row`` x columns ``col`` of the ``row_shards`` x ``col_shards`` grid
     (:func:`lmft.kernels.files.save_shard`). One shard job writes every configured formula from one
-    pass of Jacobians, and ``f0.pt``: the pre-trained logits of its columns with their labels.
+    pass of Jacobians, and ``f0.pt``: the pre-trained logits of its columns with their labels (from the
+    same forward passes, :func:`lmft.kernels.compute.compute_shards_and_logits`).
 ``{formula}-{prompt}/{split}.pt``
     the merged kernel, ``torch.save((kernel float64 [N_train, C, N_x, C], labels [N_x]))`` as the
     paper's released kernels (``[2, ...]`` for asymmetric-signgd, a stacked formula of
@@ -61,7 +62,6 @@ from lmft.kernels import compute as kernels
 from lmft.kernels import solvers
 from lmft.kernels.files import load_logits, load_shard, merge_shards, save_kernel, save_logits, save_shard, split_range
 from lmft.kernels.formulas import PROMPTS
-from lmft.kernels.jacobians import logits
 from lmft.kernels.sets import load_kernel_set
 from lmft.models.batching import collate, encode_frame, label_ids, pad_id
 from lmft.models.evaluate import Evaluation
@@ -188,14 +188,12 @@ def run_shard(model_json: PathLike, task: Task, train_path: PathLike, split_path
              count_trainable(clf), cfg["num_logits"], ", ".join(cfg["formulas"]), device)
     for note in clf.notes:
         log.info("classifier: %s", note)
-    shards = kernels.compute_shards(clf, rows, cols, cfg["formulas"], row_range=(r0, r1), col_range=(c0, c1),
-                                    row_batch=int(cfg["row_batch"]), col_batch=int(cfg["col_batch"]),
-                                    binary=binary, method=cfg["method"], mem_mb=cfg["mem_mb"])
-    part = {k: v[c0:c1] for k, v in cols.items()}
-    f0 = logits(clf, part, binary=binary)
+    shards, f0 = kernels.compute_shards_and_logits(
+        clf, rows, cols, cfg["formulas"], row_range=(r0, r1), col_range=(c0, c1), row_batch=int(cfg["row_batch"]),
+        col_batch=int(cfg["col_batch"]), binary=binary, method=cfg["method"], mem_mb=cfg["mem_mb"])
     for formula, shard in shards.items():
         save_shard(shard, out[formula])
-    save_logits(f0_out, f0, part["labels"])
+    save_logits(f0_out, f0, cols["labels"][c0:c1])
     log.info("shard done in %.1f s, peak memory %.0f MB", time.perf_counter() - started, peak_mem_mb(device))
 
 

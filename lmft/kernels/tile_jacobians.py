@@ -22,7 +22,7 @@ for). A model with a trainable tensor that no rule covers, or whose embedding ta
 otherwise (e.g. ``E[label_ids]``, the tied decoder of an MLM-less encoder), gets its Jacobians one
 example at a time at its own length (:class:`NotSeparable`, ``Layout.batched`` False): one forward
 and one backward per logit. At SmolLM2-135M's size the dense Jacobian of one example and logit is
-0.4 GB (106M coordinates; the 28M of the embedding table are rows), its factors at 32 tokens 35 MB.
+0.4 GB (106M coordinates; the 28M of the embedding table are rows), its factors at 32 tokens 32 MB.
 """
 
 from __future__ import annotations
@@ -48,14 +48,20 @@ class Tile:
     Jacobian of factored tensor i is ``G[:, slot == s]^T X[slot == s]`` (:meth:`factors`).
     ``tables``: per table, ``(ids [K], owner [K], values [K, C, H] float64)``, the rows of every
     slot's Jacobian that can be nonzero, slot by slot (``owner``), ascending ids within a slot.
+    ``logits`` ``[TILE, C]`` float64: the pass's logits, the examples' pre-trained logits f0 (zero
+    past the split's end).
     """
 
     index: int
     slots: Tensor
-    num_logits: int
+    logits: Tensor
     dense: list[Tensor | None]
     factored: list[Factors]
     tables: list[tuple[Tensor, Tensor, Tensor]]
+
+    @property
+    def num_logits(self) -> int:
+        return self.logits.shape[1]
 
     def factors(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         """``(X [L, d_in], G [C, L, d_out], slot [L])`` of factored tensor ``i``."""
@@ -80,7 +86,9 @@ def tile_jacobians(model: nn.Module, layout: Layout, batch: Batch, index: int, l
         for g in members.tolist():
             part = take(batch, torch.tensor([g]))
             got.append(capture_tile(model, layout, part, int(part["attention_mask"][0].nonzero().max()) + 1, binary, False))
-    c = got[0].logits
+    c = got[0].logits.shape[1]
+    logits = torch.cat([cap.logits for cap in got])
+    logits = torch.cat([logits, logits.new_zeros(TILE - logits.shape[0], c)])
     if layout.batched:
         dense, factored = got[0].dense, got[0].factored
     else:
@@ -96,7 +104,7 @@ def tile_jacobians(model: nn.Module, layout: Layout, batch: Batch, index: int, l
         rows = [(ids, torch.full_like(ids, s), values.transpose(0, 1))
                 for s, (ids, values) in enumerate(r for cap in got for r in cap.tables[t])]
         tables.append(tuple(torch.cat(part) for part in zip(*rows)))
-    return Tile(index, slots_of(index, lo, hi), c, dense, factored, tables)
+    return Tile(index, slots_of(index, lo, hi), logits, dense, factored, tables)
 
 
 def with_slots(tile: Tile, lo: int, hi: int) -> Tile:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from lmft.kernels.formulas import FORMULAS
 from lmft.io import LmftError
-from lmft.kernels.jacobians import Batch, device_of, logits, take
+from lmft.kernels.jacobians import Batch, device_of, eval_mode, logits, take
 from lmft.kernels.pairs import Put, per_formula
 from lmft.kernels.tile_jacobians import (TILE, Layout, NotSeparable, Tile, dense_blocks, layout_of, tile_jacobians,
                                  with_slots)
@@ -60,7 +60,7 @@ def block_room(model: nn.Module, layout: Layout, mem_mb: float, held: int, logit
     """
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     room = int((mem_mb * 2**20 - BASE_MB * 2**20 - 3 * weights) // held)
-    need = max((layout.example_bytes(p, logits) for p in layout.tensors()), default=0)
+    need = max((layout.example_bytes(p, logits) for p in layout.order), default=0)
     if room < need:
         least = BASE_MB + (3 * weights + need * held) / 2**20
         raise LmftError(f"kernels.mem_mb = {mem_mb} MB is too small: {held} examples' Jacobians of the largest "
@@ -88,9 +88,9 @@ def tile_blocks(layout: Layout, row_tiles: Sequence[Tile], col_tiles: Sequence[T
     c = row_tiles[0].num_logits
     device = (layout.dense + layout.factored + [t.weight for t in layout.tables])[0].device
     acc = torch.zeros(len(products), nr, ns, TILE * c, TILE * c, dtype=torch.float64, device=device)
-    width = max((sum(stop - start for _, start, stop in pieces) for pieces in layout.slices + layout.fslices), default=1)
+    widest = max((sum(stop - start for _, start, stop in pieces) for pieces in layout.slices + layout.fslices), default=1)
     # float64 staging, allocated once: fresh multi-MB tensors per slice cost page faults
-    bufs = {side: torch.empty(len(tiles), 2 if "s" + side in signed else 1, TILE, c, width, dtype=torch.float64,
+    bufs = {side: torch.empty(len(tiles), 2 if "s" + side in signed else 1, TILE, c, widest, dtype=torch.float64,
                               device=device) for side, tiles in (("x", row_tiles), ("y", col_tiles))}
     stages = [(layout.slices, _stage, range(len(products)))]
     if signed and layout.factored:
@@ -229,18 +229,22 @@ def _width(batch: Batch) -> int:
     return int(batch["attention_mask"].any(0).nonzero().max()) + 1
 
 
+PutLogits = Callable[[Tensor, Tensor], None]  # (a column tile's logits [TILE, C] float64, its slots [TILE])
+
+
 def tiled(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
           crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, mem_mb: float | None,
-          put: Put) -> None:
+          put: Put, put_logits: PutLogits) -> None:
     """The tiled path of :func:`lmft.kernels.compute.compute_shards`. One side's blocks of tiles are the outer loop, the
     other's the inner; the inner side's Jacobians are computed once per outer block, or once in all
-    where they form one block (kept). The outer side is the one that computes fewer tiles.
+    where they form one block (kept). The outer side is the one that computes fewer tiles. Every
+    column tile's logits (its examples' f0) go to ``put_logits``.
 
     On the CPU it runs on one thread: the thread count changes the rounding of MKL's GEMMs (which
     split the inner dimension among threads) and of LayerNorm's backward, and so the bits. Shards
     are the unit of parallel work.
     """
-    with one_thread(device_of(model)):
+    with one_thread(device_of(model)), eval_mode(model):
         width = max(_width(rows), _width(cols))
         done = [0]
 
@@ -250,14 +254,14 @@ def tiled(model: nn.Module, rows: Batch, cols: Batch, formulas: list[str], rng: 
 
         try:
             _blocks(model, layout_of(model, width), rows, cols, formulas, rng, crng, row_batch, col_batch, binary,
-                    mem_mb, counted)
+                    mem_mb, counted, put_logits)
         except NotSeparable:
             if done[0]:
                 raise LmftError("the kernel's tiles could not all be computed in batched passes") from None
             log.info("kernel %s: per-example gradients do not separate in a batched pass; one example at a time",
                      "+".join(formulas))
             _blocks(model, layout_of(model, width, batched=False), rows, cols, formulas, rng, crng, row_batch,
-                    col_batch, binary, mem_mb, put)
+                    col_batch, binary, mem_mb, put, put_logits)
 
 
 def _tiles(lo: int, hi: int) -> list[int]:
@@ -278,7 +282,7 @@ def _work(row_tiles: int, col_tiles: int, row_per: int, col_per: int) -> tuple[i
 
 def _blocks(model: nn.Module, layout: Layout, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
             crng: tuple[int, int], row_batch: int, col_batch: int, binary: bool, mem_mb: float | None,
-            put: Put) -> None:
+            put: Put, put_logits: PutLogits) -> None:
     """Plan the held blocks of tiles and the tensor blocks, and run them. Under a memory budget each side
     is held whole instead of in batches where the budget allows it and that computes fewer tiles."""
     nr, nc = len(_tiles(*rng)), len(_tiles(*crng))
@@ -300,13 +304,14 @@ def _blocks(model: nn.Module, layout: Layout, rows: Batch, cols: Batch, formulas
         _, plan, blocks = best
     for b, block in enumerate(blocks):
         if len(blocks) > 1:
-            log.info("kernel %s: block %d/%d of %d tensors", "+".join(formulas), b + 1, len(blocks), len(block.tensors()))
-        _run(model, block, rows, cols, formulas, rng, crng, plan, binary, put)
+            log.info("kernel %s: block %d/%d of %d tensors", "+".join(formulas), b + 1, len(blocks), len(block.order))
+        _run(model, block, rows, cols, formulas, rng, crng, plan, binary, put, put_logits if b == 0 else None)
 
 
 def _run(model: nn.Module, layout: Layout, rows: Batch, cols: Batch, formulas: list[str], rng: tuple[int, int],
-         crng: tuple[int, int], per: tuple[int, int], binary: bool, put: Put) -> None:
-    """One tensor block: the held blocks of ``per`` (rows, columns) tiles, contracted."""
+         crng: tuple[int, int], per: tuple[int, int], binary: bool, put: Put, put_logits: PutLogits | None) -> None:
+    """One tensor block: the held blocks of ``per`` (rows, columns) tiles, contracted; the column tiles'
+    logits to ``put_logits`` (None: not wanted)."""
     sides = []
     for batch, (lo, hi), n in ((rows, rng, per[0]), (cols, crng, per[1])):
         tiles = _tiles(lo, hi)
@@ -328,6 +333,9 @@ def _run(model: nn.Module, layout: Layout, rows: Batch, cols: Batch, formulas: l
             else:
                 itiles = kept
             rt, ct = (otiles, itiles) if outer == 0 else (itiles, otiles)
+            if put_logits is not None:
+                for t in ct:
+                    put_logits(t.logits, t.slots)
             ridx, cidx = torch.cat([t.slots for t in rt]), torch.cat([t.slots for t in ct])
             for formula, block in tile_blocks(layout, rt, ct, formulas).items():
                 put(block, formula, ridx, cidx)
