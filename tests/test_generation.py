@@ -77,3 +77,13 @@ def test_methods_that_cannot_generate(setup):
         run(setup, "prefix", {"type": "ft", "mode": "prefix:2", "steps": 2})
     with pytest.raises(LmftError, match="save_every and save_steps .* are not there for generation tasks"):
         run(setup, "resumable", {"type": "ft", "steps": 2, "save_every": 1})
+
+
+def test_eval_dev_false_skips_dev_only_where_nothing_is_chosen_on_it(setup):
+    full, _ = run(setup, "icl-dev", {"type": "icl", "demos": 2})
+    lean, out = run(setup, "icl-nodev", {"type": "icl", "demos": 2, "eval_dev": False})
+    assert lean["test_scores"] == full["test_scores"]  # test is the same; dev is not decoded nor teacher-forced
+    assert all(v != v for v in lean["dev_scores"].values()) and lean["dev_loss"] != lean["dev_loss"]
+    assert full["dev_loss"] == full["dev_loss"]
+    with pytest.raises(LmftError, match="eval_dev false, but dev chooses its checkpoint"):
+        run(setup, "ft-nodev", {"type": "ft", "steps": 2, "eval_dev": False})

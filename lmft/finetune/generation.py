@@ -112,13 +112,19 @@ def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping
     frames["test"] = frames["test"].iloc[test_rows].reset_index(drop=True)
     log.info("%s %s k=%d seed=%d %s (%s, generation): train %d, dev %d, test %d on %s", model, task.name, k, seed,
              method, kind.name, *(len(f) for f in frames.values()), device)
+    if not cfg["eval_dev"] and (kind.trains or trial_fields):
+        raise LmftError(f"finetune method {method!r}: eval_dev false, but dev chooses its "
+                        f"{'checkpoint' if kind.trains else 'grid trial'}")
     job = GenerationJob(task, frames, clf, tokenizer, cfg, device, seed, model_seed)
     outcome = kind.generate(job)
 
     primary = PRIMARY[task.metric]
-    texts = {s: decode(job, outcome.prompts[s], s) for s in EVAL_SPLITS}
+    decoded = EVAL_SPLITS if cfg["eval_dev"] else ("test",)
+    texts = {s: decode(job, outcome.prompts[s], s) for s in decoded}
     each = {s: example_scores(texts[s], list(frames[s]["target"]), task.metric) for s in texts}
     scores = {s: mean_scores(each[s]) for s in each}
+    if "dev" not in scores:  # nothing is chosen on dev: it is not decoded
+        scores["dev"] = dict.fromkeys(scores["test"], math.nan)
     test_se = float(np.std(each["test"][primary], ddof=1) / math.sqrt(len(test_rows))) if len(test_rows) > 1 else math.nan
     curve = [*outcome.curve, {"step": outcome.best_step, "split": "test", "loss": math.nan,
                               "metric": scores["test"][primary]}]

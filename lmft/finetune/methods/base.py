@@ -26,6 +26,7 @@ A :class:`MethodType` is declared once, in its own module, as ``METHOD = MethodT
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,10 @@ class GenerationJob:
         return lm_split(self.frames[name], self.task, self.tokenizer, name)
 
     def teacher_forced(self, split: LMSplit, desc: str | None = None) -> tuple[float, float]:
-        """(target-token accuracy, target loss) of the model as it is on ``split``."""
+        """(target-token accuracy, target loss) of the model as it is on ``split``; NaN for dev
+        when ``eval_dev`` is false."""
+        if split.name == "dev" and not self.cfg["eval_dev"]:
+            return math.nan, math.nan
         return teacher_forced(self.clf.backbone, split, int(self.cfg["eval_batch_size"]), self.device,
                               desc or split.name)
 

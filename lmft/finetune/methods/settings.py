@@ -33,6 +33,8 @@ COMMON = {
     "max_length": setting(None, "longest input in tokens (null: the task's; icl: the model's)",
                           type=["integer", "null"], minimum=8),
     "eval_batch_size": setting(32, "examples per evaluation batch", type="integer", minimum=1),
+    "eval_dev": setting(True, "generation tasks: decode and score dev; false for a method that chooses nothing on "
+                              "it (no training, no grid), whose dev scores are then null", type="boolean"),
 }
 
 # Types that train (``trains=True``): which parameters (lmft.models.params.select_trainable).
