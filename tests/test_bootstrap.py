@@ -77,3 +77,11 @@ def test_inconclusive_says_how_many_examples_would_decide():
     assert rule.explain(ci) == ("2.0 [-5.0, 9.0]: the interval straddles the margin; the observed effect would "
                                 "need ~2,450 test examples per seed (has 200)")
     assert rule.text("A - B") == "95% CI of A - B > 0 points"
+
+
+def test_an_inconclusive_range_of_repeats_asks_for_no_test_examples():
+    rule = Rule("below", 1.2, "x")
+    ci = bs.Interval(1.34, 1.19, 1.35, 3, 1, 0, how="range over 3 repeated measurements: min/max against max/min")
+    assert rule.explain(ci) == ("1.34 [1.19, 1.35]: the interval straddles the margin; the interval is the range "
+                                "over 3 repeated measurements: min/max against max/min, which more test examples "
+                                "do not narrow")

@@ -74,6 +74,10 @@ class Rule:
         if self.verdict(ci) != INCONCLUSIVE:
             return text
         n = self.examples_needed(ci)
-        need = ("the estimate sits on the margin: no number of examples decides it" if n is None else
-                f"the observed effect would need ~{n:,} test examples per seed (has {ci.n_examples})")
+        if ci.how:  # not a bootstrap over test examples: their number does not narrow it
+            need = f"the interval is the {ci.how}, which more test examples do not narrow"
+        elif n is None:
+            need = "the estimate sits on the margin: no number of examples decides it"
+        else:
+            need = f"the observed effect would need ~{n:,} test examples per seed (has {ci.n_examples})"
         return f"{text}: the interval straddles the margin; {need}"
