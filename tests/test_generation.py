@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from lmft.data.tasks import GenerationTask
+from lmft.finetune.grid import SEP
 from lmft.finetune.stage import run_finetune
 from lmft.io import LmftError, read_json, read_parquet, write_parquet
 from tiny import make_tiny_model_dir
@@ -85,5 +86,11 @@ def test_eval_dev_false_skips_dev_only_where_nothing_is_chosen_on_it(setup):
     assert lean["test_scores"] == full["test_scores"]  # test is the same; dev is not decoded nor teacher-forced
     assert all(v != v for v in lean["dev_scores"].values()) and lean["dev_loss"] != lean["dev_loss"]
     assert full["dev_loss"] == full["dev_loss"]
-    with pytest.raises(LmftError, match="eval_dev false, but dev chooses its checkpoint"):
-        run(setup, "ft-nodev", {"type": "ft", "steps": 2, "eval_dev": False})
+    spec = {"type": "ft", "mode": "lora:2", "lr": 5e-3, "batch_size": 2, "steps": 4, "eval_every": 2}
+    ft, _ = run(setup, "lora-dev", spec)
+    ft_lean, _ = run(setup, "lora-nodev", spec | {"eval_dev": False})  # dev still keeps the checkpoint
+    assert (ft_lean["dev_loss"], ft_lean["best_step"], ft_lean["test_scores"]) == (
+        ft["dev_loss"], ft["best_step"], ft["test_scores"])
+    assert all(v != v for v in ft_lean["dev_scores"].values())
+    with pytest.raises(LmftError, match="eval_dev false, but dev's scores choose among its grid trials"):
+        run(setup, f"zs{SEP}lr0.1", {"type": "zeroshot", "eval_dev": False})

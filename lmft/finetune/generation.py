@@ -112,10 +112,9 @@ def run_generation(model_json: Path | str, task: GenerationTask, splits: Mapping
     frames["test"] = frames["test"].iloc[test_rows].reset_index(drop=True)
     log.info("%s %s k=%d seed=%d %s (%s, generation): train %d, dev %d, test %d on %s", model, task.name, k, seed,
              method, kind.name, *(len(f) for f in frames.values()), device)
-    if not cfg["eval_dev"] and (kind.trains or trial_fields):
-        raise LmftError(f"finetune method {method!r}: eval_dev false, but dev chooses its "
-                        f"{'checkpoint' if kind.trains else 'grid trial'}")
-    job = GenerationJob(task, frames, clf, tokenizer, cfg, device, seed, model_seed)
+    if not cfg["eval_dev"] and trial_fields:
+        raise LmftError(f"finetune method {method!r}: eval_dev false, but dev's scores choose among its grid trials")
+    job = GenerationJob(task, frames, clf, tokenizer, cfg, device, seed, model_seed, kind.trains)
     outcome = kind.generate(job)
 
     primary = PRIMARY[task.metric]

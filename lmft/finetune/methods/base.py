@@ -120,6 +120,7 @@ class GenerationJob:
     device: torch.device
     seed: int
     model_seed: int
+    trains: bool = False  # the type trains: dev keeps its checkpoint
 
     def prompts(self, name: str) -> list[list[int]]:
         """The zero-shot prompt ids of the k-shot table ``name``."""
@@ -134,9 +135,9 @@ class GenerationJob:
         return lm_split(self.frames[name], self.task, self.tokenizer, name)
 
     def teacher_forced(self, split: LMSplit, desc: str | None = None) -> tuple[float, float]:
-        """(target-token accuracy, target loss) of the model as it is on ``split``; NaN for dev
-        when ``eval_dev`` is false."""
-        if split.name == "dev" and not self.cfg["eval_dev"]:
+        """(target-token accuracy, target loss) of the model as it is on ``split``; NaN for dev when
+        ``eval_dev`` is false and the model is not trained (dev chooses nothing of it)."""
+        if split.name == "dev" and not self.cfg["eval_dev"] and not self.trains:
             return math.nan, math.nan
         return teacher_forced(self.clf.backbone, split, int(self.cfg["eval_batch_size"]), self.device,
                               desc or split.name)

@@ -33,8 +33,9 @@ COMMON = {
     "max_length": setting(None, "longest input in tokens (null: the task's; icl: the model's)",
                           type=["integer", "null"], minimum=8),
     "eval_batch_size": setting(32, "examples per evaluation batch", type="integer", minimum=1),
-    "eval_dev": setting(True, "generation tasks: decode and score dev; false for a method that chooses nothing on "
-                              "it (no training, no grid), whose dev scores are then null", type="boolean"),
+    "eval_dev": setting(True, "generation tasks: decode dev and score its text (false outside a grid, where no "
+                              "trial is chosen by it: dev's text scores are null; a trainer still keeps its "
+                              "checkpoint by dev teacher forcing, zero-shot and ICL skip that too)", type="boolean"),
 }
 
 # Types that train (``trains=True``): which parameters (lmft.models.params.select_trainable).
