@@ -15,7 +15,9 @@ Rademacher directions ``u_i = sign(z_i)`` (seeds ``s + i``) on one batch ``B``::
     sigma = std(l_1 .. l_N)   (1 / (N - 1) normalisation)
     theta <- (1 - lr wd) theta - lr g / sigma
 
-``l_i - l_0 ~ eps <grad L, u_i>`` and ``sigma ~ eps ||grad L||``, so the step is normalised SGD
+The paper evaluates the ``N`` perturbed models in one batched forward on a GPU; here they run one
+after another over the same batch, the same ``N + 1`` passes. ``l_i - l_0 ~ eps <grad L, u_i>``
+and ``sigma ~ eps ||grad L||``, so the step is normalised SGD
 on a sampled gradient (the paper's equivalence): its length does not follow the loss's scale. A
 step whose ``N`` losses are all equal (``sigma = 0``) leaves theta as it is.
 
