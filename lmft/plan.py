@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from lmft.aggregate import plan as aggregate_plan
-from lmft.aggregate.topics import topics_for
+from lmft.aggregate.topics import ZO_TYPES, topics_for
 from lmft.data import plan as data_plan
 from lmft.data.tasks import Task, get_task
 from lmft.finetune.grid import check_pinned, expand_methods
@@ -252,13 +253,21 @@ class Plan:
         return aggregate_plan.curves(self.metrics)
 
     @cached_property
+    def zo_curves(self) -> list[str]:
+        """The curves of the zeroth-order runs (:data:`lmft.aggregate.topics.ZO_TYPES`) of classification tasks:
+        accuracy against forward passes (the ``zo`` topic)."""
+        if not self._planned("finetune"):
+            return []
+        return [str(Path(p).with_name("curve.parquet")) for p in finetune_targets(self.config, "classification", ZO_TYPES)]
+
+    @cached_property
     def evidence(self) -> list[str]:
         return aggregate_plan.evidence(self.metrics)
 
     @cached_property
     def topics(self) -> list[str]:
         """The aggregate's topics: those the stages with runs fill (:func:`lmft.aggregate.topics.topics_for`)."""
-        return topics_for(self.metrics)
+        return topics_for(self.metrics, zo=bool(self.zo_curves))
 
     @cached_property
     def aggregate_files(self) -> dict[str, str]:

@@ -21,6 +21,7 @@ rule aggregate:
     input:
         metrics=sorted({f for files in PLAN.metrics.values() for f in files}),
         curves=PLAN.curves,
+        zo_curves=PLAN.zo_curves,  # the zeroth-order runs' curves: accuracy against forward passes
         evidence=PLAN.evidence,  # per-example predictions and losses: the findings' paired intervals
     output:
         **aggregate_outputs(),

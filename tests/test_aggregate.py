@@ -233,6 +233,7 @@ def test_duplicate_runs_and_grid_without_dev_are_errors(tmp_path):
 
 def test_topics_follow_registered_stages(tmp_path):
     assert topics.topics_for(["finetune"]) == ["main", "findings"]
+    assert topics.topics_for(["finetune"], zo=True) == ["main", "zo", "findings"]
     assert topics.topics_for(["interpolate", "kernel", "finetune"]) == ["main", "kernel", "interpolate", "findings"]
     with pytest.raises(LmftError, match="kernels"):
         topics.topics_for(["kernels"])
@@ -252,3 +253,48 @@ def test_every_topic_has_a_report_category_and_caption():
     assert all(topic.category for topic in topics.TOPICS.values())
     root = Path(__file__).resolve().parent.parent / "workflow/report"
     assert [t for t in topics.TOPICS if not (root / f"{t}.rst").is_file()] == []
+
+
+def zo_run(root, method, kind, seed, per_step, dev, test, steps=(0, 10, 20), mode="prefix:5", passes=True):
+    """A fine-tuning run with its curve: dev and test at ``steps``, ``per_step`` passes a step; the
+    last step is kept. ``passes=False``: a curve written before runs counted passes."""
+    path = finetune(root, "alpha", seed, method, test[-1], dev=dev[-1], kind=kind)
+    m = json.loads(path.read_text()) | {"mode": mode, "steps": steps[-1], "best_step": steps[-1]}
+    if passes:
+        m |= {"passes": per_step * steps[-1], "best_passes": per_step * steps[-1], "train_s": 2.0 * steps[-1],
+              "pass_unit": "forward+backward" if kind == "ft" else "forward"}
+    write_json(m, path)
+    rows = [{"step": s, "split": split, "loss": 0.5, "metric": v, "passes": per_step * s, "train_s": 2.0 * s}
+            for s, d, t in zip(steps, dev, test) for split, v in (("dev", d), ("test", t))]
+    curve = pd.DataFrame(rows)
+    write_parquet(curve if passes else curve.drop(columns=["passes", "train_s"]), path.parent / "curve.parquet")
+    return path
+
+
+def test_zo_table_and_forward_pass_plot(tmp_path):
+    root = tmp_path / "results"
+    paths = [zo_run(root, "mezo", "mezo", s, 2, [0.5, 0.6, 0.7], [0.5, 0.6, 0.65 + s / 1000]) for s in (13, 21)]
+    paths += [zo_run(root, "fzoo", "fzoo", s, 4, [0.5, 0.8, 0.75], [0.5, 0.75, 0.7]) for s in (13, 21)]
+    paths += [zo_run(root, "old-mezo", "mezo", 13, 2, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], passes=False)]
+    paths += [zo_run(root, "ft-prefix", "ft", s, 1, [0.6, 0.9], [0.6, 0.8], steps=(0, 40)) for s in (13, 21)]
+    paths += [zo_run(root, "ft-all", "ft", 13, 1, [0.6, 0.9], [0.6, 0.95], steps=(0, 40), mode="all")]
+    runs = gather.load_runs(paths)
+    curves = [p.parent / "curve.parquet" for p in paths if "/ft-" not in str(p)]
+    zo = summary.zo_curves(runs, curves, {"fzoo": "FZOO"})
+    assert set(zo["method"]) == {"mezo", "FZOO"}  # old-mezo counted no passes: left out
+    assert zo[(zo["method"] == "FZOO") & (zo["split"] == "test")]["passes"].tolist() == [0, 40, 80] * 2
+    refs = summary.ft_references(runs, zo)
+    assert refs[["method", "test", "passes", "n"]].values.tolist() == [["ft-prefix", pytest.approx(0.8), 40.0, 2]]
+    table = tables.zo_table(runs, {"fzoo": "FZOO"}).frame.set_index("method")
+    assert list(table.index) == ["ft-prefix", "mezo", "old-mezo", "FZOO"]  # ft-all tunes other parameters
+    assert table.loc["mezo", "passes"] == "40 (0)" and table.loc["mezo", "pass"] == "forward"
+    assert table.loc["FZOO", "test"] == "70.0 (0.0)" and table.loc["FZOO", "passes at best"] == "80 (0)"
+    assert table.loc["ft-prefix", "pass"] == "forward+backward" and table.loc["old-mezo", "passes"] == "-"
+    fig = plots.zo_forward_passes(zo, refs)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 4 + 2  # test and dev of two methods; FT's line and marker
+    assert {tuple(line.get_xdata()) for line in ax.lines[:4]} == {(0, 20, 40), (0, 40, 80)}  # passes, not steps
+    written = aggregate.aggregate(paths, [], tmp_path / "runs.parquet", tmp_path / "tables", tmp_path / "plots",
+                                  ["zo"], zo_curves=curves)
+    assert {p.name for p in written} >= {"zo_forward_passes.png", "zo_forward_passes.pdf", "zo_forward_passes.md"}
+    assert (tmp_path / "plots" / "zo_forward_passes.png").stat().st_size > 5000

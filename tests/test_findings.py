@@ -112,6 +112,66 @@ def test_mezo_against_ft_of_the_same_parameters(tmp_path, task, ft_acc, mezo, wa
     assert f.rule == "95% CI of FT - MeZO < 5 points" and f.extra == "prefix:5"
 
 
+def zo(root, task, method, right, kind, passes, **m) -> Path:
+    """A zeroth-order run of MeZO-prefix's parameters that took ``passes`` forward passes (None: not counted)."""
+    counted = {} if passes is None else {"passes": passes, "pass_unit": "forward"}
+    return ft(root, task, method, right, kind=kind, mode="prefix:5", **counted, **m)
+
+
+@pytest.mark.parametrize("task", [HOLD, FAIL, INCON])
+def test_zeroth_order_variants_against_mezo_at_its_forward_passes(tmp_path, task):
+    a, b = BEATS[task]
+    paths = [zo(tmp_path, task, "mezo", correct(b, 1), "mezo", 400),
+             zo(tmp_path, task, "fzoo", correct(a, 2), "fzoo", 400),
+             zo(tmp_path, task, "svrg", correct(a, 3), "mezo-svrg", 396),
+             zo(tmp_path, task, "fzoo-long", correct(1.0, 4), "fzoo", 800, dev=1.0),  # over MeZO's budget: left out
+             ft(tmp_path, task, "fzoo-all", correct(1.0, 5), kind="fzoo", passes=400, dev=1.0)]  # other parameters
+    want = {HOLD: H, FAIL: F, INCON: I}[task]
+    for claim, role in (("fzoo-mezo", "FZOO"), ("svrg-mezo", "MeZO-SVRG")):
+        f = verdict_of(paths, claim, task)
+        assert f.verdict == want, (claim, f.reason)
+        assert f.ci.estimate == pytest.approx(a - b) and f.rule == f"95% CI of {role} - MeZO > 0 points"
+        assert f.extra == "prefix:5" and "400 forward passes" in f.measured
+
+
+def test_zeroth_order_variants_not_measured(tmp_path):
+    over = [zo(tmp_path, HOLD, "mezo", correct(0.6, 1), "mezo", 400),
+            zo(tmp_path, HOLD, "fzoo", correct(0.9, 2), "fzoo", 404)]
+    f = verdict_of(over, "fzoo-mezo", HOLD)
+    assert f.verdict == N and "every FZOO run took more forward passes than MeZO's 400" in f.reason
+    assert verdict_of(over, "svrg-mezo", HOLD).reason == ("no MeZO-SVRG run (type mezo-svrg) of MeZO's parameters "
+                                                          "(mode prefix:5, head causal)")
+    uncounted = [zo(tmp_path / "b", HOLD, "mezo", correct(0.6, 1), "mezo", None),
+                 zo(tmp_path / "b", HOLD, "fzoo", correct(0.9, 2), "fzoo", 400)]
+    for claim in ("fzoo-mezo", "svrg-mezo", "zo-ft"):
+        f = verdict_of(uncounted, claim, HOLD)
+        assert f.verdict == N and "counted no forward passes" in f.reason
+    no_mezo = fd.findings(gather.load_runs([ft(tmp_path / "c", HOLD, "ft", correct(0.8, 1))]))
+    assert [f.reason for f in no_mezo if f.claim == "zo-ft"] == [
+        "no MeZO run (finetune type mezo): no budget of forward passes to compare at"]
+
+
+@pytest.mark.parametrize("task,ft_acc,zo_acc,want", [
+    (HOLD, 0.8, "paired", H),  # the best ZO run = FT but for 2 examples: FT - ZO well below 3 points
+    (FAIL, 0.9, 0.6, F),
+    (INCON, 0.80, 0.77, I),
+])
+def test_a_zeroth_order_method_within_3_points_of_ft(tmp_path, task, ft_acc, zo_acc, want):
+    tuned = correct(ft_acc, 1)
+    best = correct(0, 2, like=tuned, flips=2) if zo_acc == "paired" else correct(zo_acc, 2)
+    paths = [ft(tmp_path, task, "ft-prefix", tuned, mode="prefix:5"),
+             zo(tmp_path, task, "mezo", correct(0.55, 3), "mezo", 400, dev=0.5),
+             zo(tmp_path, task, "fzoo", best, "fzoo", 400, dev=0.9),
+             zo(tmp_path, task, "fzoo-long", correct(0, 4, like=tuned), "fzoo", 800, dev=1.0)]  # over the budget
+    f = verdict_of(paths, "zo-ft", task)
+    assert f.verdict == want, f.reason
+    assert f.rule == "95% CI of FT - fzoo (best dev of the ZO runs) < 3 points" and f.extra == "prefix:5"
+    assert f.ci.estimate == pytest.approx(ft_acc - best.mean())
+    assert "mezo (mezo)" in f.measured and "fzoo-long" not in f.measured
+    no_ft = verdict_of(paths[1:], "zo-ft", task)
+    assert no_ft.verdict == N and no_ft.reason.startswith("no fine-tuning (type ft) of the same parameters")
+
+
 def kernel(root, task, prompt, right, mode="lora:8", seed=13, formula="sgd", dev=None) -> Path:
     acc = float(right.mean())
     return write(root, "kernel", preds(right), model="m", task=task, seed=seed, method="kernel", formula=formula,
@@ -305,8 +365,9 @@ def table_runs(root: Path) -> list[Path]:
 def test_table_columns_and_published_figures(tmp_path):
     frame = fd.findings_table(gather.load_runs(table_runs(tmp_path)), task_order=[FAIL, HOLD, INCON]).frame
     assert list(frame.columns) == list(fd.COLUMNS)
-    assert frame["paper"].drop_duplicates().tolist() == ["LM-BFF", "Kernel view", "MeZO", "Grafting",
-                                                         "Mode connectivity", "Few-shot LMs (problem set)"]
+    assert frame["paper"].drop_duplicates().tolist() == ["LM-BFF", "Kernel view", "MeZO", "FZOO", "MeZO-SVRG",
+                                                         "Zeroth-order", "Grafting", "Mode connectivity",
+                                                         "Few-shot LMs (problem set)"]
     lmbff = frame[frame["claim"] == fd.CLAIMS[0].text]
     assert lmbff["task"].tolist() == [FAIL, HOLD, INCON] and lmbff["verdict"].tolist() == [F, H, I]
     assert lmbff["effect"].tolist() == ["-30.000", "30.000", "2.000"]  # points

@@ -27,7 +27,7 @@ SHARED_KEYS = {"stage", "task", "k", "seed", "model", "method", "metric", "dev_m
                "wall_time_s", "peak_mem_mb"}
 STAGE_KEYS = {"type", "mode", "head", "test_loss", "n_trainable", "steps", "notes", "best_step"}
 TRAIN = {"steps": 6, "eval_every": 2, "batch_size": 4}
-VOLATILE = {"wall_time_s", "peak_mem_mb", "resumed_from"}
+VOLATILE = {"wall_time_s", "peak_mem_mb", "resumed_from", "train_s"}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,8 @@ METHODS = {
     "ft-cls": {"type": "ft", "head": "cls", "lr": 1e-3, **TRAIN},
     "lora": {"type": "ft", "mode": "lora:2", "lr": 1e-3, "model_seed": 5, **TRAIN},
     "mezo": {"type": "mezo", "lr": 1e-3, "eps": 1e-3, "n_perturbations": 2, **TRAIN},
+    "fzoo": {"type": "fzoo", "lr": 1e-3, "eps": 1e-3, "n_directions": 3, "eval_test": True, **TRAIN},
+    "mezo-svrg": {"type": "mezo-svrg", "lr": 1e-3, "eps": 1e-3, "anchor_every": 3, **TRAIN},
     "probe": {"type": "linear-probe", "C_grid": [0.1, 1.0]},
     "probe-last": {"type": "linear-probe", "head": "cls", "pooling": "last", "C_grid": [0.1, 1.0]},
     "ft-lm": {"type": "ft", "loss": "lm", "lr": 1e-3, **TRAIN},
@@ -68,9 +70,11 @@ def test_every_method_writes_the_run_directory(models, splits, tmp_path: Path, m
     assert metrics["metric"] == "acc" and 0 <= metrics["test_metric"] <= 1 and metrics["n_test"] == 10
     assert metrics["peak_mem_mb"] > 0 and metrics["notes"]
     curve = pd.read_parquet(out / "curve.parquet")
-    assert list(curve.columns) == ["step", "split", "loss", "metric"]
-    test_row = curve[curve.split == "test"].iloc[0]
-    assert test_row.metric == metrics["test_metric"] and test_row.step == metrics["best_step"]
+    assert list(curve.columns) == ["step", "split", "loss", "metric", "passes", "train_s"]
+    test_rows = curve[curve.split == "test"]
+    test_row = test_rows[test_rows.step == metrics["best_step"]].iloc[0]
+    assert len(test_rows[test_rows.step == metrics["best_step"]]) == 1
+    assert test_row.metric == metrics["test_metric"]
     preds = pd.read_parquet(out / "predictions.parquet")
     assert list(preds.columns) == ["index", "label", "pred", "probs"] and len(preds) == 10
     assert (preds.pred == preds.label).mean() == pytest.approx(metrics["test_metric"])
@@ -78,9 +82,19 @@ def test_every_method_writes_the_run_directory(models, splits, tmp_path: Path, m
     assert (out / "steps").is_dir() and not (out / "resume.pt").exists()
     tensors = load_tensors(out / "model.safetensors")
     assert sum(t.numel() for t in tensors.values()) == metrics["n_trainable"]
-    if metrics["type"] in ("ft", "mezo"):
+    if metrics["type"] in ("ft", "mezo", "fzoo", "mezo-svrg"):
         assert metrics["steps"] == 6 and 2 <= metrics["best_step"] <= 6
-        assert len(curve[curve.split == "train"]) == 6
+        train = curve[curve.split == "train"]
+        assert len(train) == 6 and train.passes.is_monotonic_increasing and train.train_s.is_monotonic_increasing
+        # passes over a batch of 4 (the full set of 12: 3 batches); ft: one forward+backward a step
+        per_run = {"ft": 6, "mezo": 6 * 2 * 2, "fzoo": 6 * (3 + 1), "mezo-svrg": 2 * 2 * 3 + 4 * 4}
+        assert metrics["passes"] == train.passes.iloc[-1] == per_run[metrics["type"]]
+        assert metrics["pass_unit"] == ("forward+backward" if metrics["type"] == "ft" else "forward")
+        dev = curve[curve.split == "dev"].set_index("step")
+        assert metrics["best_passes"] == dev.passes[metrics["best_step"]]
+        # test at the kept step only, unless eval_test (off by default) scores it at every evaluation
+        want = list(dev.index) if METHODS[method].get("eval_test") else [metrics["best_step"]]
+        assert list(test_rows.step) == want and list(test_rows.passes) == list(dev.passes[want])
 
 
 @pytest.mark.parametrize("method", ["ft", "ft-cls", "lora", "probe", "probe-last", "zeroshot"])
@@ -120,7 +134,8 @@ def _kill_at(step: int):
     return on_step
 
 
-@pytest.mark.parametrize("method,model,kill", [("ft", "bert", 4), ("ft", "llama", 5), ("mezo", "bert", 5)])
+@pytest.mark.parametrize("method,model,kill", [("ft", "bert", 4), ("ft", "llama", 5), ("mezo", "bert", 5),
+                                               ("fzoo", "bert", 5), ("mezo-svrg", "bert", 5)])
 def test_killed_run_resumes_to_identical_results(models, splits, tmp_path: Path, method, model, kill) -> None:
     spec = {**METHODS[method], "save_every": 2, "save_steps": [2, 4]}
     whole = _run(models, splits, tmp_path / "whole" / method, spec, model=model)
@@ -134,8 +149,9 @@ def test_killed_run_resumes_to_identical_results(models, splits, tmp_path: Path,
         {k: v for k, v in whole.items() if k not in VOLATILE}
     a, b = load_tensors(tmp_path / "whole" / method / "model.safetensors"), load_tensors(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-    for name in ("curve.parquet", "predictions.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / method / name), pd.read_parquet(out / name))
+    for name in ("curve.parquet", "predictions.parquet"):  # but the seconds of the steps
+        pd.testing.assert_frame_equal(*(pd.read_parquet(d / name).drop(columns=["train_s"], errors="ignore")
+                                        for d in (tmp_path / "whole" / method, out)))
     for s in (2, 4):
         sa = load_tensors(tmp_path / "whole" / method / "steps" / f"step-{s}.safetensors")
         sb = load_tensors(out / "steps" / f"step-{s}.safetensors")
@@ -245,4 +261,4 @@ def test_finetune_targets() -> None:
     assert "res/finetune/b/t2/16-2/icl/metrics.json" in targets
     assert not any("/a/" in t and t.endswith("/icl/metrics.json") for t in targets)
     assert finetune_targets({**config, "finetune": {}}) == []
-    assert set(TYPES) == {"ft", "mezo", "linear-probe", "zeroshot", "icl"}
+    assert set(TYPES) == {"ft", "mezo", "fzoo", "mezo-svrg", "linear-probe", "zeroshot", "icl"}

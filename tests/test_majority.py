@@ -106,4 +106,4 @@ def test_runs_through_the_workflow_as_a_plugin(tmp_path: Path) -> None:
     write_config(work, config | {"finetune": {"methods": config["finetune"]["methods"]}})  # the plugin not named
     proc = snakemake(work, "-n", check=False)
     assert proc.returncode != 0
-    assert "type must be one of zeroshot, icl, linear-probe, ft, mezo, got 'majority'" in proc.stdout + proc.stderr
+    assert "type must be one of zeroshot, icl, linear-probe, ft, mezo, fzoo, mezo-svrg, got 'majority'" in proc.stdout + proc.stderr

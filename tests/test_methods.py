@@ -12,8 +12,8 @@ from lmft.io import LmftError
 
 
 def test_the_builtin_types_are_registered_in_order() -> None:
-    assert BUILTIN == ("zeroshot", "icl", "linear-probe", "ft", "mezo")  # the tables' row order
-    assert [name for name, t in TYPES.items() if t.trains] == ["ft", "mezo"]
+    assert BUILTIN == ("zeroshot", "icl", "linear-probe", "ft", "mezo", "fzoo", "mezo-svrg")  # the tables' row order
+    assert [name for name, t in TYPES.items() if t.trains] == ["ft", "mezo", "fzoo", "mezo-svrg"]
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -37,7 +37,7 @@ def test_values_are_checked_against_the_type_naming_method_and_key(spec, message
     with pytest.raises(LmftError, match="config: finetune.methods." + message):
         validate_schema(config)
     config["finetune"]["methods"]["m"] = {"type": "sft"}
-    with pytest.raises(LmftError, match="method 'm': type must be one of zeroshot, icl, linear-probe, ft, mezo, got"):
+    with pytest.raises(LmftError, match="method 'm': type must be one of zeroshot, icl, linear-probe, ft, mezo, fzoo, mezo-svrg, got"):
         validate_schema(config)
 
 

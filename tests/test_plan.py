@@ -24,6 +24,17 @@ def test_a_config_with_finetuning_alone_plans_its_runs_and_the_tables():
     assert list(plan.metrics) == ["finetune"] and plan.topics == ["main", "findings"]
     assert plan.kernel_metrics == [] and plan.graft_jobs == [] and plan.interpolate_jobs == {}  # no sections
     assert plan.targets[-1] == "results/tables/findings.html" and "results/tables/runs.parquet" in plan.targets
+    assert plan.zo_curves == []
+
+
+def test_zeroth_order_methods_add_their_curves_and_the_zo_topic():
+    methods = CONFIG["finetune"]["methods"] | {"mezo": {"type": "mezo", "tasks": ["sst-2"]},
+                                               "fzoo": {"type": "fzoo", "tasks": ["sst-2"], "lr": [1e-3, 1e-2]}}
+    plan = Plan(CONFIG | {"finetune": {"methods": methods}})
+    assert plan.zo_curves == [f"results/finetune/m/sst-2/16-{s}/{run}/curve.parquet" for run in
+                              ("mezo", "fzoo~lr-0.001", "fzoo~lr-0.01") for s in (13, 21)]
+    assert plan.topics == ["main", "zo", "findings"]
+    assert "results/plots/zo_forward_passes.png" in plan.targets
 
 
 def test_job_settings_fall_back_from_the_method_to_the_section_to_the_schema():

@@ -144,8 +144,14 @@ def test_ft_learns_a_separable_task(llama: Path) -> None:
 class Scripted:
     """A stepper that sets the linear head to given weights at each step (no learning involved)."""
 
+    PASS = "forward+backward"
+
     def __init__(self, clf, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.clf, self.weights, self.t = clf, weights, 0
+
+    @property
+    def passes(self) -> int:
+        return self.t
 
     def step(self, batch) -> float:
         w, b = self.weights[self.t]

@@ -120,8 +120,12 @@ def test_every_stage_writes_its_outputs(full_run):
         assert i["relative_to"] == "a" and i["relative_distance"] == pytest.approx(i["distance_ab"] / i["distance_a0"])
     runs = pd.read_parquet(res / "tables/runs.parquet")
     assert set(runs["stage"]) == {"finetune", "graft", "interpolate", "kernel"}
-    for name in ("main.csv", "main.md", "main.tex", "graft.csv", "interpolate.csv", "kernel_vs_ft.csv"):
+    for name in ("main.csv", "main.md", "main.tex", "graft.csv", "interpolate.csv", "kernel_vs_ft.csv",
+                 "zo_forward_passes.csv"):
         assert (res / "tables" / name).stat().st_size > 0, name
+    assert (res / "plots/zo_forward_passes.png").stat().st_size > 5000  # the mezo method's curves
+    zo = pd.read_csv(res / "tables/zo_forward_passes.csv", dtype=str).query("task == 'alpha'").set_index("method")
+    assert zo.loc["mezo", "passes"] == "8 (0)" and zo.loc["mezo", "pass"] == "forward"  # 4 steps x 2 passes
     assert planned_jobs(work) == []  # nothing changed: nothing to do
 
 

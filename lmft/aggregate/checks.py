@@ -1,6 +1,7 @@
-"""What every check of a paper's claim shares (:mod:`lmft.aggregate.claims`): a :class:`Finding`, and deciding
-a claim's :class:`~lmft.aggregate.verdicts.Rule` on the paired bootstrap interval of a statistic over the
-sides' aligned per-example evidence (:mod:`lmft.aggregate.evidence`, :mod:`lmft.aggregate.bootstrap`).
+"""What every check of a paper's claim shares (:mod:`lmft.aggregate.claims`, :mod:`lmft.aggregate.zo_claims`):
+a :class:`Finding`, and deciding a claim's :class:`~lmft.aggregate.verdicts.Rule` on the paired bootstrap
+interval of a statistic over the sides' aligned per-example evidence (:mod:`lmft.aggregate.evidence`,
+:mod:`lmft.aggregate.bootstrap`), :func:`beats` for the commonest: one run's test metric against another's.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import pandas as pd
 
 from lmft.aggregate import evidence
 from lmft.aggregate.bootstrap import Interval, bootstrap, metric_columns, metric_value, seed_mean
+from lmft.aggregate.estimates import Estimate
 from lmft.aggregate.evidence import Missing
 from lmft.aggregate.summary import MISSING
 from lmft.aggregate.verdicts import UNMEASURED, Rule
+
+BEATS = Rule("above", 0.0, "points", 100)  # A - B > 0 points
 
 
 @dataclass(frozen=True)
@@ -80,3 +84,12 @@ def value(m: Mapping[str, np.ndarray], side: str, metric: str) -> np.ndarray:
 
 def difference(a: str, b: str, metric: str) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
     return lambda m: seed_mean(value(m, a, metric) - value(m, b, metric))
+
+
+def beats(claim: str, cell: tuple, a: Estimate, b: Estimate, role_a: str, role_b: str, measured: str,
+          rule: Rule = BEATS, extra: str = "") -> Finding:
+    """``a`` - ``b`` on the same test examples (``a`` minus ``b``, in the runs' metric) against ``rule``."""
+    metric = "score" if a.first.get("stage") == "generation" else a.first["metric"]
+    return compare(claim, cell, rule, f"{role_a} - {role_b}",
+                   lambda: {"a": evidence.by_seed(a, evidence.predictions), "b": evidence.by_seed(b, evidence.predictions)},
+                   scored({"a": metric, "b": metric}), difference("a", "b", metric), measured, extra)

@@ -4,7 +4,8 @@ Every comparative claim is decided by :mod:`lmft.aggregate.verdicts` on the pair
 :mod:`lmft.aggregate.bootstrap`, over the test examples (and shared data seeds) both sides were scored on;
 how a claim finds its runs is in :mod:`lmft.aggregate.findings`. Each claim is tested at the paper's own
 operating point: grafts at ~0.01% of the parameters, MeZO's memory in its training steps against
-back-propagation of the same parameters, MeZO against fine-tuning of the same parameters.
+back-propagation of the same parameters, MeZO against fine-tuning of the same parameters; the
+zeroth-order methods after MeZO in :mod:`lmft.aggregate.zo_claims`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pandas as pd
 from lmft.aggregate import evidence
 from lmft.aggregate.bootstrap import Interval, ece_columns, ece_value, seed_mean
 # the checks' shared machinery, under the names the checks below call it by
-from lmft.aggregate.checks import Finding, Frames
+from lmft.aggregate.checks import BEATS, Finding, Frames
+from lmft.aggregate.checks import beats as _beats
 from lmft.aggregate.checks import compare as _compare
 from lmft.aggregate.checks import decide as _decide
 from lmft.aggregate.checks import difference as _difference
@@ -31,12 +33,12 @@ from lmft.aggregate.estimates import Estimate, best_of, group_runs, has_fields, 
 from lmft.aggregate.gather import is_missing, selected
 from lmft.aggregate.summary import MISSING, as_text
 from lmft.aggregate.verdicts import FAILS, HOLDS, INCONCLUSIVE, UNMEASURED, Rule
+from lmft.aggregate.zo_claims import zo_findings
 from lmft.kernels.formulas import PROMPTS
 
 PROMPT_HEADS = ("prompt", "causal")
 LMBFF_K = 16  # LM-BFF's few-shot setting
 
-BEATS = Rule("above", 0.0, "points", 100)  # A - B > 0 points
 KERNEL_MATCH = Rule("within", 0.05, "points", 100)  # |FT - kernel| < 5 points
 MEZO_FT = Rule("below", 0.05, "points", 100)  # FT - MeZO < 5 ("comparable"; RoBERTa-large k=16: 1.4 on SST-2)
 MEZO_MEM_INFERENCE = Rule("below", 1.2, "x")  # MeZO / inference peak memory of the step
@@ -48,15 +50,6 @@ GRAFT_ECE = Rule("above", 0.40, "%", 100)  # 40-90% lower ECE than the fine-tune
 NO_BARRIER = Rule("below", 0.05, "nats")  # test loss barrier (height over the chord)
 TASK_BARRIER = Rule("above", 0.05, "nats")
 CLOSE_ENDPOINTS = 0.2  # ||a - b|| / ||a - theta0|| below this: the endpoints are one model
-
-
-def _beats(claim: str, cell: tuple, a: Estimate, b: Estimate, role_a: str, role_b: str, measured: str,
-           rule: Rule = BEATS, extra: str = "") -> Finding:
-    """``a`` - ``b`` on the same test examples (``a`` minus ``b``, in the runs' metric) against ``rule``."""
-    metric = "score" if a.first.get("stage") == "generation" else a.first["metric"]
-    return _compare(claim, cell, rule, f"{role_a} - {role_b}",
-                    lambda: {"a": evidence.by_seed(a, evidence.predictions), "b": evidence.by_seed(b, evidence.predictions)},
-                    _scored({"a": metric, "b": metric}), _difference("a", "b", metric), measured, extra)
 
 
 def _lmbff(ft: Mapping[tuple, Estimate]) -> list[Finding]:
@@ -375,7 +368,7 @@ def findings(runs: pd.DataFrame, pair_kinds: Mapping[str, str] | None = None,
     kern = group_runs(records("kernel"), lambda r: (r["model"], r["task"], int(r["k"]), as_text(r.get("kernel.mode")),
                                                     r["prompt"], r["formula"], r["solver"]), labels)
     gen = group_runs(records("generation"), lambda r: (r["model"], r["task"], int(r["k"]), r["method"]), labels)
-    return [*_lmbff(ft), *_kernel(ft, kern), *_mezo(ft), *_memory(records("memory")),
+    return [*_lmbff(ft), *_kernel(ft, kern), *_mezo(ft), *_memory(records("memory")), *zo_findings(ft),
             *_graft(records("graft"), labels), *_modeconn(records("interpolate"), pair_kinds or {}),
             *_generation(gen)]
 

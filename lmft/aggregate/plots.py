@@ -242,3 +242,44 @@ def interpolation_curves(curves: pd.DataFrame, task_order: Sequence[str] = ()) -
     handles += [Line2D([], [], color="black", ls=style[s], label=s) for s in splits]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     return fig
+
+
+def zo_forward_passes(curves: pd.DataFrame, references: pd.DataFrame, task_order: Sequence[str] = ()) -> Figure:
+    """Accuracy x100 against forward passes, one panel per (model, task, k, mode), from
+    :func:`lmft.aggregate.summary.zo_curves`: per zeroth-order method its test (solid) and dev (dashed)
+    metric at each evaluation, the mean over seeds; fine-tuning of the same parameters
+    (:func:`lmft.aggregate.summary.ft_references`) as a grey horizontal line at its test metric, with a
+    marker at its forward+backward passes."""
+    if curves.empty:
+        return _empty("no zeroth-order runs with counted passes")
+    panels = sorted({(m, t, int(k), md) for m, t, k, md in zip(curves["model"], curves["task"], curves["k"],
+                                                                 curves["mode"])},
+                    key=lambda p: (p[0], task_rank(p[1], task_order), p[2], p[3]))
+    methods = list(dict.fromkeys(curves["method"]))
+    colour = {m: _colour(i) for i, m in enumerate(methods)}
+    fig, axes = _grid(len(panels), ncols=2, w=5.5, h=3.6)
+    for ax, (model, task, k, mode) in zip(axes, panels):
+        part = curves[(curves["model"] == model) & (curves["task"] == task) & (curves["k"] == k) &
+                      (curves["mode"] == mode)]
+        for (method, split), g in part.groupby(["method", "split"], sort=False):
+            s = g.groupby("step")[["passes", "metric"]].mean().sort_index()
+            ax.plot(s["passes"], 100 * s["metric"], color=colour[method], ls="-" if split == "test" else "--",
+                    marker="." if split == "test" else None)
+        refs = references[(references["model"] == model) & (references["task"] == task) &
+                          (references["k"] == k) & (references["mode"] == mode)]
+        for i, r in enumerate(refs.to_dict("records")):
+            ls = LINESTYLES[i % len(LINESTYLES)]
+            ax.axhline(100 * r["test"], color="grey", lw=1.0, ls=ls)
+            ax.plot([r["passes"]], [100 * r["test"]], color="grey", marker="D", ls="")
+            ax.annotate(f"FT {r['method']}: {100 * r['test']:.1f} at {r['passes']:g} fwd+bwd", (r["passes"], 100 * r["test"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7, color="dimgrey")
+        ax.set_title(f"{model} / {task} / k={k} / {mode}", fontsize=10)
+        ax.set_xlabel("forward passes (one per training batch; FT: forward+backward)")
+        ax.set_ylabel("accuracy x100")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colour[m], label=m) for m in methods]
+    handles += [Line2D([], [], color="black", ls="-", marker=".", label="test"),
+                Line2D([], [], color="black", ls="--", label="dev"),
+                Line2D([], [], color="grey", marker="D", label="FT, same parameters (test)")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    return fig

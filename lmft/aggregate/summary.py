@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lmft.aggregate.gather import is_missing, selected
+from lmft.aggregate.topics import ZO_TYPES
 from lmft.finetune.methods import TYPES
 from lmft.io import LmftError, PathLike, read_parquet
 from lmft.kernels.formulas import FORMULAS, PROMPTS
@@ -200,3 +201,56 @@ def load_curves(runs: pd.DataFrame, curve_paths: Sequence[PathLike]) -> pd.DataF
         return pd.DataFrame(columns=cols)
     curves = pd.concat(parts, ignore_index=True)[cols]
     return curves.sort_values(["model", "task", "pair", "split", "alpha"], kind="stable").reset_index(drop=True)
+
+
+ZO_CURVE_COLUMNS = ["model", "task", "k", "mode", "head", "method", "type", "seed", "split", "step", "passes",
+                    "train_s", "metric"]
+
+
+def zo_curves(runs: pd.DataFrame, curve_paths: Sequence[PathLike],
+              labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The dev and test rows of the zeroth-order runs' curves (``curve.parquet`` beside each selected
+    run of a :data:`lmft.aggregate.topics.ZO_TYPES` type), columns :data:`ZO_CURVE_COLUMNS`; ``method`` is the
+    label. Curves written before runs counted their passes (no ``passes`` column) are left out."""
+    part = selected(runs, ("finetune",))
+    part = part[part["type"].isin(ZO_TYPES)] if "type" in part.columns else part.iloc[:0]
+    by_dir = {str(Path(p).parent): r for p, r in zip(part["path"], part.to_dict("records"))}
+    parts = []
+    for p in sorted(str(p) for p in curve_paths):
+        run = by_dir.get(str(Path(p).parent))
+        if run is None:  # an unselected trial's curve, or a run the gathered metrics do not hold
+            continue
+        c = read_parquet(p)
+        if "passes" not in c.columns:
+            continue
+        c = c[c["split"].isin(["dev", "test"])]
+        parts.append(c.assign(model=run["model"], task=run["task"], k=int(run["k"]), mode=as_text(run.get("mode")),
+                              head=as_text(run.get("head")), method=method_label(run, labels), type=run["type"],
+                              seed=int(run["seed"])))
+    if not parts:
+        return pd.DataFrame(columns=ZO_CURVE_COLUMNS)
+    out = pd.concat(parts, ignore_index=True)[ZO_CURVE_COLUMNS]
+    return out.sort_values(["model", "task", "k", "mode", "method", "seed", "split", "step"],
+                           kind="stable").reset_index(drop=True)
+
+
+def ft_references(runs: pd.DataFrame, curves: pd.DataFrame, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Fine-tuning (type ``ft``) of the same parameters as the zeroth-order curves: per (model, task,
+    k, mode, head) of ``curves`` and ft method, the mean test metric over the selected seeds and
+    the run's forward+backward passes (``passes``; older runs: ``steps``, one pass a step).
+    Columns ``model task k mode head method test passes n``."""
+    cols = ["model", "task", "k", "mode", "head", "method", "test", "passes", "n"]
+    part = selected(runs, ("finetune",))
+    if curves.empty or part.empty or "type" not in part.columns:
+        return pd.DataFrame(columns=cols)
+    cells = set(zip(curves["model"], curves["task"], curves["k"], curves["mode"], curves["head"]))
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in part[part["type"] == "ft"].to_dict("records"):
+        key = (r["model"], r["task"], int(r["k"]), as_text(r.get("mode")), as_text(r.get("head")))
+        if key in cells:
+            groups.setdefault((*key, method_label(r, labels)), []).append(r)
+    rows = []
+    for key, rs in sorted(groups.items()):
+        passes = [float(r["passes"] if not is_missing(r.get("passes")) else r["steps"]) for r in rs]
+        rows.append([*key, float(np.mean([float(r["test_metric"]) for r in rs])), float(np.mean(passes)), len(rs)])
+    return pd.DataFrame(rows, columns=cols)

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from lmft.aggregate.gather import is_missing, selected
-from lmft.aggregate.summary import MISSING, fixed, method_label, method_order, spread_text, task_rank
-from lmft.aggregate.topics import TABLE_FORMATS, TOPICS
+from lmft.aggregate.summary import MISSING, as_text, fixed, method_label, method_order, spread_text, task_rank
+from lmft.aggregate.topics import TABLE_FORMATS, TOPICS, ZO_TYPES
 from lmft.io import PathLike, atomic_path
 
 # rows that open each (model, k) block of the main table
@@ -171,6 +171,44 @@ def interpolate_table(runs: pd.DataFrame, task_order: Sequence[str] = ()) -> Tab
         rows.append(row)
     rows.sort(key=lambda r: r["_order"])
     return Table(title, pd.DataFrame(rows, columns=["model", "task", "pair"] + [h for _, h, _, _ in columns]), 3)
+
+
+def zo_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None, task_order: Sequence[str] = ()) -> Table:
+    """The zeroth-order runs (:data:`lmft.aggregate.topics.ZO_TYPES`) and fine-tuning (type ``ft``) of the same
+    parameters (mode and head), rows (model, task, k, mode, method): the run's passes and their unit
+    (a forward, or a forward and backward, over one training batch), the passes at the kept (best
+    dev) step, dev and test x100 and the seconds in training steps, as mean (std) over the seeds."""
+    cols = ["model", "task", "k", "mode", "method", "type", "pass", "passes", "passes at best", "dev", "test",
+            "train s", "seeds"]
+    part = selected(runs, ("finetune",))
+    if part.empty or "type" not in part.columns:
+        return Table(TOPICS["zo"].title, pd.DataFrame(columns=cols), 6)
+    recs = part.to_dict("records")
+    cells = {(r["model"], r["task"], int(r["k"]), as_text(r.get("mode")), as_text(r.get("head"))) for r in recs
+             if r["type"] in ZO_TYPES}
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        cell = (r["model"], r["task"], int(r["k"]), as_text(r.get("mode")), as_text(r.get("head")))
+        if cell in cells and r["type"] in (*ZO_TYPES, "ft"):
+            groups.setdefault((*cell[:4], method_label(r, labels)), []).append(r)
+
+    def column(rs: list[dict], key: str, scale: float = 1.0, digits: int = 0) -> str:
+        values = [float(r[key]) for r in rs if not is_missing(r.get(key))]
+        if not values:
+            return MISSING
+        return fixed(scale * float(np.mean(values)), digits) if len(values) == 1 else mean_std(values, scale, digits)
+
+    rows = []
+    for (model, task, k, mode, label), rs in groups.items():
+        unit = {str(r.get("pass_unit")) for r in rs if not is_missing(r.get("pass_unit"))}
+        rows.append({"model": model, "task": task, "k": str(k), "mode": mode, "method": label, "type": rs[0]["type"],
+                     "pass": "/".join(sorted(unit)) or MISSING, "passes": column(rs, "passes"),
+                     "passes at best": column(rs, "best_passes"), "dev": column(rs, "dev_metric", 100.0, 1),
+                     "test": column(rs, "test_metric", 100.0, 1), "train s": column(rs, "train_s"),
+                     "seeds": str(len(rs)),
+                     "_order": (model, task_rank(task, task_order), k, mode, method_order(rs[0]))})
+    rows.sort(key=lambda r: r["_order"])
+    return Table(TOPICS["zo"].title, pd.DataFrame(rows, columns=cols), 6)
 
 
 def to_markdown(table: Table) -> str:

@@ -16,6 +16,10 @@ from lmft.io import LmftError, PathLike
 # The stages whose metrics.json files the aggregate gathers (``generation``: the fine-tuning stage's
 # runs of generation tasks, which have a table of their own; ``memory``: measurements the findings read).
 STAGES = ("finetune", "generation", "kernel", "graft", "interpolate", "memory")
+# The finetune types whose curves the ``zo`` topic draws against forward passes (zeroth-order methods).
+ZO_TYPES = ("mezo", "fzoo", "mezo-svrg")
+# Not a stage: what :func:`topics_for` adds to the stages where the fine-tuning runs have a ZO_TYPES type.
+ZO_RUNS = "zeroth-order runs"
 TABLE_FORMATS = ("csv", "md", "tex", "html")
 PLOT_FORMATS = ("png", "pdf")
 
@@ -46,18 +50,24 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
           "Grafting", lambda s: "graft" in s),
     Topic("interpolate", "interpolate", "interpolate_curves", "Linear interpolation: barriers and distances",
           "Mode connectivity", lambda s: "interpolate" in s),
+    Topic("zo", "zo_forward_passes", "zo_forward_passes",
+          "Zeroth-order methods: accuracy (x100) against forward passes", "Zeroth-order",
+          lambda s: {"finetune", ZO_RUNS} <= s),
     # the findings are sentences, not a paper table: no LaTeX
     Topic("findings", "findings", None, "Findings: each paper's claim against this run", "Findings", bool,
           ("csv", "md", "html")),
 )}
 
 
-def topics_for(stages: Iterable[str]) -> list[str]:
-    """The topics (tables + plots) that the registered ``stages`` can fill, in :data:`TOPICS` order."""
+def topics_for(stages: Iterable[str], zo: bool = False) -> list[str]:
+    """The topics (tables + plots) that the registered ``stages`` can fill, in :data:`TOPICS` order;
+    ``zo``: the fine-tuning stage has runs of a :data:`ZO_TYPES` type (their curves)."""
     s = set(stages)
     unknown = s - set(STAGES)
     if unknown:
         raise LmftError(f"aggregate: unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+    if zo:
+        s.add(ZO_RUNS)
     return [name for name, topic in TOPICS.items() if topic.needs(s)]
 
 

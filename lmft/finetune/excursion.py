@@ -55,7 +55,8 @@ class Scratch:
 
     ``draw(c, seed, scale)`` returns ``d = fl(scale z)`` (``scale > 0``) in a buffer of ``c``'s
     length and dtype, ``z`` ~ N(0, I) from a generator seeded with ``seed``: ``normal_(0, scale)``
-    scales inside the sampler, so no pass of its own multiplies. Half-precision chunks draw in
+    scales inside the sampler, so no pass of its own multiplies. With ``rademacher`` it returns
+    ``fl(scale u)`` for the Rademacher direction ``u = sign(z)`` of the same draw. Half-precision chunks draw in
     float32 (their ``normal_`` would round ``scale`` itself to half precision) and round once.
     ``free(c)`` returns two more buffers: ``t`` (``c``'s length and dtype) and bool ``flags``.
     Views are made once per length: most chunks have the same one.
@@ -84,12 +85,16 @@ class Scratch:
                                         None if wide is None else wide[:n])
         return views
 
-    def draw(self, c: Tensor, seed: int, scale: float) -> Tensor:
+    def draw(self, c: Tensor, seed: int, scale: float, rademacher: bool = False) -> Tensor:
         d, _, _, _, wide = self._of(c)
         generator = self.generators[c.device].manual_seed(seed)
         if wide is None:
-            return d.normal_(0.0, scale, generator=generator)
-        return d.copy_(wide.normal_(0.0, scale, generator=generator))
+            d.normal_(0.0, scale, generator=generator)
+        else:
+            d.copy_(wide.normal_(0.0, scale, generator=generator))
+        if rademacher:  # fl(scale u), u = sign(z) (+1 where the drawn value is >= 0): exactly +-fl(scale)
+            d.ge_(0).mul_(2).sub_(1).mul_(scale)
+        return d
 
     def free(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(t, flags, padded)``: ``padded`` extends ``flags`` with False to a multiple of 8 elements."""
@@ -228,12 +233,13 @@ class Direction:
 
     Chunk ``k`` draws its part of ``d = fl(eps z)`` from a generator seeded with ``hash(seed) + k``:
     any chunk can be drawn on its own, so one pass over the chunks is one draw of ``z``, with one
-    chunk of it in memory at a time. ``side[k]`` is the chunk's current excursion (``theta + side
-    eps z``, ``side`` in -1, 0, 1) and ``kept[k]`` what moving it back needs.
+    chunk of it in memory at a time (``rademacher``: ``u = sign(z)`` in place of ``z``, everywhere).
+    ``side[k]`` is the chunk's current excursion (``theta + side eps z``, ``side`` in -1, 0, 1) and
+    ``kept[k]`` what moving it back needs.
     """
 
-    def __init__(self, chunks: Sequence[Tensor], seed: int, eps: float) -> None:
-        self.chunks, self.base, self.eps = chunks, splitmix64(seed), eps
+    def __init__(self, chunks: Sequence[Tensor], seed: int, eps: float, rademacher: bool = False) -> None:
+        self.chunks, self.base, self.eps, self.rademacher = chunks, splitmix64(seed), eps, rademacher
         self.side = [0] * len(chunks)
         self.kept: list[_Kept | None] = [None] * len(chunks)
 
@@ -246,7 +252,7 @@ class Direction:
             side = self.side[k]
             if not (side or out or update):
                 continue  # already at theta, nothing to apply: no draw
-            d = scratch.draw(c, (self.base + k) & MASK64, self.eps)
+            d = scratch.draw(c, (self.base + k) & MASK64, self.eps, self.rademacher)
             if side:
                 _move_back_(c, d, side, self.kept[k])
                 self.side[k], self.kept[k] = 0, None

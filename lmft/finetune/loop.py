@@ -23,11 +23,17 @@ initialisation (the ``cls`` head, LoRA's A) is the caller's business, under its 
 Evaluation. Dev is evaluated before training (step 0, recorded in the curve only: the result must
 be a trained model), every ``eval_every`` steps and at the last step. The best evaluation has
 the highest dev metric, ties going to the lower dev loss, then to the earlier step (LM-BFF keeps
-the first best). Its trainable tensors are kept in CPU memory and put back at the end.
+the first best). Its trainable tensors are kept in CPU memory and put back at the end. With
+``eval_test`` (and a test scorer) test is scored at each evaluation too, for the curve only:
+nothing is chosen on it.
+
+Cost. Every curve row carries ``passes``, the stepper's passes so far (:attr:`Stepper.passes`:
+one per forward, or per forward and backward, over one training batch; evaluations are not
+counted), and ``train_s``, the seconds spent in training steps so far (evaluations excluded).
 
 Resuming. Every ``save_every`` steps the loop writes ``resume_path`` atomically: step, trainable
 tensors, stepper state (optimiser moments, MeZO seed generator, schedule position), sampler and
-global RNG states, best-so-far (step, scores, tensors), the curve and the elapsed time. A loop
+global RNG states, best-so-far (step, scores, tensors), the curve and the elapsed and step times. A loop
 started with that file present and the same ``fingerprint`` (the caller hashes the run's
 settings) continues from it and ends with bit-identical numbers; a file from other settings is
 ignored with a warning. The caller deletes the file once its outputs are written.
@@ -73,6 +79,7 @@ class LoopConfig:
     eval_batch_size: int = 32
     save_every: int = 0
     save_steps: tuple[int, ...] = ()
+    eval_test: bool = False  # score test at each evaluation too (the curve's test rows; never chosen on)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -90,6 +97,12 @@ class LoopConfig:
 
 
 class Stepper(Protocol):
+    PASS: str  # what one of :attr:`passes` is: "forward" or "forward+backward" (over one batch)
+
+    @property
+    def passes(self) -> int:
+        """Passes over a training batch so far (a forward each, or a forward and backward each)."""
+
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One update from ``batch``; returns the training loss it measured."""
 
@@ -119,7 +132,7 @@ def trainable_parameters(clf: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def _objective(clf: nn.Module, loss: str, objective: Objective | None) -> Objective:
+def training_objective(clf: nn.Module, loss: str, objective: Objective | None) -> Objective:
     """The caller's objective, else the classifier's ``loss`` (checked against ``clf``'s head)."""
     if objective is not None:
         return objective
@@ -130,12 +143,14 @@ def _objective(clf: nn.Module, loss: str, objective: Objective | None) -> Object
 class FirstOrder:
     """AdamW / SGD with a learning-rate schedule and gradient clipping (``max_grad_norm=0``: none) on ``loss``."""
 
+    PASS = "forward+backward"
+
     def __init__(self, clf: nn.Module, *, total_steps: int, optimizer: str = "adamw", lr: float = 1e-5,
                  weight_decay: float = 0.0, momentum: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, warmup_steps: int = 0, schedule: str = "linear",
                  max_grad_norm: float = 1.0, loss: str = "label-words",
                  objective: Objective | None = None) -> None:
-        self.objective = _objective(clf, loss, objective)
+        self.objective = training_objective(clf, loss, objective)
         if optimizer not in OPTIMIZERS:
             raise LmftError(f"unknown optimizer {optimizer!r}; one of {', '.join(OPTIMIZERS)}")
         if schedule not in SCHEDULES:
@@ -155,6 +170,10 @@ class FirstOrder:
         self.base_lr, self.total, self.warmup, self.schedule = lr, total_steps, warmup_steps, schedule
         self.max_grad_norm = max_grad_norm
         self.updates = 0
+
+    @property
+    def passes(self) -> int:
+        return self.updates
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         self.clf.train()
@@ -183,6 +202,8 @@ class FirstOrder:
 class ZerothOrder:
     """MeZO steps on the trainable parameters, on ``loss``; the model stays in eval mode (no dropout)."""
 
+    PASS = "forward"
+
     def __init__(self, clf: nn.Module, *, total_steps: int, lr: float, eps: float = 1e-3,
                  weight_decay: float = 0.0, n_perturbations: int = 1, seed: int = 0,
                  warmup_steps: int = 0, schedule: str = "constant", loss: str = "label-words",
@@ -190,10 +211,14 @@ class ZerothOrder:
         if schedule not in SCHEDULES:
             raise LmftError(f"unknown schedule {schedule!r}; one of {', '.join(SCHEDULES)}")
         self.clf = clf
-        self.objective = _objective(clf, loss, objective)
+        self.objective = training_objective(clf, loss, objective)
         self.opt = MeZO(trainable_parameters(clf), lr=lr, eps=eps, weight_decay=weight_decay,
                         n_perturbations=n_perturbations, seed=seed)
         self.base_lr, self.total, self.warmup, self.schedule = lr, total_steps, warmup_steps, schedule
+
+    @property
+    def passes(self) -> int:
+        return 2 * self.opt.n_perturbations * self.opt.steps
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         self.clf.eval()
@@ -253,9 +278,11 @@ class LoopResult:
     best_dev_metric: float
     best_dev_loss: float
     steps: int
-    curve: list[dict[str, Any]]  # rows: step, split ("train" / "dev"), loss, metric (NaN for train)
+    curve: list[dict[str, Any]]  # rows: step, split ("train" / "dev" / "test"), loss, metric (NaN for train), passes, train_s
     elapsed_s: float  # training time, summed over resumed pieces
     resumed_from: int  # 0 when started fresh
+    passes: int = 0  # the stepper's passes at the end (Stepper.passes)
+    train_s: float = 0.0  # seconds in training steps, evaluations excluded
 
 
 def _cpu_state(clf: nn.Module) -> dict[str, torch.Tensor]:
@@ -278,13 +305,15 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def train_loop(clf: nn.Module, stepper: Stepper, train: Split, dev: Split, metric_name: str, cfg: LoopConfig,
                seed: int, *, device: torch.device | str = "cpu", resume_path: Path | None = None,
                fingerprint: str = "", save_step: Callable[[int], None] | None = None,
-               on_step: Callable[[int], None] | None = None, score_dev: DevScorer | None = None) -> LoopResult:
+               on_step: Callable[[int], None] | None = None, score_dev: DevScorer | None = None,
+               score_test: DevScorer | None = None) -> LoopResult:
     """Train ``clf`` with ``stepper`` for ``cfg.steps`` steps and leave it holding its best-dev tensors.
 
     ``save_step(step)`` is called after the steps listed in ``cfg.save_steps`` (the model holds
     that step's tensors); ``on_step(step)`` after every step, once its resume state is written
     (tests use it to simulate a kill). ``score_dev`` replaces the classifier's dev evaluation
-    (:func:`lmft.models.evaluate.evaluate` on ``dev`` with ``metric_name``).
+    (:func:`lmft.models.evaluate.evaluate` on ``dev`` with ``metric_name``); ``score_test`` scores test at
+    each evaluation when ``cfg.eval_test``.
     """
     device = torch.device(device)
     if score_dev is None:
@@ -292,34 +321,47 @@ def train_loop(clf: nn.Module, stepper: Stepper, train: Split, dev: Split, metri
             ev = evaluate(model, dev, metric_name, cfg.eval_batch_size, device, desc=desc)
             return ev.metric, ev.loss
     sampler = EpochSampler(len(train), cfg.batch_size, seed)
-    start, elapsed, curve, best = 1, 0.0, [], None
+    start, elapsed, train_s, curve, best = 1, 0.0, 0.0, [], None
+
+    def evaluation(step: int) -> tuple[float, float]:
+        """Dev (and test) rows of the curve at ``step``; returns dev's (metric, loss)."""
+        cost = {"passes": stepper.passes, "train_s": train_s}
+        metric, dev_loss = score_dev(clf, f"dev step {step}")
+        curve.append({"step": step, "split": "dev", "loss": dev_loss, "metric": metric} | cost)
+        if cfg.eval_test and score_test is not None:
+            test_metric, test_loss = score_test(clf, f"test step {step}")
+            curve.append({"step": step, "split": "test", "loss": test_loss, "metric": test_metric} | cost)
+        return metric, dev_loss
+
     state = _load_resume(resume_path, fingerprint)
     if state is not None:
         apply_state(clf, state["trainable"])
         stepper.load_state_dict(state["stepper"])
         sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"], device)
-        curve, elapsed = list(state["curve"]), float(state["elapsed_s"])
+        curve, elapsed, train_s = list(state["curve"]), float(state["elapsed_s"]), float(state["train_s"])
         b = state["best"]
         best = Best(int(b["step"]), float(b["metric"]), float(b["loss"]), b["state"]) if b else None
         start = int(state["step"]) + 1
         log.info("resumed from %s at step %d", resume_path, start - 1)
     else:
         torch.manual_seed(seed)
-        metric, dev_loss = score_dev(clf, "dev step 0")
-        curve.append({"step": 0, "split": "dev", "loss": dev_loss, "metric": metric})
+        metric, dev_loss = evaluation(0)
         log.info("step 0: dev loss %.4f %s %.4f", dev_loss, metric_name, metric)
 
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=start - 1, desc="train", disable=progress_disabled())
     for step in range(start, cfg.steps + 1):
-        loss = stepper.step(to_device(train.batch(sampler.next_rows()), device))
-        curve.append({"step": step, "split": "train", "loss": loss, "metric": math.nan})
+        batch = to_device(train.batch(sampler.next_rows()), device)
+        t_step = time.perf_counter()
+        loss = stepper.step(batch)
+        train_s += time.perf_counter() - t_step
+        curve.append({"step": step, "split": "train", "loss": loss, "metric": math.nan, "passes": stepper.passes,
+                      "train_s": train_s})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if cfg.is_eval_step(step):
-            metric, dev_loss = score_dev(clf, f"dev step {step}")
-            curve.append({"step": step, "split": "dev", "loss": dev_loss, "metric": metric})
+            metric, dev_loss = evaluation(step)
             log.info("step %d: train loss %.4f, dev loss %.4f %s %.4f", step, loss, dev_loss, metric_name, metric)
             if best is None or best.beaten_by(metric, dev_loss):
                 best = Best(step, metric, dev_loss, _cpu_state(clf))
@@ -330,7 +372,7 @@ def train_loop(clf: nn.Module, stepper: Stepper, train: Split, dev: Split, metri
                         "stepper": stepper.state_dict(), "sampler": sampler.state_dict(), "rng": _rng_state(device),
                         "best": None if best is None else {"step": best.step, "metric": best.metric,
                                                            "loss": best.loss, "state": best.state},
-                        "curve": curve, "elapsed_s": time.perf_counter() - t0}, resume_path)
+                        "curve": curve, "elapsed_s": time.perf_counter() - t0, "train_s": train_s}, resume_path)
         if on_step is not None:
             on_step(step)
     bar.close()
@@ -338,7 +380,7 @@ def train_loop(clf: nn.Module, stepper: Stepper, train: Split, dev: Split, metri
     apply_state(clf, best.state)
     log.info("best dev %s %.4f (loss %.4f) at step %d", metric_name, best.metric, best.loss, best.step)
     return LoopResult(best.step, best.metric, best.loss, cfg.steps, curve, time.perf_counter() - t0,
-                      0 if state is None else start - 1)
+                      0 if state is None else start - 1, stepper.passes, train_s)
 
 
 def _load_resume(path: Path | None, fingerprint: str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ settings: :mod:`lmft.finetune.methods`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmft.data.tasks import get_task
@@ -20,14 +20,17 @@ from lmft.schema import section, with_defaults
 MEMORY_KEYS = ("modes", "batch_size", "steps", "repeats")
 
 
-def finetune_targets(config: Mapping[str, Any], kind: str | None = None) -> list[str]:
+def finetune_targets(config: Mapping[str, Any], kind: str | None = None,
+                     types: Iterable[str] | None = None) -> list[str]:
     """``metrics.json`` of every job of the config: each method (each trial of a grid, named by
     :mod:`lmft.finetune.grid`) on its ``models``, ``tasks``, ``k`` and ``seeds`` (each defaulting to all of the
-    config's); with ``kind``, only the jobs of tasks of that kind (``classification``, ``generation``)."""
+    config's); with ``kind``, only the jobs of tasks of that kind (``classification``, ``generation``);
+    with ``types``, only the methods of those types."""
     config = with_defaults(config)
     kshot = config["kshot"]
     return [f"{finetune_run(config['results_dir'], model, task, k, seed, run)}/metrics.json"
             for run, spec in expand_methods(section(config, "finetune")["methods"]).items()
+            if types is None or spec.get("type") in types
             for model in (spec.get("models") or list(config.get("models") or {}))
             for task in spec.get("tasks") or config.get("tasks") or []
             if kind is None or get_task(task, config).kind == kind

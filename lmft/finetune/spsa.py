@@ -30,6 +30,10 @@ times (three moves and the update); with ``n`` perturbations this takes ``4 n - 
 perturbations measured from the last seed down so that the first seed's update shares the last
 restore.
 
+Rademacher directions (:mod:`lmft.finetune.zo`'s FZOO): ``u = sign(z)`` of the same draw (+1
+where the drawn value is >= 0), so a seed gives one Gaussian and one Rademacher direction from one
+scheme; :func:`perturb_` and :func:`loss_at` take ``rademacher=True``.
+
 The loss function must be deterministic (eval mode: no dropout), as the two evaluations must
 differ only by the perturbation. Weight decay applies to every tensor given (the reference
 code skips biases and LayerNorm weights; pass ``weight_decay=0`` to sidestep the difference).
@@ -93,11 +97,13 @@ def _check_seed(seed: int, n: int = 1) -> None:
 
 
 @torch.no_grad()
-def perturb_(params: Sequence[Tensor], seed: int, scale: float) -> None:
-    """``p += fl(scale z)`` in place for every tensor, z ~ N(0, I) drawn from ``seed`` (see module doc).
+def perturb_(params: Sequence[Tensor], seed: int, scale: float, *, rademacher: bool = False) -> None:
+    """``p += fl(scale z)`` in place for every tensor, z ~ N(0, I) drawn from ``seed`` (see module doc;
+    ``rademacher``: ``sign(z)`` in place of ``z``).
 
     Plain float arithmetic, as the reference code: a later call with ``-scale`` returns to the
-    starting values only up to rounding. :func:`spsa_grad` and :func:`mezo_step` restore bit for bit.
+    starting values only up to rounding. :func:`spsa_grad`, :func:`mezo_step` and :func:`loss_at`
+    restore bit for bit.
     """
     params = _checked(params)
     _check_seed(seed)
@@ -108,7 +114,7 @@ def perturb_(params: Sequence[Tensor], seed: int, scale: float) -> None:
     chunks = chunks_of(params)
     scratch, base = Scratch(chunks), splitmix64(seed)
     for k, c in enumerate(chunks):
-        d = scratch.draw(c, (base + k) & MASK64, abs(scale))
+        d = scratch.draw(c, (base + k) & MASK64, abs(scale), rademacher)
         if scale > 0:
             c.add_(d)
         else:
@@ -145,6 +151,23 @@ def _measure(direction: Direction, scratch: Scratch, loss_fn: Callable[[], Tenso
         direction.walk(scratch)
         raise
     return plus, minus, kept
+
+
+@torch.no_grad()
+def loss_at(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], *, seed: int, scale: float,
+            rademacher: bool = False) -> float:
+    """The loss at ``theta + scale z`` (z drawn from ``seed``; ``rademacher``: ``sign(z)``), in one
+    excursion: the parameters end bit-identical, also when ``loss_fn`` raises."""
+    params = _checked(params)
+    _check_hparams(abs(scale), 0.0, 0.0, 1)
+    _check_seed(seed)
+    chunks = chunks_of(params)
+    scratch, direction = Scratch(chunks), Direction(chunks, seed, abs(scale), rademacher)
+    try:
+        direction.walk(scratch, out=1 if scale > 0 else -1)
+        return _loss_value(loss_fn, "theta + scale z")
+    finally:
+        direction.walk(scratch)
 
 
 @torch.no_grad()

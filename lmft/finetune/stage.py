@@ -30,7 +30,8 @@ the method's or the trial's name:
     classifier's and the method's), ``model_seed``, ``n_train``/``n_dev``/``n_test``,
     ``test_majority`` (the most frequent class's share of the scored test labels), ``device``,
     ``resumed_from``; then the type's own keys (``linear-probe``: ``probe_C``, ``probe_grid``;
-    ``icl``: ``demos_mean``, ``demos_dropped``).
+    ``icl``: ``demos_mean``, ``demos_dropped``; the types that train: ``passes``, ``pass_unit``,
+    ``best_passes``, ``train_s``, :func:`lmft.finetune.methods.training.cost_metrics`).
     ``method`` is the configured name; a trial adds ``trial`` (its run name) and ``hparams`` (its
     settings of the grid keys), so the aggregate keeps the best dev trial per seed.
     ``mode`` is the parameter mode of a type that trains, else the type's ``tuned`` (``linear`` for
@@ -38,8 +39,11 @@ the method's or the trial's name:
     ``peak_mem_mb`` is the process's peak resident set (``getrusage``) on the CPU, or
     ``torch.cuda.max_memory_allocated`` on a GPU.
 ``curve.parquet``
-    ``step, split, loss, metric``: train loss per step, dev at each evaluation (step 0 included),
-    and one test row at ``best_step``.
+    ``step, split, loss, metric, passes, train_s``: train loss per step, dev at each evaluation
+    (step 0 included), and test at ``best_step`` (with ``eval_test``: at each evaluation, the
+    kept step's row among them); ``passes`` and ``train_s`` are the training cost so far
+    (:mod:`lmft.finetune.loop`: passes over a training batch, seconds in training steps), null for the
+    types that do not train.
 ``predictions.parquet``
     test predictions (:meth:`lmft.models.evaluate.Evaluation.predictions`): ``index`` (row of ``test.parquet``),
     ``label``, ``pred``, ``probs`` (list).
@@ -89,6 +93,7 @@ from lmft.paths import SPLITS
 from lmft.runtime import peak_mem_mb, resolve_device
 
 log = logging.getLogger(__name__)
+CURVE_COST = ("passes", "train_s")  # curve.parquet's cost columns (lmft.finetune.loop; null where a type does not train)
 
 
 def default_head(model_json: Path | str) -> str:
@@ -147,8 +152,11 @@ def run_finetune(model_json: Path | str, task: Task | GenerationTask, splits: Ma
               pending_steps=pending, fingerprint=fingerprint, on_step=on_step)
     outcome = kind.run(job)
     test_ev = outcome.test
-    curve = [*outcome.curve, {"step": outcome.best_step, "split": "test", "loss": test_ev.loss,
-                              "metric": test_ev.metric}]
+    curve = outcome.curve
+    if not any(r["step"] == outcome.best_step and r["split"] == "test" for r in curve):  # eval_test wrote it
+        at_best = next((r for r in curve if r["step"] == outcome.best_step and r["split"] == "dev"), {})
+        curve = [*curve, {"step": outcome.best_step, "split": "test", "loss": test_ev.loss, "metric": test_ev.metric,
+                          **{c: at_best.get(c) for c in CURVE_COST}}]
     log.info("test: loss %.4f %s %.4f ECE %.4f (best step %d)", test_ev.loss, task.metric, test_ev.metric,
              test_ev.ece, outcome.best_step)
 
@@ -159,7 +167,7 @@ def run_finetune(model_json: Path | str, task: Task | GenerationTask, splits: Ma
         save_tensors({}, out / "model.safetensors", ckpt_meta)
     _finish_steps(pending, out / "steps")
     write_parquet(test_ev.predictions(test_rows), out / "predictions.parquet")
-    write_parquet(pd.DataFrame(curve, columns=["step", "split", "loss", "metric"]), out / "curve.parquet")
+    write_parquet(pd.DataFrame(curve, columns=["step", "split", "loss", "metric", *CURVE_COST]), out / "curve.parquet")
     metrics = {"stage": "finetune", "task": task.name, "k": k, "seed": seed, "model": model, "method": method,
                "type": kind.name, "mode": info["mode"] or kind.tuned, "head": head, "metric": task.metric,
                "dev_metric": outcome.dev_metric, "dev_loss": outcome.dev_loss, "test_metric": test_ev.metric,

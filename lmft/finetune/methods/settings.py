@@ -62,6 +62,9 @@ def loop_settings(*, batch_size: int, steps: int, eval_every: int, lr: float, sc
         "batch_size": setting(batch_size, "training examples per update", type="integer", minimum=1),
         "eval_every": setting(eval_every, "dev evaluation every N steps (0: at the last step only)", type="integer",
                               minimum=0),
+        "eval_test": setting(False, "score test at each evaluation too (curve.parquet's test rows, for plots of "
+                                    "accuracy against passes; nothing is chosen on them); off: it costs a test "
+                                    "evaluation per dev one", type="boolean"),
         "save_every": setting(0, "write resume.pt every N steps (0: never)", type="integer", minimum=0),
         "save_steps": setting([], "steps whose trained tensors are kept in steps/", type="array",
                               items={"type": "integer", "minimum": 0}),

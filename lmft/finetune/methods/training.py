@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lmft.finetune.lm_targets import target_loss
-from lmft.finetune.loop import LoopConfig, Stepper, train_loop
+from lmft.finetune.loop import LoopConfig, LoopResult, Stepper, train_loop
 from lmft.finetune.methods.base import GenerationJob, GenerationOutcome, Job, MethodType, Outcome, Settings
 from lmft.finetune.methods.settings import COMMON, SELECT
 from lmft.io import LmftError
@@ -60,7 +60,7 @@ def loop_config(cfg: Mapping[str, Any], n_train: int) -> LoopConfig:
         steps = int(cfg["epochs"]) * math.ceil(n_train / int(cfg["batch_size"]))
     return LoopConfig(steps=int(steps), batch_size=int(cfg["batch_size"]), eval_every=int(cfg["eval_every"]),
                       eval_batch_size=int(cfg["eval_batch_size"]), save_every=int(cfg["save_every"]),
-                      save_steps=tuple(int(s) for s in cfg["save_steps"]))
+                      save_steps=tuple(int(s) for s in cfg["save_steps"]), eval_test=bool(cfg["eval_test"]))
 
 
 def train(job: Job, make_stepper: MakeStepper) -> Outcome:
@@ -73,11 +73,24 @@ def train(job: Job, make_stepper: MakeStepper) -> Outcome:
         save_trainable(job.clf, job.pending_steps / f"step-{step}.safetensors",
                        checkpoint_metadata(job.info | {"step": step}))
 
+    def score_test(clf: Classifier, desc: str) -> tuple[float, float]:  # clf is job.clf
+        ev = job.evaluate(data["test"])
+        return ev.metric, ev.loss
+
     result = train_loop(job.clf, stepper, data["train"], data["dev"], job.task.metric, loop, job.model_seed,
                         device=job.device, resume_path=job.resume_path, save_step=save_step, on_step=job.on_step,
-                        fingerprint=job.fingerprint)
+                        fingerprint=job.fingerprint, score_test=score_test)
     return Outcome(result.best_dev_metric, result.best_dev_loss, job.evaluate(data["test"]), result.curve,
-                   steps=result.steps, best_step=result.best_step, resumed_from=result.resumed_from)
+                   steps=result.steps, best_step=result.best_step, resumed_from=result.resumed_from,
+                   metrics=cost_metrics(result, stepper))
+
+
+def cost_metrics(result: LoopResult, stepper: Stepper) -> dict[str, Any]:
+    """metrics.json's cost keys: ``passes`` (the run's, :attr:`lmft.finetune.loop.Stepper.passes`), ``pass_unit``
+    (``forward`` or ``forward+backward``, over one training batch), ``best_passes`` (at the kept step)
+    and ``train_s`` (seconds in training steps, evaluations excluded)."""
+    best = next(r["passes"] for r in result.curve if r["step"] == result.best_step and r["split"] == "dev")
+    return {"passes": result.passes, "pass_unit": stepper.PASS, "best_passes": best, "train_s": result.train_s}
 
 
 def train_generation(job: GenerationJob, make_stepper: MakeStepper) -> GenerationOutcome:
