@@ -134,12 +134,17 @@ def shape(job: Job, config: Mapping[str, Any]) -> tuple:
     return (job.rule, *out)
 
 
+def offline_env() -> dict[str, str]:
+    """The environment of a Snakemake run of this repository's workflow: offline, this ``lmft`` first on the path."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+
+
 def dry_run(configfiles: Iterable[Path | str], workdir: Path, *extra: str) -> list[Job]:
     """The jobs Snakemake plans for ``configfiles`` in ``workdir`` (offline)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", *map(str, configfiles), "-n", "--cores", "1", *extra]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_env())
     if proc.returncode:
         raise LmftError(f"dry run of {' '.join(map(str, configfiles))} failed:\n{proc.stderr[-3000:]}")
     return parse_dry_run(proc.stdout + proc.stderr)
