@@ -30,7 +30,7 @@ findings: setup  # the claims with power: 3 seeds, 500 test examples, 1,000 MeZO
 	HF_HUB_OFFLINE=1 $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) --configfile config/findings.yaml
 
 paper-proxy: setup  # every job shape of config/paper.yaml at proxy scale, offline, in paper-proxy/ (config/paper-proxy.yaml)
-	HF_HUB_OFFLINE=1 $(PY) -m lmft.proxy run paper-proxy --cores $(CORES)
+	HF_HUB_OFFLINE=1 $(PY) -m lmft.aggregate.proxy run paper-proxy --cores $(CORES)
 	@echo "Results: paper-proxy/results/tables/ (tables, findings.md), paper-proxy/results/plots/"
 
 report: setup

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lmft import coverage
+from lmft.aggregate import coverage
 from lmft.data import fabricate
 from lmft.data.download import extract_tar
 from lmft.data.raw import load_raw

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_job_shape_of_the_paper_grid_runs_offline(tmp_path):
     work = tmp_path / "paper-proxy"
-    proc = subprocess.run([sys.executable, "-m", "lmft.proxy", "run", str(work), "--cores", "2", "--quiet", "rules"],
-                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=3600)
+    cmd = [sys.executable, "-m", "lmft.aggregate.proxy", "run", str(work), "--cores", "2", "--quiet", "rules"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=3600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     m = re.search(r"^paper job shapes executed: (\d+) of (\d+)$", proc.stdout, re.M)

@@ -1,7 +1,7 @@
 """The paper grid at proxy scale (issue 18): what its run needs that no network may give it.
 
-``python -m lmft.proxy setup DIR`` prepares the folder ``DIR`` that the proxy run's workflow runs in
-(``snakemake --directory DIR --configfile config/paper.yaml config/paper-proxy.yaml``):
+``python -m lmft.aggregate.proxy setup DIR`` prepares the folder ``DIR`` that the proxy run's workflow runs
+in (``snakemake --directory DIR --configfile config/paper.yaml config/paper-proxy.yaml``):
 
 - the fabricated network sources (:func:`lmft.data.fabricate.write_sources`) under the config's
   ``data_dir`` in ``DIR``, where the offline error messages say to put the downloads;
@@ -9,9 +9,10 @@
   a local folder, of the family of the grid's hub model of that name (:data:`TINY`), its tokenizer
   trained on the fabricated texts.
 
-Both are the same bytes on every call. ``python -m lmft.proxy run DIR [--cores N] [snakemake options]``
-(``make paper-proxy``) sets up ``DIR``, runs the workflow there offline and prints the job shapes it
-executed (:mod:`lmft.coverage`): ``paper job shapes executed: X of Y``; it exits non-zero unless X = Y.
+Both are the same bytes on every call.
+``python -m lmft.aggregate.proxy run DIR [--cores N] [snakemake options]`` (``make paper-proxy``) sets up
+``DIR``, runs the workflow there offline and prints the job shapes it executed
+(:mod:`lmft.aggregate.coverage`): ``paper job shapes executed: X of Y``; it exits non-zero unless X = Y.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from lmft.io import LmftError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # hub model of the grid -> (family, layers, hidden size) of its tiny stand-in; large is a little larger
 TINY: dict[str, tuple[str, int, int]] = {"roberta-base": ("roberta", 2, 32), "roberta-large": ("roberta", 3, 48),
                                          "gpt2-medium": ("gpt2", 4, 32)}
@@ -45,7 +46,7 @@ def tiny_models(grid: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str
 
 def setup(workdir: Path | str, grid: Mapping[str, Any], overlay: Mapping[str, Any]) -> None:
     """Write the fabricated sources and build the tiny models in ``workdir`` (see the module doc)."""
-    from lmft.coverage import merged
+    from lmft.aggregate.coverage import merged
     from lmft.data.fabricate import corpus, write_sources
     from lmft.models.tiny import build
 
@@ -59,9 +60,10 @@ def setup(workdir: Path | str, grid: Mapping[str, Any], overlay: Mapping[str, An
 
 def run(workdir: Path, grid_config: Path, overlay: Path, cores: str = "all", extra: Sequence[str] = ()) -> int:
     """Set up ``workdir``, run the workflow there offline (``snakemake --profile profiles/local``), then print
-    the coverage (:func:`lmft.coverage.main`). Returns 0 when the run succeeded and executed every shape."""
-    from lmft.coverage import load_yaml, offline_env
-    from lmft.coverage import main as coverage_main
+    the coverage (:func:`lmft.aggregate.coverage.main`). Returns 0 when the run succeeded and executed every
+    shape."""
+    from lmft.aggregate.coverage import load_yaml, offline_env
+    from lmft.aggregate.coverage import main as coverage_main
 
     setup(workdir, load_yaml(grid_config), load_yaml(overlay))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles/local"),
@@ -73,7 +75,7 @@ def run(workdir: Path, grid_config: Path, overlay: Path, cores: str = "all", ext
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lmft.coverage import load_yaml
+    from lmft.aggregate.coverage import load_yaml
 
     parser = argparse.ArgumentParser(description="The paper grid at proxy scale: prepare its folder, or run it")
     parser.add_argument("command", choices=["setup", "run"], help="setup: fabricated sources and tiny models; "

@@ -15,7 +15,7 @@ functions of its wildcards and of the config, so two jobs of one shape run the s
 other sizes, as long as the proxy config changes nothing but sizes and sources:
 :func:`overlay_changes` checks that of an overlay (``config/paper-proxy.yaml``).
 
-``python -m lmft.coverage --workdir DIR --configfile config/paper.yaml --overlay config/paper-proxy.yaml``
+``python -m lmft.aggregate.coverage --workdir DIR --configfile config/paper.yaml --overlay config/paper-proxy.yaml``
 plans the grid (a Snakemake dry run in an empty folder: every job), lists the jobs of the proxy run
 in ``DIR`` (a dry run with ``--forceall``) and counts as executed those whose benchmark file
 exists (Snakemake writes it when the job succeeds). It prints ``paper job shapes executed: X of Y``
@@ -40,7 +40,7 @@ import yaml
 
 from lmft.io import LmftError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA_RULES = ("download", "kshot", "kshot_examples")
 NUMERIC_WILDCARDS = ("k", "seed", "row", "col", "sparsity")
 GRID_VALUE = re.compile(r"(~[A-Za-z_]+-)[^~]+")  # a trial's value in a run name (lmft.finetune.grid)
