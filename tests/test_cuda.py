@@ -19,6 +19,7 @@ from lmft.data.tasks import get_task
 from lmft.finetune.decode import greedy_decode
 from lmft.finetune.spsa import mezo_step
 from lmft.finetune.stage import run_finetune
+from lmft.graft.plan import graft_options, reference_options
 from lmft.graft.stage import load_mask, run_graft, run_reference
 from lmft.interpolate.stage import Endpoint, run_interpolate
 from lmft.io import load_tensors, write_parquet
@@ -137,7 +138,7 @@ def test_kernel_shards_on_cuda_equal_the_cpu(tiny, tmp_path):
                 d = tmp_path / device / split / str(col)
                 ks.run_shard(tiny["bert"], task, tiny["splits"]["train"], tiny["splits"][split],
                              {f: d / f"{f}.pt" for f in cfg["formulas"]}, d / "f0.pt", split=split, prompt="prompt",
-                             seed=13, row=0, col=col, cfg=cfg | {"device": device})
+                             seed=13, row=0, col=col, cfg=kp.shard_settings(cfg, task, split) | {"device": device})
         out[device] = tmp_path / device
     for split in SPLITS:
         for col in range(kp.col_shards(cfg, split)):
@@ -152,7 +153,7 @@ def test_kernel_shards_on_cuda_equal_the_cpu(tiny, tmp_path):
             torch.testing.assert_close(f0[0], f0[1], rtol=1e-4, atol=1e-5)
     ks.run_shard(tiny["bert"], task, tiny["splits"]["train"], tiny["splits"]["dev"],  # noprompt: the fitted head
                  {"sgd": tmp_path / "np/sgd.pt"}, tmp_path / "np/f0.pt", split="dev", prompt="noprompt", seed=13,
-                 row=0, col=0, cfg=cfg | {"device": DEVICE, "formulas": ["sgd"]})
+                 row=0, col=0, cfg=kp.shard_settings(cfg, task, "dev") | {"device": DEVICE, "formulas": ["sgd"]})
     assert torch.isfinite(torch.load(tmp_path / "np/sgd.pt", weights_only=True)["kernel"]).all()
 
 
@@ -174,12 +175,14 @@ def test_graft_on_cuda_scores_as_the_cpu(tiny, run_dirs, tmp_path):
     the graft keeps the sparsity's count, and its mask file loads back on the CPU."""
     ood = {"rt-polarity": (get_task("rt-polarity"), tiny["root"] / "ood.parquet")}
     kw = {"model": "bert", "k": 6, "seed": 13, "method": "a", "ood": ood}
-    refs = {d: run_reference(tiny["bert"], SST2, run_dirs["a"], tiny["splits"], tmp_path / d / "reference", device=d, **kw)
+    options = graft_options({"graft": {"epochs": 2}}, "a")  # every setting as the plan resolves it
+    refs = {d: run_reference(tiny["bert"], SST2, run_dirs["a"], tiny["splits"], tmp_path / d / "reference",
+                             options=reference_options(options), device=d, **kw)
             for d in (DEVICE, "cpu")}
     for key in ("pre_test_metric", "ft_test_metric", "pre_dev_loss", "ft_dev_loss"):
         assert refs[DEVICE][key] == pytest.approx(refs["cpu"][key], rel=1e-4, abs=1e-5)
     metrics = run_graft(tiny["bert"], SST2, run_dirs["a"], tiny["splits"], tmp_path / DEVICE / "g",
-                        tmp_path / DEVICE / "reference/metrics.json", sparsity=1e-2, options={"epochs": 2},
+                        tmp_path / DEVICE / "reference/metrics.json", sparsity=1e-2, options=options,
                         device=DEVICE, **kw)
     mask = load_mask(tmp_path / DEVICE / "g/mask.safetensors")
     assert metrics["device"] == str(torch.device(DEVICE)) and sum(int(m.sum()) for m in mask.values()) == metrics["count"]
