@@ -298,3 +298,12 @@ def test_zo_table_and_forward_pass_plot(tmp_path):
                                   ["zo"], zo_curves=curves)
     assert {p.name for p in written} >= {"zo_forward_passes.png", "zo_forward_passes.pdf", "zo_forward_passes.md"}
     assert (tmp_path / "plots" / "zo_forward_passes.png").stat().st_size > 5000
+
+
+def test_generation_table_shows_an_undecoded_dev_as_missing():
+    base = {"stage": "generation", "selected": True, "model": "m", "task": "t", "k": 4, "metric": "rougeL",
+            "type": "zeroshot", "n_test": 8, "test_se": 0.01, "gen_tokens_mean": 5.0, "test_scores.rougeL": 0.2}
+    runs = pd.DataFrame([base | {"method": "zs", "seed": 13, "dev_metric": float("nan")},
+                         base | {"method": "icl", "type": "icl", "seed": 13, "dev_metric": 0.25}])
+    frame = tables.generation_table(runs).frame.set_index("method")
+    assert frame.loc["zs", "dev (primary)"] == summary.MISSING and frame.loc["icl", "dev (primary)"] == "25.0"

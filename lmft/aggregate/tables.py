@@ -141,7 +141,8 @@ def generation_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None
             se = float(g["test_se"].iloc[0]) if primary and len(g) == 1 and "test_se" in g else math.nan
             row[name] = MISSING if vals.empty else spread_text(vals.mean(), vals.std(ddof=0), len(vals), se)
         dev = g["dev_metric"].astype(float)
-        row["dev (primary)"] = spread_text(dev.mean(), dev.std(ddof=0), len(dev), math.nan)
+        row["dev (primary)"] = (MISSING if dev.isna().all()  # not decoded (eval_dev false)
+                                else spread_text(dev.mean(), dev.std(ddof=0), len(dev), math.nan))
         row["tokens generated"] = fixed(float(g["gen_tokens_mean"].mean()), 1) if "gen_tokens_mean" in g else MISSING
         row["_order"] = (model, task_rank(task, task_order), int(k), method_order(first), row["method"])
         rows.append(row)
