@@ -187,13 +187,19 @@ def _convert_smollm2(out_dir: Path) -> Path:
     with torch.no_grad():
         if not torch.equal(model(probe).logits, gguf_model.eval()(probe).logits):
             raise LmftError(f"converting {SMOLLM2_GGUF}: the rebuilt model's logits differ from the GGUF model's")
-    tmp = Path(tempfile.mkdtemp(prefix=".hf.", dir=out_dir))
+    return save_pretrained_atomic(model, tokenizer, out_dir / "hf")
+
+
+def save_pretrained_atomic(model: Any, tokenizer: Any, final: Path) -> Path:
+    """``save_pretrained`` of ``model`` and ``tokenizer`` into the folder ``final``, written in a
+    temporary folder beside it and then renamed over it, so a killed job leaves no half folder."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     tmp.chmod(0o755)
     try:
         with _quiet():
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-        final = out_dir / "hf"
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

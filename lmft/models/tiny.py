@@ -20,8 +20,6 @@ writes the same files.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 import torch
 
 from lmft.io import LmftError
+from lmft.models.load import save_pretrained_atomic
 
 FAMILIES = ("roberta", "gpt2")
 SPECIALS = {"roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
@@ -94,21 +93,5 @@ def build(family: str, out_dir: Path | str, texts: Iterable[str], layers: int = 
           seed: int = 0) -> Path:
     """Train the tokenizer, make the model and save both as a ``save_pretrained`` folder ``out_dir``
     (written in a temporary folder, then renamed). Returns ``out_dir``."""
-    from transformers.utils import logging
-
     tokenizer = train_tokenizer(family, texts)
-    model = make_model(family, tokenizer, layers, hidden, seed)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        logging.disable_progress_bar()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return save_pretrained_atomic(make_model(family, tokenizer, layers, hidden, seed), tokenizer, Path(out_dir))
