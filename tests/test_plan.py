@@ -73,3 +73,20 @@ def test_each_stage_section_adds_its_runs_and_topics():
     grid = config | {"finetune": {"methods": {"ft": {"type": "ft", "lr": [1e-3, 1e-2]}}}}
     with pytest.raises(LmftError, match="graft.methods reads finetune method 'ft', a grid over lr"):
         Plan(grid).graft_jobs
+
+
+def test_paper_grid_sets_each_kernel_beside_fine_tuning_with_and_without_the_prompt():
+    """config/paper.yaml: each eNTK cell (model, task, k, seed) has FT of that model with the head its
+    prompt setting compares with (prompt -> prompt head, noprompt -> cls head); the paper-grid proxy
+    found the no-prompt kernel claim never measured when no-prompt FT ran on roberta-large only."""
+    from pathlib import Path
+
+    from lmft.config import load_config
+
+    plan = Plan(load_config(Path(__file__).resolve().parent.parent / "config/paper.yaml"))
+    heads = {"prompt": "prompt", "noprompt": "cls"}
+    ft = {(*path.split("/")[2:5], plan.finetune_runs[path.split("/")[5]].get("head")) for path in plan.finetune_metrics}
+    cells = {(*path.split("/")[2:5], path.split("/")[5].rsplit("-", 1)[1]) for path in plan.kernel_metrics}
+    assert cells and {prompt for *_, prompt in cells} == set(heads)
+    missing = sorted(c for c in cells if (*c[:3], heads[c[3]]) not in ft)
+    assert not missing, missing[:5]
