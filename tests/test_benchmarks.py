@@ -42,3 +42,16 @@ def test_decode_bench_agrees_with_generate_and_no_cache():
     lines = done.stdout.strip().splitlines()
     assert "same tokens: True" in lines[0]
     assert re.fullmatch(r"no-cache / lmft = \d+\.\d\dx; lmft / generate = \d+\.\d\dx", lines[-1])
+
+
+def test_bench_stages_reads_a_run_folder_and_its_log(tmp_path):
+    """``python bench/stages.py RUN``: the run folder's benchmarks/ (not its data's .tsv files) and its log."""
+    run = tmp_path / "paper-proxy"
+    for rel, text in [("benchmarks/kshot/a/4-13.tsv", HEADER + "2.0\t0:00:02\t100\t0\t0\t0\t0\t0\t0\t1.0\n"),
+                      ("data/raw/CoLA/dev.tsv", "a\tb\n"), (".snakemake/log/x.snakemake.log", "Elapsed time: 0:01:02\n")]:
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(text)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "bench/stages.py"), str(run)], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout
+    assert "sum of job wall times: 2 s over 1 jobs" in out and "wall time of the last run (x.snakemake.log): 0:01:02" in out
