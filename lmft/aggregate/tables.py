@@ -178,9 +178,10 @@ def zo_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None, task_o
     """The zeroth-order runs (:data:`lmft.aggregate.topics.ZO_TYPES`) and fine-tuning (type ``ft``) of the same
     parameters (mode and head), rows (model, task, k, mode, method): the run's passes and their unit
     (a forward, or a forward and backward, over one training batch), the passes at the kept (best
-    dev) step, dev and test x100 and the seconds in training steps, as mean (std) over the seeds."""
+    dev) step, dev and test x100, as mean (std) over the seeds. The seconds in training steps
+    (``train_s``, a measurement) stay in metrics.json and the curves: tables are byte-identical."""
     cols = ["model", "task", "k", "mode", "method", "type", "pass", "passes", "passes at best", "dev", "test",
-            "train s", "seeds"]
+            "seeds"]
     part = selected(runs, ("finetune",))
     if part.empty or "type" not in part.columns:
         return Table(TOPICS["zo"].title, pd.DataFrame(columns=cols), 6)
@@ -205,8 +206,7 @@ def zo_table(runs: pd.DataFrame, labels: Mapping[str, str] | None = None, task_o
         rows.append({"model": model, "task": task, "k": str(k), "mode": mode, "method": label, "type": rs[0]["type"],
                      "pass": "/".join(sorted(unit)) or MISSING, "passes": column(rs, "passes"),
                      "passes at best": column(rs, "best_passes"), "dev": column(rs, "dev_metric", 100.0, 1),
-                     "test": column(rs, "test_metric", 100.0, 1), "train s": column(rs, "train_s"),
-                     "seeds": str(len(rs)),
+                     "test": column(rs, "test_metric", 100.0, 1), "seeds": str(len(rs)),
                      "_order": (model, task_rank(task, task_order), k, mode, method_order(rs[0]))})
     rows.sort(key=lambda r: r["_order"])
     return Table(TOPICS["zo"].title, pd.DataFrame(rows, columns=cols), 6)
