@@ -263,13 +263,19 @@ def relax_mask(model: nn.Module, ft: Mapping[str, Tensor], base: Mapping[str, Te
                 s.requires_grad_(True)
                 s.grad = None
             total = 0.0
+            # S is fixed within an epoch, so the soft graft is made once and the batches' gradients
+            # gather on a detached copy of it; one backward through the relaxation ends the epoch.
+            soft = {n: soft_graft(scores[n], theta0[n], ft[n], base[n], sigmoid_bias) for n in ft}
+            leaves = {n: t.detach().requires_grad_(True) for n, t in soft.items()}
             for batch in batches:
-                soft = {n: soft_graft(scores[n], theta0[n], ft[n], base[n], sigmoid_bias) for n in ft}
-                with substitute(model, soft):
+                with substitute(model, leaves):
                     logits = model(**_inputs(batch, device))
                 loss = F.cross_entropy(logits.float(), batch["labels"].to(device))
                 loss.backward()
                 total += loss.item()
+            used = [n for n in soft if leaves[n].grad is not None]  # a tensor the forward never reads has none
+            torch.autograd.backward([soft[n] for n in used], [leaves[n].grad for n in used])
+            del soft, leaves
             step = 0.0
             with torch.no_grad():
                 for s in scores.values():
