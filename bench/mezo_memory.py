@@ -17,6 +17,8 @@ Each method runs in its own fresh subprocess so that peaks do not mix:
 - ``inference``: a forward pass under ``torch.no_grad()``, eval mode (the memory MeZO aims at);
 - ``mezo``: :class:`lmft.finetune.spsa.MeZO` steps on every parameter (eps 1e-3, one perturbation: two
   forward passes), eval mode;
+- ``mezo-rademacher``: the same with Rademacher directions (the ``mezo`` type's ``direction: rademacher``:
+  +-1 from random bits, SPSA's own, where MeZO draws Gaussian ones);
 - ``adamw``: ``torch.optim.AdamW`` steps on every parameter (forward, backward, update), train
   mode (dropout on);
 - ``inference-lora``, ``mezo-lora``, ``adamw-lora``: the same with rank ``--lora-rank`` LoRA
@@ -32,7 +34,8 @@ above the allocation at entry, on Linux the peak resident set (``VmHWM``, reset 
 workers fix glibc's mmap threshold so that freed tensors go back to the system and the next
 peak is seen. "total" adds the model's own bytes (LoRA adapters included). Step time is the mean (and the min, less disturbed by other processes) over the
 steps after the first (the first allocates AdamW's state). The last line sets a full-parameter
-MeZO step beside the two forward passes it needs (mean times; issue 19's target: at most 1.15x).
+MeZO step beside the two forward passes it needs (mean times; issue 19's target: at most 1.15x), for
+Gaussian and for Rademacher directions.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from lmft.aggregate import benchmarks
 from lmft.models.heads import Classifier
 from lmft.finetune.peak import PeakIncrease
 
-METHODS = ("inference", "mezo", "adamw", "inference-lora", "mezo-lora", "adamw-lora")
+METHODS = ("inference", "mezo", "mezo-rademacher", "adamw", "inference-lora", "mezo-lora", "adamw-lora")
 SHAPES = {  # BertConfig / LlamaConfig keywords
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
     "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -125,9 +128,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 with torch.no_grad():
                     loss_fn()
             return infer
-        if method == "mezo":
+        if method.startswith("mezo"):
             model.eval()  # the two evaluations must differ only by the perturbation
-            opt = MeZO(params, lr=1e-6, eps=1e-3, seed=0)
+            opt = MeZO(params, lr=1e-6, eps=1e-3, seed=0, rademacher=method == "mezo-rademacher")
             return lambda: kept.append(opt.step(loss_fn)["kept_fraction"])
         model.train()
         adam = torch.optim.AdamW(params, lr=1e-5)
@@ -185,23 +188,25 @@ def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{m:<14} {r['n_trainable'] / 1e6:>8.3f}M {mb:>19} {tot:>9} {r['step_s']:>14.3f} "
                      f"{r['step_min_s']:>7.3f}")
     pairs = [(f"{m}{lora}", f"{d}{lora}") for lora in ("", "-lora")
-             for m, d in (("mezo", "inference"), ("adamw", "mezo"), ("adamw", "inference"))]
+             for m, d in (("mezo", "inference"), ("mezo-rademacher", "inference"), ("adamw", "mezo"),
+                          ("adamw", "inference"))]
     for a, b in pairs:
         if a in rows and b in rows:
             lines.append(f"{a} / {b} memory: increase {_ratio(over[a], over[b])}, total {_ratio(total[a], total[b])}; "
                          f"step time (mean) {rows[a]['step_s'] / rows[b]['step_s']:.2f}x")
-    mezos = [m for m in ("mezo-lora", "mezo") if m in rows]
+    mezos = [m for m in ("mezo-lora", "mezo", "mezo-rademacher") if m in rows]
     for m in mezos:
-        forward = m.replace("mezo", "inference")
+        forward = m.replace("mezo", "inference").removesuffix("-rademacher")
         if forward in rows:
             lines.append(f"{m} step / 2 forward passes: {rows[m]['step_s'] / (2 * rows[forward]['step_s']):.2f}x "
                          f"(mean), {rows[m]['step_min_s'] / (2 * rows[forward]['step_min_s']):.2f}x (min)")
     for m in mezos:
         lines.append(f"{m} elements kept for the exact restore: {100 * rows[m]['kept_fraction']:.1f}% "
                      "(largest share in one excursion, mean over steps)")
-    if "inference" in rows and "mezo" in rows:  # full-parameter MeZO: the closing line
-        ratio = rows["mezo"]["step_s"] / (2 * rows["inference"]["step_s"])
-        lines.append(f"MeZO step / 2 forward passes = {ratio:.2f}x")
+    for m, name in (("mezo", "MeZO"), ("mezo-rademacher", "MeZO (Rademacher directions)")):
+        if "inference" in rows and m in rows:  # full-parameter MeZO: the closing lines
+            ratio = rows[m]["step_s"] / (2 * rows["inference"]["step_s"])
+            lines.append(f"{name} step / 2 forward passes = {ratio:.2f}x")
     return "\n".join(lines)
 
 

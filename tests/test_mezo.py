@@ -66,10 +66,10 @@ def same_bits(a: list[Tensor], b: list[Tensor]) -> bool:
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def direction(params: list[Tensor], seed: int, scale: float = 1.0) -> list[Tensor]:
+def direction(params: list[Tensor], seed: int, scale: float = 1.0, rademacher: bool = False) -> list[Tensor]:
     """``fl(scale z)`` for ``seed`` (z itself by default), read back through the public API: perturbing zeros."""
     zeros = [torch.zeros_like(p) for p in params]
-    perturb_(zeros, seed, scale)
+    perturb_(zeros, seed, scale, rademacher=rademacher)
     return zeros
 
 
@@ -93,8 +93,9 @@ def test_projected_grad_matches_autograd_directional_derivative():
     assert errors[1] < 1e-5  # the central difference's O(eps^2) error
 
 
-@pytest.mark.parametrize("eps,n", [(1e-3, 1), (1e-3, 3), (1e-1, 1)])
-def test_lr_zero_restores_parameters_bit_for_bit(eps, n, monkeypatch):
+@pytest.mark.parametrize("eps,n,rademacher", [(1e-3, 1, False), (1e-3, 3, False), (1e-1, 1, False),
+                                              (1e-3, 3, True), (1e-1, 1, True)])
+def test_lr_zero_restores_parameters_bit_for_bit(eps, n, rademacher, monkeypatch):
     monkeypatch.setattr("lmft.finetune.excursion.CHUNK", 97)  # many chunks per tensor, as big tensors have
     model = TinyBert()
     with torch.no_grad():  # make rounding bite: negative zeros, small and mid-sized values
@@ -105,16 +106,16 @@ def test_lr_zero_restores_parameters_bit_for_bit(eps, n, monkeypatch):
     before = bits(params)
 
     # The reference arithmetic (+eps, -2 eps, +eps) does not come back: why the restore keeps values.
-    perturb_(params, 5, eps)
-    perturb_(params, 5, -2 * eps)
-    perturb_(params, 5, eps)
+    perturb_(params, 5, eps, rademacher=rademacher)
+    perturb_(params, 5, -2 * eps, rademacher=rademacher)
+    perturb_(params, 5, eps, rademacher=rademacher)
     assert not same_bits(bits(params), before)
     with torch.no_grad():
         for p, b in zip(params, before):
             p.copy_(b.view(p.dtype))
 
     out = mezo_step(params, lambda: classifier_loss(model, batch), eps=eps, lr=0.0, weight_decay=0.1, seed=5,
-                    n_perturbations=n)
+                    n_perturbations=n, rademacher=rademacher)
     assert same_bits(bits(params), before)
     assert 0 < out["kept_fraction"] <= 1
     assert out["projected_grad"] != 0
@@ -128,13 +129,15 @@ def test_lr_zero_is_exact_in_half_precision(dtype):
     assert same_bits(bits(params), before)
 
 
-def test_step_equals_the_reference_spsa_update():
-    """Against SPSA written out of place: theta +- eps z built as new tensors, loaded, evaluated."""
+@pytest.mark.parametrize("rademacher", [False, True])
+def test_step_equals_the_reference_spsa_update(rademacher):
+    """Against SPSA written out of place: theta +- eps z built as new tensors, loaded, evaluated; the
+    direction read back once serves +eps, -eps and the update (one perturbation, used three times)."""
     model = TinyBert().double()
     batch = bert_batch()
     names = [n for n, _ in model.named_parameters()]
     theta = [p.detach().clone() for p in model.parameters()]
-    z = direction(theta, 13)
+    z = direction(theta, 13, rademacher=rademacher)
 
     def loss_at(values: list[Tensor]) -> float:
         with torch.no_grad():
@@ -147,7 +150,7 @@ def test_step_equals_the_reference_spsa_update():
     loss_at(theta)
     g = (plus - minus) / 2e-3
     out = mezo_step(list(model.parameters()), lambda: classifier_loss(model, batch), eps=1e-3, lr=0.05,
-                    weight_decay=0.1, seed=13)
+                    weight_decay=0.1, seed=13, rademacher=rademacher)
     assert out["projected_grad"] == pytest.approx(g, rel=1e-9)
     assert out["loss"] == pytest.approx((plus + minus) / 2, rel=1e-12)
     for name, p, t, zi in zip(names, model.parameters(), theta, z):
@@ -192,6 +195,25 @@ def test_direction_is_standard_normal_and_reproducible_chunk_by_chunk(monkeypatc
     assert len({tuple(c[:4].tolist()) for c in chunks}) == 20  # every chunk draws its own numbers
     assert abs(z[0].mean().item()) < 0.03 and abs(z[0].std().item() - 1) < 0.03
     assert chunks.mean(1).abs().max().item() < 0.2  # no chunk off on its own: 0.2 is 6 sigma
+
+
+def test_rademacher_direction_is_the_bits_of_each_chunks_seeded_bytes(monkeypatch):
+    """u is +-1: element i of a chunk is +1 where bit i % 8 of the chunk generator's byte i // 8 is set."""
+    monkeypatch.setattr("lmft.finetune.excursion.CHUNK", 1000)
+    params = [torch.zeros(20_000), torch.zeros(3, 5)]
+    u = direction(params, 9, rademacher=True)
+    assert same_bits(bits(u), bits(direction(params, 9, rademacher=True)))
+    assert set(torch.cat([t.flatten() for t in u]).unique().tolist()) == {-1.0, 1.0}
+    base = excursion.splitmix64(9)
+    for k, chunk in enumerate([u[0][i:i + 1000] for i in range(0, 20_000, 1000)] + [u[1].flatten()]):
+        g = torch.Generator().manual_seed((base + k) & excursion.MASK64)
+        raw = torch.empty(-(-chunk.numel() // 8), 1, dtype=torch.uint8).random_(0, 256, generator=g)
+        want = ((raw.int() >> torch.arange(8)) & 1).flatten()[:chunk.numel()] * 2.0 - 1
+        assert torch.equal(chunk, want), k
+    assert abs(u[0].mean().item()) < 0.03  # +1 and -1 equally likely: 0.03 is 4 sigma
+    assert len({tuple(c[:16].tolist()) for c in u[0].view(20, 1000)}) == 20
+    half = [direction([torch.zeros(100, dtype=dt)], 9, 0.1, rademacher=True)[0] for dt in (torch.float16, torch.float32)]
+    assert torch.equal(half[0], half[1].half())  # half precision: +-fl16(0.1), the same signs
 
 
 def test_several_perturbations_average_gradients_taken_at_the_same_point():

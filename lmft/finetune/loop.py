@@ -207,13 +207,13 @@ class ZerothOrder:
     def __init__(self, clf: nn.Module, *, total_steps: int, lr: float, eps: float = 1e-3,
                  weight_decay: float = 0.0, n_perturbations: int = 1, seed: int = 0,
                  warmup_steps: int = 0, schedule: str = "constant", loss: str = "label-words",
-                 objective: Objective | None = None) -> None:
+                 objective: Objective | None = None, rademacher: bool = False) -> None:
         if schedule not in SCHEDULES:
             raise LmftError(f"unknown schedule {schedule!r}; one of {', '.join(SCHEDULES)}")
         self.clf = clf
         self.objective = training_objective(clf, loss, objective)
         self.opt = MeZO(trainable_parameters(clf), lr=lr, eps=eps, weight_decay=weight_decay,
-                        n_perturbations=n_perturbations, seed=seed)
+                        n_perturbations=n_perturbations, seed=seed, rademacher=rademacher)
         self.base_lr, self.total, self.warmup, self.schedule = lr, total_steps, warmup_steps, schedule
 
     @property

@@ -30,9 +30,11 @@ times (three moves and the update); with ``n`` perturbations this takes ``4 n - 
 perturbations measured from the last seed down so that the first seed's update shares the last
 restore.
 
-Rademacher directions (:mod:`lmft.finetune.zo`'s FZOO): ``u = sign(z)`` of the same draw (+1
-where the drawn value is >= 0), so a seed gives one Gaussian and one Rademacher direction from one
-scheme; :func:`perturb_` and :func:`loss_at` take ``rademacher=True``.
+Rademacher directions (SPSA's own, Spall 1992; :mod:`lmft.finetune.zo`'s FZOO; MeZO with
+``rademacher=True``): ``u`` in +-1 from random bits, drawn per chunk from the same seeded
+generators (:class:`lmft.finetune.excursion.Scratch`), 2.3x cheaper than the Gaussian draw on a
+CPU. ``E[u u^T] = I`` as for ``z``, so ``g u`` is an unbiased estimate of the same smoothed
+gradient direction to first order; the update's scale is the same (``|u_i| = 1``).
 
 The loss function must be deterministic (eval mode: no dropout), as the two evaluations must
 differ only by the perturbation. Weight decay applies to every tensor given (the reference
@@ -99,7 +101,7 @@ def _check_seed(seed: int, n: int = 1) -> None:
 @torch.no_grad()
 def perturb_(params: Sequence[Tensor], seed: int, scale: float, *, rademacher: bool = False) -> None:
     """``p += fl(scale z)`` in place for every tensor, z ~ N(0, I) drawn from ``seed`` (see module doc;
-    ``rademacher``: ``sign(z)`` in place of ``z``).
+    ``rademacher``: a Rademacher ``u`` in place of ``z``).
 
     Plain float arithmetic, as the reference code: a later call with ``-scale`` returns to the
     starting values only up to rounding. :func:`spsa_grad`, :func:`mezo_step` and :func:`loss_at`
@@ -156,7 +158,7 @@ def _measure(direction: Direction, scratch: Scratch, loss_fn: Callable[[], Tenso
 @torch.no_grad()
 def loss_at(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], *, seed: int, scale: float,
             rademacher: bool = False) -> float:
-    """The loss at ``theta + scale z`` (z drawn from ``seed``; ``rademacher``: ``sign(z)``), in one
+    """The loss at ``theta + scale z`` (z drawn from ``seed``; ``rademacher``: a Rademacher ``u``), in one
     excursion: the parameters end bit-identical, also when ``loss_fn`` raises."""
     params = _checked(params)
     _check_hparams(abs(scale), 0.0, 0.0, 1)
@@ -189,8 +191,10 @@ def spsa_grad(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], e
 
 @torch.no_grad()
 def mezo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], *, eps: float, lr: float,
-              weight_decay: float = 0.0, seed: int, n_perturbations: int = 1) -> dict[str, float]:
-    """One MeZO step in place on ``params``; perturbation ``i`` uses seed ``seed + i``.
+              weight_decay: float = 0.0, seed: int, n_perturbations: int = 1,
+              rademacher: bool = False) -> dict[str, float]:
+    """One MeZO step in place on ``params``; perturbation ``i`` uses seed ``seed + i`` (``rademacher``:
+    Rademacher directions in place of Gaussian ones).
 
     Returns ``loss`` (mean of (L+ + L-) / 2, the loss at theta to second order),
     ``projected_grad`` (mean g) and ``kept_fraction`` (largest share of elements restored from
@@ -206,7 +210,7 @@ def mezo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], *
     # From the last seed down, so that the first seed's update, which comes first, can share
     # the pass that brings its perturbation back: one draw of z fewer.
     for i in reversed(range(n_perturbations)):
-        direction = Direction(chunks, seed + i, eps)
+        direction = Direction(chunks, seed + i, eps, rademacher)
         plus, minus, kept_i = _measure(direction, scratch, loss_fn, eps)
         grads[i], losses[i], kept = (plus - minus) / (2 * eps), (plus + minus) / 2, max(kept, kept_i)
         if i:
@@ -215,7 +219,7 @@ def mezo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor | float], *
     decay = 1.0 - step * weight_decay
     direction.walk(scratch, decay=decay, alpha=-step * grads[0])
     for i in range(1, n_perturbations):
-        Direction(chunks, seed + i, eps).walk(scratch, decay=decay, alpha=-step * grads[i])
+        Direction(chunks, seed + i, eps, rademacher).walk(scratch, decay=decay, alpha=-step * grads[i])
     return {"loss": sum(losses) / len(losses), "projected_grad": sum(grads) / len(grads),
             "kept_fraction": kept / sum(p.numel() for p in params)}
 
@@ -230,19 +234,19 @@ class MeZO:
     """
 
     def __init__(self, params: Iterable[Tensor], *, lr: float, eps: float = 1e-3, weight_decay: float = 0.0,
-                 n_perturbations: int = 1, seed: int = 0) -> None:
+                 n_perturbations: int = 1, seed: int = 0, rademacher: bool = False) -> None:
         self.params = _checked(params)
         _check_hparams(eps, lr, weight_decay, n_perturbations)
         _check_seed(seed)
         self.lr, self.eps, self.weight_decay, self.n_perturbations = lr, eps, weight_decay, n_perturbations
-        self.steps = 0
+        self.rademacher, self.steps = rademacher, 0
         self._generator = torch.Generator().manual_seed(seed)
 
     def step(self, loss_fn: Callable[[], Tensor | float]) -> dict[str, float]:
         """One step; returns :func:`mezo_step`'s dict plus the step's ``seed``."""
         seed = int(torch.randint(SEED_RANGE, (), generator=self._generator))
         out = mezo_step(self.params, loss_fn, eps=self.eps, lr=self.lr, weight_decay=self.weight_decay,
-                        seed=seed, n_perturbations=self.n_perturbations)
+                        seed=seed, n_perturbations=self.n_perturbations, rademacher=self.rademacher)
         self.steps += 1
         return {**out, "seed": seed}
 

@@ -21,11 +21,13 @@ def stepper(clf: Classifier, cfg: Mapping[str, Any], total: int, seed: int,
     return ZerothOrder(clf, total_steps=total, lr=float(cfg["lr"]), eps=float(cfg["eps"]),
                        weight_decay=float(cfg["weight_decay"]), n_perturbations=int(cfg["n_perturbations"]),
                        seed=seed, warmup_steps=int(cfg["warmup_steps"]), schedule=cfg["schedule"], loss=cfg["loss"],
-                       objective=objective)
+                       objective=objective, rademacher=cfg["direction"] == "rademacher")
 
 
 METHOD = trainer("mezo", stepper, loop_settings(batch_size=64, steps=100_000, eval_every=10_000, lr=1e-6,
                                                  schedule="constant") | {
     "eps": setting(1e-3, "the perturbation's scale", type="number", exclusiveMinimum=0),
     "n_perturbations": setting(1, "perturbations averaged per step", type="integer", minimum=1),
+    "direction": setting("gaussian", "z ~ N(0, I) as MeZO draws it, or rademacher (+-1: SPSA's, 2.3x cheaper "
+                         "to draw on a CPU)", enum=["gaussian", "rademacher"]),
 })
