@@ -70,6 +70,15 @@ def test_the_verdict_rule(rule, low, high, want):
     assert rule.verdict(ci) == want
 
 
+@pytest.mark.parametrize("high", [0.05, 25 / 500, 0.01 + 0.04, 0.05 - 1e-12, 0.05 + 1e-12])
+def test_an_interval_that_touches_the_margin_does_not_clear_it(high):
+    """An end on the margin, up to float rounding of a 1/n lattice (25/500 vs 0.05), decides nothing."""
+    assert Rule("below", 0.05).verdict(bs.Interval(0.01, -0.02, high, 500, 1, 10)) == INCONCLUSIVE
+    assert Rule("above", -0.05).verdict(bs.Interval(0.0, -high, 0.02, 500, 1, 10)) == INCONCLUSIVE
+    assert Rule("within", 0.05).verdict(bs.Interval(0.0, -0.01, high, 500, 1, 10)) == INCONCLUSIVE
+    assert Rule("below", 0.05).verdict(bs.Interval(0.01, -0.02, 0.0498, 500, 1, 10)) == HOLDS
+
+
 def test_inconclusive_says_how_many_examples_would_decide():
     rule = Rule("above", 0.0, "points", 100)
     ci = bs.Interval(0.02, -0.05, 0.09, 200, 1, 10)  # half-width 0.07 around 0.02: (0.07 / 0.02)^2 x 200

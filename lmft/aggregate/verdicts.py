@@ -23,6 +23,17 @@ from lmft.aggregate.bootstrap import Interval
 
 HOLDS, FAILS, INCONCLUSIVE, UNMEASURED = "holds", "does not hold", "inconclusive", "not measured"
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, UNMEASURED)
+# An interval's end this close to the margin touches it and clears nothing: differences of accuracy
+# are multiples of 1/n, and their float sums land on either side of a margin such as 0.05 (25/500).
+TIE = 1e-9
+
+
+def _lt(a: float, b: float) -> bool:
+    return a < b - TIE
+
+
+def _gt(a: float, b: float) -> bool:
+    return a > b + TIE
 
 
 @dataclass(frozen=True)
@@ -48,10 +59,11 @@ class Rule:
         if math.isnan(lo) or math.isnan(hi):
             return INCONCLUSIVE
         if self.kind == "above":
-            return HOLDS if lo > m else FAILS if hi < m else INCONCLUSIVE
+            return HOLDS if _gt(lo, m) else FAILS if _lt(hi, m) else INCONCLUSIVE
         if self.kind == "below":
-            return HOLDS if hi < m else FAILS if lo > m else INCONCLUSIVE
-        return HOLDS if -m < lo and hi < m else FAILS if lo > m or hi < -m else INCONCLUSIVE
+            return HOLDS if _lt(hi, m) else FAILS if _gt(lo, m) else INCONCLUSIVE
+        return (HOLDS if _gt(lo, -m) and _lt(hi, m) else FAILS if _gt(lo, m) or _lt(hi, -m)
+                else INCONCLUSIVE)
 
     def gap(self, estimate: float) -> float:
         """How far the estimate lies from the nearest boundary of the claim (0: on it)."""
