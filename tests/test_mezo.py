@@ -197,8 +197,8 @@ def test_direction_is_standard_normal_and_reproducible_chunk_by_chunk(monkeypatc
     assert chunks.mean(1).abs().max().item() < 0.2  # no chunk off on its own: 0.2 is 6 sigma
 
 
-def test_rademacher_direction_is_the_bits_of_each_chunks_seeded_bytes(monkeypatch):
-    """u is +-1: element i of a chunk is +1 where bit i % 8 of the chunk generator's byte i // 8 is set."""
+def test_rademacher_direction_is_the_bits_of_each_chunks_seeded_words(monkeypatch):
+    """u is +-1: element i of a chunk is -1 where bit i % 32 of the chunk generator's word i // 32 is set."""
     monkeypatch.setattr("lmft.finetune.excursion.CHUNK", 1000)
     params = [torch.zeros(20_000), torch.zeros(3, 5)]
     u = direction(params, 9, rademacher=True)
@@ -207,8 +207,8 @@ def test_rademacher_direction_is_the_bits_of_each_chunks_seeded_bytes(monkeypatc
     base = excursion.splitmix64(9)
     for k, chunk in enumerate([u[0][i:i + 1000] for i in range(0, 20_000, 1000)] + [u[1].flatten()]):
         g = torch.Generator().manual_seed((base + k) & excursion.MASK64)
-        raw = torch.empty(-(-chunk.numel() // 8), 1, dtype=torch.uint8).random_(0, 256, generator=g)
-        want = ((raw.int() >> torch.arange(8)) & 1).flatten()[:chunk.numel()] * 2.0 - 1
+        raw = torch.empty(-(-chunk.numel() // 32), 1, dtype=torch.int32).random_(-2**31, 2**31, generator=g)
+        want = 1.0 - 2 * ((raw.long() >> torch.arange(32)) & 1).flatten()[:chunk.numel()]
         assert torch.equal(chunk, want), k
     assert abs(u[0].mean().item()) < 0.03  # +1 and -1 equally likely: 0.03 is 4 sigma
     assert len({tuple(c[:16].tolist()) for c in u[0].view(20, 1000)}) == 20

@@ -32,7 +32,7 @@ restore.
 
 Rademacher directions (SPSA's own, Spall 1992; :mod:`lmft.finetune.zo`'s FZOO; MeZO with
 ``rademacher=True``): ``u`` in +-1 from random bits, drawn per chunk from the same seeded
-generators (:class:`lmft.finetune.excursion.Scratch`), 2.3x cheaper than the Gaussian draw on a
+generators (:class:`lmft.finetune.excursion.Scratch`), 5x cheaper than the Gaussian draw on a
 CPU. ``E[u u^T] = I`` as for ``z``, so ``g u`` is an unbiased estimate of the same smoothed
 gradient direction to first order; the update's scale is the same (``|u_i| = 1``).
 
