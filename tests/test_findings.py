@@ -299,9 +299,18 @@ def test_mode_connectivity(tmp_path, task, bump, want_none, want_task):
     got = {f.claim: f.verdict for f in found}
     assert got == {"modeconn-seed": want_none, "modeconn-data": want_none, "modeconn-task": want_task}
     assert all(f.rule.startswith("95% CI of test loss barrier") for f in found)
+    barrier = next(f for f in found if f.claim == "modeconn-seed")
+    if bump == 0.0:  # signed: a straight path sits on its chord, not clipped above it
+        assert abs(barrier.ci.estimate) < 0.03 and barrier.ci.low < 0.01
     close = interp_run(tmp_path / "close", task, "s-s", 0.5, rel=0.1)
     f = verdict_of([close], "modeconn-seed", task, {"s-s": "seed-seed"})
     assert f.verdict == N and "too close to tell" in f.reason and "relative distance 0.10" in f.measured
+
+
+def test_barrier_is_signed(tmp_path):
+    """A path that dips below its chord has a negative barrier, shown as such."""
+    f = verdict_of([interp_run(tmp_path, HOLD, "s-s", -0.3)], "modeconn-seed", HOLD, {"s-s": "seed-seed"})
+    assert f.verdict == H and -0.25 < f.ci.estimate < -0.15 and f.ci.high < 0  # -0.3 x 4 (0.2 x 0.8): the interior point nearest the chord
 
 
 def gen(root, task, method, scores, kind) -> Path:
@@ -340,6 +349,18 @@ def test_mezo_memory(mezo, inference, sgd, want_inf, want_ft):
     assert found["mezo-memory-inference"].verdict == want_inf, found["mezo-memory-inference"].reason
     assert found["mezo-memory-ft"].verdict == want_ft, found["mezo-memory-ft"].reason
     assert "range over 3 repeated measurements" in found["mezo-memory-ft"].reason
+
+
+@pytest.mark.parametrize("tuned,want_inf", [(1_000, N), (900_000, H)])
+def test_mezo_memory_against_inference_is_decided_only_where_mezo_tunes_a_share(tuned, want_inf):
+    """Prefix MeZO perturbs almost nothing: its step peaks in inference's forward pass, a tie by construction."""
+    runs = pd.DataFrame([r | {"trainable_params": tuned, "total_params": 1_000_000}
+                         for r in memory_rows(100.0, 100.0, 1000.0)])
+    found = {f.claim: f for f in claims.findings(runs) if f.claim.startswith("mezo-memory")}
+    assert found["mezo-memory-inference"].verdict == want_inf, found["mezo-memory-inference"].reason
+    assert found["mezo-memory-ft"].verdict == H
+    if want_inf == N:
+        assert "tunes 0.1% of the weights" in found["mezo-memory-inference"].reason
 
 
 def test_claims_without_runs_are_not_measured(tmp_path):

@@ -52,7 +52,8 @@ Grafting, per (model, task, k, method), at the graft nearest the paper's 0.01% (
     clears it is named), its ECE is > 40% lower than the fine-tuned model's, and it beats the
     fine-tuned model on every out-of-distribution task.
 Mode connectivity, per interpolate pair of a kind (:func:`lmft.interpolate.plan.pair_kinds`)
-    ``seed-seed`` and ``data-seed`` pairs: the test loss barrier < :data:`NO_BARRIER`;
+    ``seed-seed`` and ``data-seed`` pairs: the test loss barrier (signed: the largest height of the path
+    over the chord at its interior points, negative where it runs below) < :data:`NO_BARRIER`;
     ``task-task`` pairs: a barrier > :data:`TASK_BARRIER` (task boundaries); a pair whose endpoints
     are closer than :data:`CLOSE_ENDPOINTS` of their distance from the pre-trained model is not
     measured. Pre-trained -> fine-tuned paths are curves to look at, not claims.

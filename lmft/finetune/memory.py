@@ -25,8 +25,8 @@ Output ``results/memory/{model}/{task}/{k}-{seed}/metrics.json`` (:func:`lmft.pa
 (:func:`lmft.finetune.peak.measure_name`), ``head``, ``loss``, ``batch_size``, ``seq_len`` (tokens of the
 padded batch), ``steps``, ``repeats``, ``wall_time_s`` and ``rows``, one per (mode, what) in that
 order: ``mode``, ``what``, ``peak_mb`` (MB, one per repeat; null where the device is not measured,
-and then nothing runs), ``step_s`` (seconds per step, one per repeat), ``trainable_params``,
-``params_mb`` (the classifier's parameters, MB: the floor every row stands on).
+and then nothing runs), ``step_s`` (seconds per step, one per repeat), ``trainable_params``, ``total_params`` (the
+classifier's), ``params_mb`` (the classifier's parameters, MB: the floor every row stands on).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def run_memory(model_json: Path | str, task: Task, train_path: Path | str, out_p
         batch = to_device(split.batch(EpochSampler(len(split), batch_size, seed).next_rows()), dev)
         seq_len = int(batch["input_ids"].shape[1])
         torch.manual_seed(seed)  # dropout in the ft steps: the same draws every run
-        n_trainable = count_trainable(clf)
+        n_trainable, n_total = count_trainable(clf), sum(p.numel() for p in clf.parameters())
         params_mb = sum(p.numel() * p.element_size() for p in clf.parameters()) / 2**20
         for what in WHATS:
             if measure == NOT_MEASURED:
@@ -144,7 +144,7 @@ def run_memory(model_json: Path | str, task: Task, train_path: Path | str, out_p
                 peaks, times = _measure(_block(what, clf, batch, specs, seed), steps, repeats, dev)
             log.info("%s %s: peak increase %s MB, %s s a step", mode, what, _rounded(peaks, 1), _rounded(times, 3))
             rows.append({"mode": mode, "what": what, "peak_mb": peaks, "step_s": times,
-                         "trainable_params": n_trainable, "params_mb": params_mb})
+                         "trainable_params": n_trainable, "total_params": n_total, "params_mb": params_mb})
         del clf, batch
         gc.collect()
     metrics = {"stage": "memory", "model": model, "task": task.name, "k": k, "seed": seed, "device": str(dev),

@@ -144,15 +144,18 @@ def relative_distance(ab: float, a0: float, b0: float) -> dict[str, float | str 
 
 
 def barrier(alphas: Sequence[float], values: Sequence[float], higher_is_better: bool = False) -> float:
-    """Height of the curve above (loss) or below (``higher_is_better``, a metric) the chord between its ends."""
+    """Signed height of the curve above (loss) or below (``higher_is_better``, a metric) the chord between
+    its ends: the largest at the interior points (at least 3 points), negative where the whole curve lies
+    on the good side of the chord (how far shows; a clip at 0 would hide it)."""
     x, y = np.asarray(alphas, dtype=float), np.asarray(values, dtype=float)
-    if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
-        raise LmftError(f"interpolate: barrier needs >= 2 matching alphas and values, got {x.shape} and {y.shape}")
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 3:
+        raise LmftError(f"interpolate: barrier needs >= 3 matching alphas and values (an interior point), "
+                        f"got {x.shape} and {y.shape}")
     if not np.all(np.diff(x) > 0):
         raise LmftError(f"interpolate: alphas must increase, got {x.tolist()}")
     line = y[0] + (x - x[0]) / (x[-1] - x[0]) * (y[-1] - y[0])
     gap = line - y if higher_is_better else y - line
-    return float(max(gap.max(), 0.0))
+    return float(gap[1:-1].max())
 
 
 @dataclass
