@@ -177,7 +177,7 @@ def test_a_step_draws_z_four_times_per_perturbation_less_one(n, monkeypatch):
     draws = []
     original = excursion.Scratch.draw
     monkeypatch.setattr(excursion.Scratch, "draw",
-                        lambda self, c, seed, *rest: draws.append(seed) or original(self, c, seed, *rest))
+                        lambda self, c, seed, *rest, **kw: draws.append(seed) or original(self, c, seed, *rest, **kw))
     params = [torch.randn(300), torch.randn(5, 7)]  # 4 + 1 chunks
     mezo_step(params, lambda: params[0].sum() + params[1].square().sum(), eps=1e-3, lr=1e-2, seed=0,
               n_perturbations=n)

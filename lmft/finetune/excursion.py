@@ -16,16 +16,27 @@ values, or a plain copy of the chunk where that is smaller. Few are kept where e
 next to the weights: 0.6% of SmolLM2-135M's (4-bit weights dequantised, eps 1e-3), 7.5% of a
 randomly initialised BERT's (std 0.02; 0.3 byte per parameter while a forward pass runs); many
 where it is not (prefix tuning's eps 1e-1), where the cap is one copy of each chunk.
+
+Float32 chunks on a CPU take the same steps in C (``excursion.c``, built on first use by
+:mod:`lmft.native`): one call per chunk and pass that sweeps the chunk once from memory, where the
+torch path makes a dozen passes, and gives the same bits (it keeps the same elements; deltas that
+do not fit 16 bits are kept as 32-bit deltas, in place of values or a copy). Without a C compiler,
+or with ``LMFT_NATIVE=0``, every chunk takes the torch path.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from lmft import native
 
 
 # Integer views with the width of each supported float dtype: bitwise comparison (tells -0.0 from 0.0).
@@ -36,6 +47,22 @@ CHUNK = 1 << 16  # elements of z per draw: 256 KB per float32 buffer, in cache w
 # at most 2**16, so that kept elements are indexed by 16-bit offsets
 _BLOCK = 1 << 18  # int16 elements per block of kept elements (512 KB)
 _DRAWN_AS_IS = (torch.float32, torch.float64)  # dtypes that normal_ draws with a full-precision scale
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib = native.load(Path(__file__).with_suffix(".c"))
+    if lib is not None:
+        ptr, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+        lib.lmft_pack.argtypes, lib.lmft_pack.restype = (ptr, ptr, i64, i32, ptr), None
+        lib.lmft_walk.argtypes = (ptr, i64, ptr, f32, ptr, i32, ptr, i64, i32, i32, ptr, ptr, ptr, i32, f32, i32, f32)
+        lib.lmft_walk.restype = i64
+    return lib
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The C kernels of ``excursion.c``, or None (no compiler, or ``LMFT_NATIVE=0``): the torch path."""
+    return _library() if native.enabled() else None
 
 
 def splitmix64(x: int) -> int:
@@ -97,12 +124,16 @@ class Scratch:
                                         None if wide is None else wide[:n])
         return views
 
-    def draw(self, c: Tensor, seed: int, scale: float, rademacher: bool = False) -> Tensor:
+    def draw(self, c: Tensor, seed: int, scale: float, rademacher: bool = False, words_only: bool = False) -> Tensor:
+        """``words_only`` (Rademacher): return the random words, int32 ``[ceil(n / 32)]``, and leave
+        turning them into ``d`` to the caller (the C kernels do it in the pass that uses ``d``)."""
         d, _, _, _, signs, wide = self._of(c)
         generator = self.generators[c.device].manual_seed(seed)
         if rademacher:
             words = self.words[c.device][:signs.shape[0]]
             words.random_(-2**31, 2**31, generator=generator)  # all 32 bits (random_() leaves the sign bit 0)
+            if words_only:
+                return words
             torch.bitwise_left_shift(words, self.shifts[c.device], out=signs)  # bit j of word w -> sign of 32 w + j
             magnitude = struct.unpack("<i", struct.pack("<f", scale if wide is None else 1.0))[0]  # its bit pattern
             signs.bitwise_and_(-2**31).bitwise_or_(magnitude)
@@ -120,6 +151,11 @@ class Scratch:
         if flags.numel() > c.numel():
             flags[c.numel():].zero_()  # a longer chunk may have left flags there
         return t, diff, flags
+
+    def native(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(d, diff, off)`` for the C kernels: ``d``, int32 ``[n]``, and int16 ``[2 n]`` over ``t``."""
+        d, t, diff, _, _, _ = self._of(c)
+        return d, diff, t.view(torch.int16)
 
 
 def _flagged(flags: Tensor) -> Tensor | None:
@@ -165,12 +201,16 @@ class _Kept:
     a :class:`_Store` block: ``"delta"``: ``n`` offsets in the chunk (int16 read modulo 2**16),
     then the elements' bit patterns minus those that moving back lands on (int16; float32
     chunks where all fit: 4 bytes an element); ``"values"``: the offsets, then (from the next
-    multiple of 4) the elements themselves; ``"copy"``: the whole chunk (``n`` its length)."""
+    multiple of 4) the elements themselves; ``"copy"``: the whole chunk (``n`` its length).
+    The C kernels write ``"delta"`` or ``"delta32"``: the offsets, then (from the next multiple of
+    4) int32 deltas, and restore them themselves. ``elements``: how many elements could not be
+    recomputed, whatever the form (``n`` but for a copy)."""
 
     block: Tensor
     start: int
     n: int
     form: str
+    elements: int
 
     def offsets(self) -> Tensor:
         return self.block[self.start:self.start + self.n].long().bitwise_and_(0xFFFF)
@@ -193,16 +233,16 @@ def _keep(c: Tensor, landed: Tensor, index: Tensor, store: _Store) -> _Kept:
             block, start = store.take(c.device, 2 * k)
             block[start:start + k].copy_(index)  # offsets past 2**15 wrap: read modulo 2**16
             block[start + k:start + 2 * k].copy_(delta)
-            return _Kept(block, start, k, "delta")
+            return _Kept(block, start, k, "delta", k)
     if k * (1 + width) < n * width:
         padded = -(-k // 4) * 4
         block, start = store.take(c.device, padded + k * width)
         block[start:start + k].copy_(index)
         torch.index_select(c, 0, index, out=block[start + padded:start + padded + k * width].view(c.dtype))
-        return _Kept(block, start, k, "values")
+        return _Kept(block, start, k, "values", k)
     block, start = store.take(c.device, n * width)
     block[start:start + n * width].view(c.dtype).copy_(c)
-    return _Kept(block, start, n, "copy")
+    return _Kept(block, start, n, "copy", k)
 
 
 def _move_out_(c: Tensor, d: Tensor, sign: int, scratch: Scratch, store: _Store) -> _Kept | None:
@@ -247,6 +287,25 @@ def _move_back_(c: Tensor, d: Tensor, sign: int, kept: _Kept | None) -> None:
         c.index_copy_(0, kept.offsets(), kept.payload(c.dtype))
 
 
+def _walk_native(lib: ctypes.CDLL, c: Tensor, scratch: Scratch, seed: int, eps: float, rademacher: bool,
+                 back: int, kept: _Kept | None, out: int, decay: float, step: float, store: _Store) -> _Kept | None:
+    """One float32 CPU chunk's part of :meth:`Direction.walk` in one C call, ``d`` drawn from ``seed``:
+    back from ``theta + back d`` (0: at theta), then out to ``theta + out d`` (returns what moving
+    back needs) or else the update ``theta <- decay theta + step d``. The torch path's steps, bit for bit."""
+    d, diff, off = scratch.native(c)
+    drawn = scratch.draw(c, seed, eps, rademacher, words_only=True)
+    wide = ctypes.c_int(0)
+    k = lib.lmft_walk(c.data_ptr(), c.numel(), drawn.data_ptr() if rademacher else None, eps, d.data_ptr(), back,
+                      None if kept is None else kept.block.data_ptr() + 2 * kept.start,
+                      0 if kept is None else kept.n, kept is not None and kept.form == "delta32",
+                      out, diff.data_ptr(), off.data_ptr(), ctypes.byref(wide), decay != 1.0, decay, step != 0.0, step)
+    if not k:
+        return None
+    block, start = store.take(c.device, -(-k // 4) * 4 + 2 * k if wide.value else 2 * k)
+    lib.lmft_pack(off.data_ptr(), diff.data_ptr(), k, wide.value, block.data_ptr() + 2 * start)
+    return _Kept(block, start, k, "delta32" if wide.value else "delta", k)
+
+
 class Direction:
     """The direction ``z`` of one seed over the chunks of the tuned tensors, and where each chunk stands.
 
@@ -266,12 +325,18 @@ class Direction:
         """One pass, one draw of z: each chunk moves back to ``theta`` bit for bit, then either out to
         ``theta + out eps z`` (``out`` +1 or -1) or ``theta <- decay theta + alpha z`` (the update)."""
         update = alpha != 0.0 or decay != 1.0
-        store = _Store()
+        store, lib = _Store(), kernels()
         for k, c in enumerate(self.chunks):
             side = self.side[k]
             if not (side or out or update):
                 continue  # already at theta, nothing to apply: no draw
-            d = scratch.draw(c, (self.base + k) & MASK64, self.eps, self.rademacher)
+            seed = (self.base + k) & MASK64
+            if lib is not None and c.dtype == torch.float32 and c.device.type == "cpu":
+                self.kept[k] = _walk_native(lib, c, scratch, seed, self.eps, self.rademacher, side, self.kept[k], out,
+                                            decay, alpha / self.eps, store)
+                self.side[k] = out
+                continue
+            d = scratch.draw(c, seed, self.eps, self.rademacher)
             if side:
                 _move_back_(c, d, side, self.kept[k])
                 self.side[k], self.kept[k] = 0, None
@@ -284,4 +349,4 @@ class Direction:
                     c.add_(d, alpha=alpha / self.eps)  # alpha z = (alpha / eps) d, up to d's rounding
 
     def n_kept(self) -> int:
-        return sum(k.n for k in self.kept if k is not None)
+        return sum(k.elements for k in self.kept if k is not None)
