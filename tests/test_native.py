@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -21,11 +24,12 @@ def fresh(monkeypatch, tmp_path):
     """A cache of its own (so the library is built here), and neither load's nor the kernels' cache."""
     monkeypatch.setenv("LMFT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("LMFT_NATIVE", raising=False)
+    library = excursion._library  # a test may replace it
     native.load.cache_clear()
-    excursion._library.cache_clear()
+    library.cache_clear()
     yield
     native.load.cache_clear()
-    excursion._library.cache_clear()
+    library.cache_clear()
 
 
 def tensors() -> list[Tensor]:
@@ -100,6 +104,24 @@ def test_excursions_restore_the_same_bits(fresh, monkeypatch, rademacher):
 
     out_native, seen_native = run("native", monkeypatch, measure)
     out_torch, seen_torch = run("torch", monkeypatch, measure)
+    assert out_native == out_torch
+    assert same(seen_native, seen_torch)
+
+
+@needs_cc
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="AVX-512 is an x86 extension")
+def test_the_portable_compaction_has_the_same_bits(fresh, monkeypatch, tmp_path):
+    """Built without AVX-512 (as on CPUs that lack it), the kernels take their branch-free loop."""
+    built = tmp_path / "portable.so"
+    subprocess.run([shutil.which("cc") or "gcc", *native.FLAGS, "-mno-avx512f", "-o", str(built),
+                    str(excursion.SOURCE)], check=True)
+    monkeypatch.setattr(excursion, "_library", lambda: excursion.declare(ctypes.CDLL(str(built))))
+
+    def step(params, loss, i):
+        return mezo_step(params, loss, eps=1e-3, lr=1e-2, seed=3 + i, rademacher=i % 2 == 1)
+
+    out_native, seen_native = run("native", monkeypatch, step)
+    out_torch, seen_torch = run("torch", monkeypatch, step)
     assert out_native == out_torch
     assert same(seen_native, seen_torch)
 

@@ -49,13 +49,21 @@ _BLOCK = 1 << 18  # int16 elements per block of kept elements (512 KB)
 _DRAWN_AS_IS = (torch.float32, torch.float64)  # dtypes that normal_ draws with a full-precision scale
 
 
+SOURCE = Path(__file__).with_suffix(".c")
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(Path(__file__).with_suffix(".c"))
+    return declare(native.load(SOURCE))
+
+
+def declare(lib: ctypes.CDLL | None) -> ctypes.CDLL | None:
+    """``lib`` (built from :data:`SOURCE`) with its functions' signatures declared."""
     if lib is not None:
         ptr, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
         lib.lmft_pack.argtypes, lib.lmft_pack.restype = (ptr, ptr, i64, i32, ptr), None
-        lib.lmft_walk.argtypes = (ptr, i64, ptr, f32, ptr, i32, ptr, i64, i32, i32, ptr, ptr, ptr, i32, f32, i32, f32)
+        lib.lmft_walk.argtypes = (ptr, i64, ptr, f32, ptr, i32, ptr, i64, i32, i32, ptr, ptr, ptr, i32, f32, i32, f32,
+                                  ptr, i64)
         lib.lmft_walk.restype = i64
     return lib
 
@@ -110,6 +118,7 @@ class Scratch:
         self.words = {dev: torch.empty(longest // 32, 1, device=dev, dtype=torch.int32) for dev, _ in sizes}
         self.shifts = {dev: 31 - torch.arange(32, device=dev, dtype=torch.int32) for dev, _ in sizes}
         self._views: dict[tuple[torch.device, torch.dtype, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]] = {}
+        self._ptrs: dict[tuple[torch.device, torch.dtype, int], tuple[int, int, int, int]] = {}
 
     def _of(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """Views ``(d, t, diff, flags padded to a multiple of 8, int32 [ceil(n / 32), 32] over d or wide,
@@ -152,10 +161,15 @@ class Scratch:
             flags[c.numel():].zero_()  # a longer chunk may have left flags there
         return t, diff, flags
 
-    def native(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(d, diff, off)`` for the C kernels: ``d``, int32 ``[n]``, and int16 ``[2 n]`` over ``t``."""
-        d, t, diff, _, _, _ = self._of(c)
-        return d, diff, t.view(torch.int16)
+    def native(self, c: Tensor) -> tuple[int, int, int, int]:
+        """Addresses ``(words, d, diff, off)`` for the C kernels: the random words (int32 ``[ceil(n / 32)]``),
+        ``d``, int32 ``[n]`` and int16 ``[2 n]`` (over ``t``)."""
+        key = (c.device, c.dtype, c.numel())
+        ptrs = self._ptrs.get(key)
+        if ptrs is None:
+            d, t, diff, _, _, _ = self._of(c)
+            ptrs = self._ptrs[key] = (self.words[c.device].data_ptr(), d.data_ptr(), diff.data_ptr(), t.data_ptr())
+        return ptrs
 
 
 def _flagged(flags: Tensor) -> Tensor | None:
@@ -288,22 +302,29 @@ def _move_back_(c: Tensor, d: Tensor, sign: int, kept: _Kept | None) -> None:
 
 
 def _walk_native(lib: ctypes.CDLL, c: Tensor, scratch: Scratch, seed: int, eps: float, rademacher: bool,
-                 back: int, kept: _Kept | None, out: int, decay: float, step: float, store: _Store) -> _Kept | None:
+                 back: int, kept: _Kept | None, out: int, decay: float, step: float, store: _Store,
+                 flags: ctypes.c_int) -> _Kept | None:
     """One float32 CPU chunk's part of :meth:`Direction.walk` in one C call, ``d`` drawn from ``seed``:
     back from ``theta + back d`` (0: at theta), then out to ``theta + out d`` (returns what moving
-    back needs) or else the update ``theta <- decay theta + step d``. The torch path's steps, bit for bit."""
-    d, diff, off = scratch.native(c)
-    drawn = scratch.draw(c, seed, eps, rademacher, words_only=True)
-    wide = ctypes.c_int(0)
-    k = lib.lmft_walk(c.data_ptr(), c.numel(), drawn.data_ptr() if rademacher else None, eps, d.data_ptr(), back,
+    back needs, stored in ``store``) or else the update ``theta <- decay theta + step d``. The torch
+    path's steps, bit for bit."""
+    words, d, diff, off = scratch.native(c)
+    scratch.draw(c, seed, eps, rademacher, words_only=True)
+    block, used = store.current.get(c.device, (None, 0))
+    dst, room = (None, 0) if block is None else (block.data_ptr() + 2 * used, block.numel() - used)
+    k = lib.lmft_walk(c.data_ptr(), c.numel(), words if rademacher else None, eps, d, back,
                       None if kept is None else kept.block.data_ptr() + 2 * kept.start,
                       0 if kept is None else kept.n, kept is not None and kept.form == "delta32",
-                      out, diff.data_ptr(), off.data_ptr(), ctypes.byref(wide), decay != 1.0, decay, step != 0.0, step)
+                      out, diff, off, ctypes.addressof(flags), decay != 1.0, decay, step != 0.0, step, dst, room)
     if not k:
         return None
-    block, start = store.take(c.device, -(-k // 4) * 4 + 2 * k if wide.value else 2 * k)
-    lib.lmft_pack(off.data_ptr(), diff.data_ptr(), k, wide.value, block.data_ptr() + 2 * start)
-    return _Kept(block, start, k, "delta32" if wide.value else "delta", k)
+    wide, size = flags.value & 1, (-(-k // 4) * 4 + 2 * k if flags.value & 1 else 2 * k)
+    if flags.value & 2:  # no room left in the block: a new one
+        block, used = store.take(c.device, size)
+        lib.lmft_pack(off, diff, k, wide, block.data_ptr() + 2 * used)
+    else:
+        store.current[c.device] = (block, used + -(-size // 4) * 4)
+    return _Kept(block, used, k, "delta32" if wide else "delta", k)
 
 
 class Direction:
@@ -325,7 +346,7 @@ class Direction:
         """One pass, one draw of z: each chunk moves back to ``theta`` bit for bit, then either out to
         ``theta + out eps z`` (``out`` +1 or -1) or ``theta <- decay theta + alpha z`` (the update)."""
         update = alpha != 0.0 or decay != 1.0
-        store, lib = _Store(), kernels()
+        store, lib, flags = _Store(), kernels(), ctypes.c_int(0)
         for k, c in enumerate(self.chunks):
             side = self.side[k]
             if not (side or out or update):
@@ -333,7 +354,7 @@ class Direction:
             seed = (self.base + k) & MASK64
             if lib is not None and c.dtype == torch.float32 and c.device.type == "cpu":
                 self.kept[k] = _walk_native(lib, c, scratch, seed, self.eps, self.rademacher, side, self.kept[k], out,
-                                            decay, alpha / self.eps, store)
+                                            decay, alpha / self.eps, store, flags)
                 self.side[k] = out
                 continue
             d = scratch.draw(c, seed, self.eps, self.rademacher)
