@@ -155,3 +155,19 @@ def test_an_unwritable_cache_warns(fresh, monkeypatch, tmp_path):
     monkeypatch.setenv("LMFT_CACHE_DIR", str(blocker))
     with pytest.warns(RuntimeWarning, match="cannot build or load excursion.c"):
         assert excursion.kernels() is None
+
+
+@needs_cc
+def test_a_direction_keeps_its_path_when_lmft_native_changes(fresh, monkeypatch):
+    """Kept elements of the torch path are not the kernels' form: a chunk moves back by the path that moved it out."""
+    params = tensors()
+    before = bits(params)
+    chunks = excursion.chunks_of(params)
+    scratch = excursion.Scratch(chunks)
+    monkeypatch.setenv("LMFT_NATIVE", "0")
+    direction = excursion.Direction(chunks, 5, 1e-1)
+    direction.walk(scratch, out=1)
+    monkeypatch.setenv("LMFT_NATIVE", "1")
+    direction.walk(scratch, out=-1)
+    direction.walk(scratch)
+    assert same([before], [bits(params)])

@@ -334,11 +334,13 @@ class Direction:
     any chunk can be drawn on its own, so one pass over the chunks is one draw of ``z``, with one
     chunk of it in memory at a time (``rademacher``: a Rademacher ``u`` in place of ``z``, everywhere).
     ``side[k]`` is the chunk's current excursion (``theta + side eps z``, ``side`` in -1, 0, 1) and
-    ``kept[k]`` what moving it back needs.
+    ``kept[k]`` what moving it back needs. Whether float32 CPU chunks take the C kernels is decided
+    once, here: the two paths keep different forms, so a chunk moves back by the path that moved it out.
     """
 
     def __init__(self, chunks: Sequence[Tensor], seed: int, eps: float, rademacher: bool = False) -> None:
         self.chunks, self.base, self.eps, self.rademacher = chunks, splitmix64(seed), eps, rademacher
+        self.lib = kernels()
         self.side = [0] * len(chunks)
         self.kept: list[_Kept | None] = [None] * len(chunks)
 
@@ -346,7 +348,7 @@ class Direction:
         """One pass, one draw of z: each chunk moves back to ``theta`` bit for bit, then either out to
         ``theta + out eps z`` (``out`` +1 or -1) or ``theta <- decay theta + alpha z`` (the update)."""
         update = alpha != 0.0 or decay != 1.0
-        store, lib, flags = _Store(), kernels(), ctypes.c_int(0)
+        store, lib, flags = _Store(), self.lib, ctypes.c_int(0)
         for k, c in enumerate(self.chunks):
             side = self.side[k]
             if not (side or out or update):
