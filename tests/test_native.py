@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from lmft import native
+from lmft.finetune import native
 from lmft.finetune import excursion
 from lmft.finetune.spsa import loss_at, mezo_step, spsa_grad
 

@@ -18,7 +18,7 @@ randomly initialised BERT's (std 0.02; 0.3 byte per parameter while a forward pa
 where it is not (prefix tuning's eps 1e-1), where the cap is one copy of each chunk.
 
 Float32 chunks on a CPU take the same steps in C (``excursion.c``, built on first use by
-:mod:`lmft.native`): one call per chunk and pass that sweeps the chunk once from memory, where the
+:mod:`lmft.finetune.native`): one call per chunk and pass that sweeps the chunk once from memory, where the
 torch path makes a dozen passes, and gives the same bits (it keeps the same elements; deltas that
 do not fit 16 bits are kept as 32-bit deltas, in place of values or a copy). Without a C compiler,
 or with ``LMFT_NATIVE=0``, every chunk takes the torch path.
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmft import native
+from lmft.finetune import native
 
 
 # Integer views with the width of each supported float dtype: bitwise comparison (tells -0.0 from 0.0).
