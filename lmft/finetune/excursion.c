@@ -6,8 +6,8 @@
  * (restoring the kept ones), then moves them out (finding the ones to keep) or updates them. The
  * arithmetic is the torch path's, operation for operation (correctly rounded adds, the update's
  * fused multiply-add as torch's add with alpha does it), so both paths give the same bits:
- * tests/test_native.py checks it. Built with -ffp-contract=off (no other contraction) and
- * -fno-strict-aliasing (floats are read as bit patterns).
+ * tests/test_native.py checks it. Built with -ffp-contract=off (no other contraction); floats are
+ * read as bit patterns through memcpy.
  */
 #include <math.h>
 #if defined(__AVX512F__)

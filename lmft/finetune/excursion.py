@@ -208,6 +208,12 @@ class _Store:
         self.current[device] = (block, used + -(-size // 4) * 4)
         return block, used
 
+    def tail(self, device: torch.device) -> tuple[int | None, int]:
+        """``(address, room)``: where the current block's free elements start (None: no block yet) and how many
+        there are; a kernel may write there what the next :meth:`take` of at most ``room`` returns."""
+        block, used = self.current.get(device, (None, 0))
+        return (None, 0) if block is None else (block.data_ptr() + 2 * used, block.numel() - used)
+
 
 @dataclass(slots=True)
 class _Kept:
@@ -310,20 +316,17 @@ def _walk_native(lib: ctypes.CDLL, c: Tensor, scratch: Scratch, seed: int, eps: 
     path's steps, bit for bit."""
     words, d, diff, off = scratch.native(c)
     scratch.draw(c, seed, eps, rademacher, words_only=True)
-    block, used = store.current.get(c.device, (None, 0))
-    dst, room = (None, 0) if block is None else (block.data_ptr() + 2 * used, block.numel() - used)
+    dst, room = store.tail(c.device)
     k = lib.lmft_walk(c.data_ptr(), c.numel(), words if rademacher else None, eps, d, back,
                       None if kept is None else kept.block.data_ptr() + 2 * kept.start,
                       0 if kept is None else kept.n, kept is not None and kept.form == "delta32",
                       out, diff, off, ctypes.addressof(flags), decay != 1.0, decay, step != 0.0, step, dst, room)
     if not k:
         return None
-    wide, size = flags.value & 1, (-(-k // 4) * 4 + 2 * k if flags.value & 1 else 2 * k)
-    if flags.value & 2:  # no room left in the block: a new one
-        block, used = store.take(c.device, size)
+    wide = flags.value & 1
+    block, used = store.take(c.device, -(-k // 4) * 4 + 2 * k if wide else 2 * k)  # where the kernel stored them
+    if flags.value & 2:  # it had no room: a new block
         lib.lmft_pack(off, diff, k, wide, block.data_ptr() + 2 * used)
-    else:
-        store.current[c.device] = (block, used + -(-size // 4) * 4)
     return _Kept(block, used, k, "delta32" if wide else "delta", k)
 
 
